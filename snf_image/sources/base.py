@@ -1,0 +1,63 @@
+"""The contract every image source implements.
+
+A source is probed with an image id; the first source (by priority) whose
+probe accepts the id opens it as an :class:`ImageStream`. Sources never
+interpret the image's contents: they deliver bytes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import ClassVar
+
+
+class ImageStream(abc.ABC):
+    """A readable stream of image bytes with an optional known size."""
+
+    #: Size in bytes as announced by the source, or None when unknown.
+    size: int | None = None
+
+    @abc.abstractmethod
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` (partially is fine); return the bytes read, 0 at the end.
+
+        Raises :class:`snf_image.errors.SourceError` with a user-facing reason
+        when the image cannot be read to its end.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or files."""
+
+    def __enter__(self) -> ImageStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageSource(abc.ABC):
+    """One way to fetch images (local directory, http, pithos, ...)."""
+
+    #: Short name used in settings (``backends/src/<name>.conf``, ``.priority``, ``.disabled``).
+    name: ClassVar[str]
+    #: Higher runs first, as in the original (pithos 50, null 30, network 20, local 10).
+    default_priority: ClassVar[int] = 50
+
+    def __init__(self, config: Mapping[str, str]) -> None:
+        #: This source's own settings (KEY=value from ``backends/src/<name>.conf``).
+        self.config = config
+
+    @abc.abstractmethod
+    def probe(self, img_id: str) -> bool:
+        """Whether this source handles ``img_id``; cheap, no I/O beyond the local host."""
+
+    def check(self, img_id: str) -> None:  # noqa: B027 - optional hook
+        """Verify-time check that ``img_id`` looks resolvable (syntax, local existence).
+
+        Raises :class:`snf_image.errors.OperatorError`. Must not download anything.
+        """
+
+    @abc.abstractmethod
+    def open(self, img_id: str) -> ImageStream:
+        """Start delivering the image; raises :class:`snf_image.errors.SourceError`."""
