@@ -12,14 +12,14 @@ import jsonschema
 _NAMES = ("progress", "params", "rules")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(name: str) -> dict[str, Any]:
     """The schema document ``<name>.schema.json``."""
     text = resources.files(__package__).joinpath(f"{name}.schema.json").read_text("utf-8")
     return json.loads(text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _store() -> dict[str, Any]:
     """Every shipped schema by its file name and by its $id, so that $refs between them resolve offline."""
     store: dict[str, Any] = {}
@@ -28,7 +28,7 @@ def _store() -> dict[str, Any]:
     return store
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def validator(name: str, definition: str | None = None) -> jsonschema.protocols.Validator:
     """A validator for schema ``name``, or for one of its ``$defs``."""
     schema = load(name)

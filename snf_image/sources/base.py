@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -17,6 +18,9 @@ class ImageStream(abc.ABC):
 
     #: Size in bytes as announced by the source, or None when unknown.
     size: int | None = None
+    #: A local regular file holding exactly the image, when there is one: lets the copy
+    #: skip holes (SEEK_DATA) and lets qemu-img read qcow2 containers, which need seeking.
+    local_path: Path | None = None
 
     @abc.abstractmethod
     def readinto(self, buffer: memoryview) -> int:
@@ -25,6 +29,13 @@ class ImageStream(abc.ABC):
         Raises :class:`snf_image.errors.SourceError` with a user-facing reason
         when the image cannot be read to its end.
         """
+
+    def skip_hole(self) -> int:
+        """Skip a run of zeros the source knows about without reading it (a file's hole).
+
+        Returns how many bytes were skipped (0 by default); they count as zeros.
+        """
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or files."""
@@ -43,6 +54,8 @@ class ImageSource(abc.ABC):
     name: ClassVar[str]
     #: Higher runs first, as in the original (pithos 50, null 30, network 20, local 10).
     default_priority: ClassVar[int] = 50
+    #: False for a source that leaves the disk as it is (null): nothing is copied.
+    delivers_image: ClassVar[bool] = True
 
     def __init__(self, config: Mapping[str, str]) -> None:
         #: This source's own settings (KEY=value from ``backends/src/<name>.conf``).

@@ -1,0 +1,269 @@
+"""Disk targets: where the image bytes go.
+
+A target writes at offsets and can make a range read as zeros cheaply, which
+is what makes sparse copies safe on a disk holding old data (a reinstall):
+regular files punch holes, block devices use BLKZEROOUT (a loop device turns
+it into a hole in its backing file), NBD exports get NBD_CMD_WRITE_ZEROES.
+
+Userspace disks (``DISK_N_URI``) are reached over NBD with libnbd: an
+``nbd://`` or ``nbd+unix://`` URI directly, anything else qemu understands
+(``rbd:``, ``gluster://``, ``iscsi://``, ...) through a private ``qemu-nbd``
+that exports it on a unix socket for the duration of the copy.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import stat
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import OperatorError, SnfImageError
+
+log = logging.getLogger(__name__)
+
+BLKGETSIZE64 = 0x80081272
+BLKZEROOUT = 0x127F
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+ZERO_CHUNK = 4 * 1024 * 1024
+NBD_SCHEMES = ("nbd://", "nbd+unix://", "nbds://", "nbds+unix://")
+QEMU_NBD_START_TIMEOUT = 10.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_ZEROS = bytes(ZERO_CHUNK)
+
+
+class TargetError(SnfImageError):
+    """Writing to the instance disk failed."""
+
+
+class DiskTarget(abc.ABC):
+    """An open instance disk."""
+
+    #: Size in bytes; images larger than this are refused before writing.
+    size: int
+    #: What to call it in messages.
+    name: str
+
+    @abc.abstractmethod
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write all of ``data`` at ``offset``."""
+
+    @abc.abstractmethod
+    def zero(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros, without writing them where possible."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make written data durable."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> DiskTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _FdTarget(DiskTarget):
+    """A local regular file or block device, never truncated."""
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TargetError(f"cannot open disk {path}: {exc.strerror}") from exc
+        self.size = self._size()
+
+    @abc.abstractmethod
+    def _size(self) -> int: ...
+
+    def write(self, offset: int, data: memoryview) -> None:
+        while data:
+            try:
+                written = os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                raise TargetError(f"cannot write to disk {self.name}: {exc.strerror}") from exc
+            data = data[written:]
+            offset += written
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        while length > 0:
+            step = min(length, ZERO_CHUNK)
+            self.write(offset, memoryview(_ZEROS)[:step])
+            offset += step
+            length -= step
+
+    def flush(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise TargetError(f"cannot flush disk {self.name}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FileTarget(_FdTarget):
+    """A regular file (Ganeti's file and sharedfile disk templates)."""
+
+    def _size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def zero(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise TargetError(f"cannot zero a range of disk {self.name}: {os.strerror(err)}")
+        self._write_zeros(offset, length)
+
+
+class BlockTarget(_FdTarget):
+    """A block device (LVM, DRBD, an adopted device, a loop device)."""
+
+    def _size(self) -> int:
+        buf = fcntl.ioctl(self.fd, BLKGETSIZE64, b"\0" * 8)
+        return struct.unpack("Q", buf)[0]
+
+    def zero(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        try:
+            fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                raise TargetError(f"cannot zero a range of disk {self.name}: {exc.strerror}") from exc
+            self._write_zeros(offset, length)
+
+
+class NbdTarget(DiskTarget):
+    """A userspace disk reached over NBD (directly, or through a private qemu-nbd)."""
+
+    def __init__(self, uri: str) -> None:
+        import nbd  # python3-libnbd; only userspace disks need it
+
+        self.name = uri
+        self._qemu_nbd: subprocess.Popen[bytes] | None = None
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._handle = nbd.NBD()
+        self._nbd_error = nbd.Error
+        try:
+            if uri.startswith(NBD_SCHEMES):
+                self._handle.connect_uri(uri)
+            else:
+                self._handle.connect_unix(self._start_qemu_nbd(uri))
+            self.size = self._handle.get_size()
+            self._can_zero = bool(self._handle.can_zero())
+        except nbd.Error as exc:
+            self.close()
+            raise TargetError(f"cannot connect to disk {uri}: {exc.string}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_qemu_nbd(self, uri: str) -> str:
+        """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path."""
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-nbd-")
+        socket_path = str(Path(self._tmpdir.name) / "disk.sock")
+        self._qemu_nbd = subprocess.Popen(
+            ["qemu-nbd", "--format=raw", "--cache=none", "--persistent", "--shared=1", f"--socket={socket_path}", uri],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + QEMU_NBD_START_TIMEOUT
+        while not os.path.exists(socket_path):
+            if self._qemu_nbd.poll() is not None:
+                reason = (self._qemu_nbd.stderr.read() if self._qemu_nbd.stderr else b"").decode(errors="replace")
+                raise TargetError(f"qemu-nbd cannot open disk {uri}: {reason.strip().splitlines()[-1:]}")
+            if time.monotonic() > deadline:
+                raise TargetError(f"qemu-nbd did not start for disk {uri}")
+            time.sleep(0.02)
+        return socket_path
+
+    def write(self, offset: int, data: memoryview) -> None:
+        try:
+            self._handle.pwrite(data, offset)
+        except self._nbd_error as exc:
+            raise TargetError(f"cannot write to disk {self.name}: {exc.string}") from exc
+
+    def zero(self, offset: int, length: int) -> None:
+        try:
+            if self._can_zero:
+                while length > 0:
+                    step = min(length, 1 << 30)
+                    self._handle.zero(step, offset)
+                    offset += step
+                    length -= step
+                return
+            while length > 0:
+                step = min(length, ZERO_CHUNK)
+                self._handle.pwrite(_ZEROS[:step], offset)
+                offset += step
+                length -= step
+        except self._nbd_error as exc:
+            raise TargetError(f"cannot zero a range of disk {self.name}: {exc.string}") from exc
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except self._nbd_error as exc:
+            raise TargetError(f"cannot flush disk {self.name}: {exc.string}") from exc
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(Exception):  # already disconnected: nothing to release
+                handle.shutdown()
+        proc, self._qemu_nbd = self._qemu_nbd, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+
+def is_local(path: str) -> bool:
+    """A node path (file or block device), as opposed to a userspace URI."""
+    return path.startswith("/")
+
+
+def open_target(path: str) -> DiskTarget:
+    """Open what Ganeti gave as the disk: a regular file, a block device, or a userspace URI."""
+    if not is_local(path):
+        return NbdTarget(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise OperatorError(f"cannot use disk {path}: {exc.strerror}") from exc
+    if stat.S_ISREG(mode):
+        return FileTarget(path)
+    if stat.S_ISBLK(mode):
+        return BlockTarget(path)
+    raise OperatorError(f"cannot use disk {path}: neither a regular file nor a block device")
