@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from . import schemas
@@ -38,10 +39,17 @@ def make_message(msg_type: str, **fields: Any) -> dict[str, Any]:
 class Progress:
     """Sends progress messages of one deployment to the monitor or the log."""
 
-    def __init__(self, monitor: str = "", instance: str = "", stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str = "",
+        instance: str = "",
+        stream: IO[str] | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._stream = stream or sys.stderr
+        #: Also receives every message (the CLI's display); then nothing goes to the log.
+        self._listener = listener
         self._proc: subprocess.Popen[bytes] | None = None
-        self.sent: list[dict[str, Any]] = []
         if monitor:
             try:
                 self._proc = subprocess.Popen(
@@ -51,7 +59,8 @@ class Progress:
                 log.warning("progress monitor %r could not start (%s); messages go to the log", monitor, exc)
 
     def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
+        if self._listener is not None:
+            self._listener(message)
         line = json.dumps(message, separators=(",", ":"), ensure_ascii=True) + "\n"
         if self._proc is not None and self._proc.stdin is not None:
             try:
@@ -61,8 +70,9 @@ class Progress:
             except OSError as exc:
                 log.warning("progress monitor died (%s); further messages go to the log", exc)
                 self._abandon_monitor()
-        self._stream.write("[MONITOR] " + line)
-        self._stream.flush()
+        if self._listener is None:
+            self._stream.write("[MONITOR] " + line)
+            self._stream.flush()
 
     def info(self, *messages: str) -> None:
         log.info("%s", " ".join(messages))

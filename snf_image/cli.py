@@ -1,0 +1,222 @@
+"""``snf-image``: the same pipeline as Ganeti's create, from a plain command line.
+
+``snf-image deploy`` builds the Ganeti-style environment itself (one disk,
+optional NICs) and runs exactly what the ``create`` script runs. On a
+terminal it draws a live progress bar; otherwise it prints plain lines.
+``snf-image helper build`` builds the helper VM image; ``snf-image verify``
+checks parameters the way Ganeti's ``verify`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__, deploy
+from .constants import HELPER_TASK_END, HELPER_TASK_START, IMAGE_FORMATS, MSG_COPY_PROGRESS, MSG_HELPER
+from .errors import OperatorError, SnfImageError
+from .ganeti import parse_environment
+from .oscripts import setup_logging
+from .progress import Progress
+from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, load_settings
+
+log = logging.getLogger("snf-image")
+
+
+class TerminalDisplay:
+    """Renders progress messages for a person: a bar on a terminal, plain lines elsewhere."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self._bar_shown = False
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == MSG_COPY_PROGRESS:
+            self._copy(message)
+            return
+        self._end_bar()
+        if kind == MSG_HELPER:
+            subtype = message["subtype"]
+            if subtype == HELPER_TASK_START:
+                text = f"  task {message['task']} ..."
+            elif subtype == HELPER_TASK_END:
+                text = f"  task {message['task']} done"
+            else:
+                text = f"  {subtype}: " + " ".join(message.get("messages", [message.get("stderr", "")]))
+        else:
+            prefix = "error: " if kind == "image-error" else ""
+            text = prefix + " ".join(message.get("messages", []))
+        print(text, file=self.out, flush=True)
+
+    def _copy(self, message: dict[str, Any]) -> None:
+        position, total = message["position"], message["total"]
+        mib = position / (1 << 20)
+        if not self.live:
+            print(f"  copied {mib:.1f} MiB ({message['progress']:.1f}%)", file=self.out, flush=True)
+            return
+        width = 40
+        filled = int(width * min(position / total, 1)) if total else 0
+        bar = "#" * filled + "-" * (width - filled)
+        self.out.write(f"\r  [{bar}] {message['progress']:6.2f}%  {mib:,.1f} MiB")
+        self.out.flush()
+        self._bar_shown = True
+
+    def _end_bar(self) -> None:
+        if self._bar_shown:
+            self.out.write("\n")
+            self._bar_shown = False
+
+
+def _load_personality(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text("utf-8")
+    except OSError as exc:
+        raise OperatorError(f"--personality: cannot read {path}: {exc.strerror}") from exc
+
+
+def deploy_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The Ganeti environment a create of this deployment would get."""
+    env = {
+        "OS_API_VERSION": "20",
+        "OS_NAME": "snf-image",
+        "OS_VARIANT": args.variant or "",
+        "INSTANCE_NAME": args.hostname,
+        "HYPERVISOR": "kvm",
+        "DISK_COUNT": str(1 + len(args.extra_disk)),
+        "DISK_0_PATH": args.disk,
+        "DISK_0_ACCESS": "rw",
+        "NIC_COUNT": str(len(args.nic)),
+    }
+    for index, disk in enumerate(args.extra_disk, start=1):
+        env[f"DISK_{index}_PATH"] = disk
+    for index, spec in enumerate(args.nic):
+        for item in spec.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or key not in ("mac", "ip", "subnet", "gateway", "subnet6", "gateway6", "tags", "link", "mode"):
+                raise OperatorError(
+                    f"--nic: expected key=value with mac, ip, subnet, gateway, subnet6, ...; got {item!r}"
+                )
+            prefix = "NETWORK_" if key in ("subnet", "gateway", "subnet6", "gateway6", "tags") else ""
+            env[f"NIC_{index}_{prefix}{key.upper()}"] = value.replace("+", " ") if key == "tags" else value
+    params = {
+        "IMG_ID": args.image,
+        "IMG_FORMAT": args.format,
+        "IMG_PASSWD": args.password,
+        "IMG_PASSWD_HASH": args.password_hash,
+        "IMG_PROPERTIES": args.properties,
+        "IMG_PERSONALITY": _load_personality(args.personality),
+        "IMG_CHECKSUM": args.checksum,
+        "AUTH_KEYS": args.auth_keys.read_text("utf-8") if args.auth_keys else None,
+    }
+    env.update({f"OSP_{k}": v for k, v in params.items() if v is not None})
+    return env
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise OperatorError(f"--set: expected KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    settings = load_settings(
+        config_dir=args.config_dir, variants_dir=args.variants_dir, variant=args.variant or "", overrides=overrides
+    )
+    env = parse_environment(deploy_environment(args), "create")
+    assert env.instance is not None
+    display = TerminalDisplay(sys.stdout)
+    with Progress(settings.progress_monitor, env.instance.name, listener=display) as progress:
+        try:
+            if args.no_customize:
+                os_params = deploy.collect_params(env.os.osparams, settings)
+                deploy.copy_image(env.instance, os_params, settings, progress)
+            else:
+                deploy.create(env.instance, env.os.osparams, settings, progress)
+        except SnfImageError as exc:
+            progress.error(str(exc).splitlines()[0])
+            raise
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir, variant=args.variant or "")
+    osparams = {"img_id": args.image, "img_format": args.format}
+    if args.properties is not None:
+        osparams["img_properties"] = args.properties
+    deploy.verify_params(osparams, settings)
+    print("parameters are valid")
+    return 0
+
+
+def cmd_helper_build(args: argparse.Namespace) -> int:
+    from helper import build
+
+    settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
+    helper_dir = args.helper_dir or settings.helper_dir
+    build.build(helper_dir, args.cache_dir, code_only=args.code_only, force=args.force)
+    print(f"helper image ready in {helper_dir}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="snf-image", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"snf-image {__version__}")
+    top.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="settings directory [%(default)s]")
+    top.add_argument("--variants-dir", type=Path, default=DEFAULT_VARIANTS_DIR, help="variants [%(default)s]")
+    top.add_argument("--debug", action="store_true", help="log debugging details")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    dep = sub.add_parser("deploy", help="deploy an image onto a disk and customize it")
+    dep.add_argument("--disk", required=True, help="disk file, block device or userspace URI (nbd://...)")
+    dep.add_argument("--extra-disk", action="append", default=[], help="a further instance disk (swap, data)")
+    dep.add_argument("--image", required=True, help="image id (local://NAME, http://..., null, ...)")
+    dep.add_argument("--format", required=True, choices=IMAGE_FORMATS, help="image format")
+    dep.add_argument("--hostname", default="snf-image-guest", help="the guest's hostname [%(default)s]")
+    dep.add_argument("--password", help="password of the image's users")
+    dep.add_argument("--password-hash", help="crypt(3) hash instead of a password")
+    dep.add_argument("--properties", help="image properties, a JSON object")
+    dep.add_argument("--personality", type=Path, help="JSON file: files to inject (img_personality)")
+    dep.add_argument("--auth-keys", type=Path, help="file of SSH public keys for the users")
+    dep.add_argument("--checksum", help="ALGORITHM:HEX of the image as delivered")
+    dep.add_argument("--nic", action="append", default=[], help="mac=..,ip=..,subnet=..,gateway=.. (repeatable)")
+    dep.add_argument("--variant", help="variant settings to apply")
+    dep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    dep.add_argument("--no-customize", action="store_true", help="copy only; do not start the helper VM")
+    dep.set_defaults(func=cmd_deploy)
+
+    ver = sub.add_parser("verify", help="validate OS parameters as Ganeti's verify does")
+    ver.add_argument("--image", required=True)
+    ver.add_argument("--format", required=True)
+    ver.add_argument("--properties")
+    ver.add_argument("--variant")
+    ver.set_defaults(func=cmd_verify)
+
+    helper = sub.add_parser("helper", help="the helper VM image")
+    helper_sub = helper.add_subparsers(dest="helper_command", required=True)
+    build = helper_sub.add_parser("build", help="build (or refresh) the helper image")
+    build.add_argument("--helper-dir", type=Path, help="output directory [HELPER_DIR]")
+    build.add_argument("--cache-dir", type=Path, default=Path("/var/cache/snf-image"), help="build cache [%(default)s]")
+    build.add_argument("--code-only", action="store_true", help="rebuild only snf-image's own code layer")
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.set_defaults(func=cmd_helper_build)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.debug)
+    if not args.debug:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except SnfImageError as exc:
+        for line in str(exc).splitlines():
+            print(f"snf-image: error: {line}", file=sys.stderr)
+        return 1
