@@ -1,0 +1,44 @@
+"""Test fixtures for the helper VM: the helper built once into a persistent cache.
+
+The cache directory (env SNF_IMAGE_TEST_CACHE, default /var/cache/snf-image-tests)
+survives between runs: the debootstrapped rootfs is keyed by the package list,
+and a code change only rebuilds the initrd's code layer (seconds).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from helper import build
+
+CACHE = Path(os.environ.get("SNF_IMAGE_TEST_CACHE", "/var/cache/snf-image-tests"))
+
+
+def ensure_helper() -> Path:
+    """The test helper dir, built or brought up to date (locked against concurrent test runs)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "helper.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build.build(CACHE / "helper", CACHE / "helper-build")
+    return CACHE / "helper"
+
+
+def probe_helper_dir(helper_dir: Path, target: Path, modules: dict[str, Path]) -> Path:
+    """A copy of ``helper_dir`` in ``target`` whose code layer also has ``modules`` (name -> source).
+
+    The big files are symlinked; the initrd gets one more cpio archive appended,
+    which the kernel unpacks over the code layer: nothing of the real build changes.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("image", "kernel", "packages", "version"):
+        (target / name).symlink_to(helper_dir / name)
+    extra = build.Cpio()
+    for name, source in modules.items():
+        extra.file(f"{build.INITRD_LIB}/{name}.py", source.read_bytes())
+    shutil.copyfile(helper_dir / "initrd", target / "initrd")
+    with open(target / "initrd", "ab") as f:
+        f.write(extra.getvalue())
+    return target
