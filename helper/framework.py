@@ -1,0 +1,359 @@
+"""The task framework of the jail: declarations, context, and the rules that decide what runs.
+
+A task is one module in the ``tasks`` package (model: cloud-init's cc_*.py):
+its docstring is the user documentation, a module-level ``TASK = Task(...)``
+declares when it applies, and ``run(ctx: Context) -> None`` does the work.
+Nobody reads a task's body to know whether it runs: the runner reads the
+declaration and applies, in this order (as the original's ``task_init_as``):
+
+1. ``EXCLUDE_TASK_<Name>`` (any case) when the task is ``excludable``;
+2. ``EXCLUDE_FILESYSTEMRESIZE_TASKS`` when it is a ``resize`` task;
+3. ``EXCLUDE_MOUNTED_TASKS`` when it is a ``mounted`` task;
+4. the ``CLOUD_INIT`` property when it is ``cloudinit_skip``;
+5. the image's ``/root/snf-image/helper/overwrite_task_<Name>`` when it is
+   ``overridable`` and ``ALLOW_MOUNTED_TASK_OVERWRITING`` is set;
+6. the OS family: a task not declared for the image's family is a no-op.
+
+Every task in the run gets a task-start and a task-end message, excluded
+ones too (with a warning). A task fails by raising :class:`TaskError`; the
+runner then stops, unmounts everything and reports the message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pkgutil
+import shlex
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from snf_image.constants import OSFAMILIES
+from snf_image.errors import ImageError
+
+from . import fsutil
+from .properties import Properties
+
+log = logging.getLogger(__name__)
+
+ALL = frozenset(OSFAMILIES)
+LINUX = frozenset({"linux"})
+BSD = frozenset({"freebsd", "netbsd", "openbsd"})
+UNIX = LINUX | BSD
+WINDOWS = frozenset({"windows", "windows-legacy"})
+
+OVERWRITE_DIR = "/root/snf-image/helper"
+OVERWRITE_PREFIX = "overwrite_task_"
+OVERWRITE_RUN_TASK = 101  # the script's "now run the original task" exit code
+OVERWRITE_TIMEOUT = 600
+
+
+class TaskError(ImageError):
+    """A task failed; the message is the one-line reason the operator reads."""
+
+
+class CommandError(TaskError):
+    """An external command failed; carries its output for the console log."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Task:
+    """When a task applies (the reference's attribute table, §7.2).
+
+    name: CamelCase, also the progress task name and the EXCLUDE_TASK_ suffix.
+    order: position in the run; ties broken by name.
+    families: OS families the task does anything for.
+    excludable: EXCLUDE_TASK_<Name> skips it.
+    mounted: needs the image mounted; EXCLUDE_MOUNTED_TASKS skips it.
+    resize: a filesystem resize task; EXCLUDE_FILESYSTEMRESIZE_TASKS skips it.
+    cloudinit_skip: not run when the CLOUD_INIT property is set.
+    overridable: the image may replace it (overwrite_task_<Name>).
+    structural: part of the mounting machinery; with rules["only_tasks"] it
+        still runs whenever a selected task needs the image mounted.
+    """
+
+    name: str
+    order: int
+    families: frozenset[str] = ALL
+    excludable: bool = False
+    mounted: bool = False
+    resize: bool = False
+    cloudinit_skip: bool = False
+    overridable: bool = False
+    structural: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name.isalnum() or not self.name[0].isalpha():
+            raise ValueError(f"bad task name {self.name!r}")
+        unknown = set(self.families) - ALL
+        if unknown:
+            raise ValueError(f"task {self.name}: unknown OS families {sorted(unknown)}")
+
+
+class Reporter(Protocol):
+    """Where the run's progress goes (the progress port, or a list in tests)."""
+
+    def task_start(self, task: str) -> None: ...
+
+    def task_end(self, task: str) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+    def error(self, message: str) -> None: ...
+
+
+def run_command(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, log it and its output to the console, return its result.
+
+    The one way the jail runs programs: an argument list (never a shell
+    string), output captured as text. With ``check`` a non-zero exit raises
+    :class:`CommandError` whose message names the command and the last
+    line of its error output.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.info("+ %s", shlex.join(args))
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=None if env is None else dict(env),
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(f"command not found: {args[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"{shlex.join(args)} did not finish in {timeout} s") from exc
+    output = (proc.stdout or "") + (proc.stderr or "")
+    for line in output.splitlines():
+        log.info("  %s", line)
+    if check and proc.returncode != 0:
+        last = next((ln.strip() for ln in reversed((proc.stderr or proc.stdout or "").splitlines()) if ln.strip()), "")
+        detail = f": {last}" if last else ""
+        raise CommandError(f"{Path(args[0]).name} failed with exit code {proc.returncode}{detail}", output)
+    return proc
+
+
+@dataclass
+class Context:
+    """Everything a task may use; tasks read nothing else (no environment, no globals).
+
+    disks: the instance's disk devices in Ganeti index order; ``device`` is
+        the first, the one the image was written to.
+    properties: the merged image properties, names case-insensitive.
+    osfamily, root_partition, resize_partition: from the properties or
+        auto-detected before any task runs (partition numbers as the kernel
+        numbers them: /dev/vdb2 is 2).
+    target: the mount point of the guest root (MountImage mounts it).
+    """
+
+    rules: dict[str, Any]
+    properties: Properties
+    disks: list[Path]
+    reporter: Reporter
+    target: Path
+    osfamily: str = "linux"
+    root_partition: int = 1
+    resize_partition: int | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> Path:
+        """The disk the image was deployed on."""
+        return self.disks[0]
+
+    @property
+    def cloud_init(self) -> bool:
+        """Whether cloud-init in the image does the configuration (CLOUD_INIT property)."""
+        return self.properties.flag("CLOUD_INIT")
+
+    def partition(self, number: int) -> Path:
+        """The device node of partition ``number`` of the deployed disk (created if udev is absent)."""
+        from . import disks  # disks imports this module
+
+        return disks.partition_device(self.device, number)
+
+    def warning(self, message: str) -> None:
+        """A warning the operator sees in the progress stream (and the console)."""
+        log.warning("%s", message)
+        self.reporter.warning(message)
+
+    def run(self, argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """:func:`run_command`: logs the command and raises CommandError on failure."""
+        return run_command(argv, **kwargs)
+
+    def guest(self, path: str) -> Path:
+        """Host path of guest ``path`` under the target, never leaving it (see helper.fsutil)."""
+        return fsutil.resolve(self.target, path)
+
+
+@dataclass(frozen=True)
+class LoadedTask:
+    """A task module's declaration, entry point and documentation."""
+
+    task: Task
+    run: Callable[[Context], None]
+    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+def load_module(module: ModuleType) -> LoadedTask:
+    """The task declared by ``module``; a module without a proper declaration is a bug."""
+    task = getattr(module, "TASK", None)
+    entry = getattr(module, "run", None)
+    if not isinstance(task, Task) or not callable(entry):
+        raise TypeError(f"{module.__name__} is not a task module (needs TASK = Task(...) and run(ctx))")
+    return LoadedTask(task, entry, (module.__doc__ or "").strip())
+
+
+def discover(package: str = "tasks") -> list[LoadedTask]:
+    """Import every module of ``package`` and return its tasks sorted by (order, name)."""
+    pkg = importlib.import_module(package)
+    loaded = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_"):
+            continue
+        loaded.append(load_module(importlib.import_module(f"{package}.{info.name}")))
+    names = [t.name.lower() for t in loaded]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"duplicate task names: {sorted(dupes)}")
+    return sorted(loaded, key=lambda t: (t.task.order, t.name))
+
+
+def select(tasks: Sequence[LoadedTask], only: Iterable[str] | None) -> list[LoadedTask]:
+    """The tasks of this run: all, or rules["only_tasks"] plus the mounting machinery they need."""
+    if only is None:
+        return list(tasks)
+    wanted = {name.lower() for name in only}
+    known = {t.name.lower() for t in tasks}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise TaskError(f"Unknown task(s) requested: {', '.join(unknown)}")
+    chosen = [t for t in tasks if t.name.lower() in wanted]
+    needs_mount = any(t.task.mounted and not t.task.structural for t in chosen)
+    return [t for t in tasks if t.name.lower() in wanted or (needs_mount and t.task.structural)]
+
+
+def exclusion(task: Task, properties: Properties) -> str | None:
+    """The warning that excludes ``task`` under these properties, or None if it runs."""
+    excluded = f"Task {task.name} was excluded and will not run."
+    if task.excludable and properties.flag(f"EXCLUDE_TASK_{task.name}"):
+        return excluded
+    if task.resize and properties.flag("EXCLUDE_FILESYSTEMRESIZE_TASKS"):
+        return excluded
+    if task.mounted and properties.flag("EXCLUDE_MOUNTED_TASKS"):
+        return excluded
+    if task.cloudinit_skip and properties.flag("CLOUD_INIT"):
+        return f"Task {task.name} not running when cloud-init enabled."
+    return None
+
+
+def find_overwrite(task: Task, ctx: Context) -> Path | None:
+    """The image's executable overwrite_task_<Name>, resolved inside the guest root, or None."""
+    if not task.overridable or not ctx.properties.flag("ALLOW_MOUNTED_TASK_OVERWRITING"):
+        return None
+    directory = fsutil.resolve(ctx.target, OVERWRITE_DIR)
+    if not directory.is_dir():
+        return None
+    wanted = (OVERWRITE_PREFIX + task.name).lower()
+    for entry in sorted(directory.iterdir()):
+        if entry.name.lower() != wanted:
+            continue
+        script = fsutil.resolve(ctx.target, f"{OVERWRITE_DIR}/{entry.name}")
+        if script.is_file() and os.access(script, os.X_OK):
+            return script
+    return None
+
+
+def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
+    """The environment of an overwrite script: what it needs to act on the image, no secrets."""
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "SNF_IMAGE_TASK": task.name,
+        "SNF_IMAGE_TARGET": str(ctx.target),
+        "SNF_IMAGE_DEV": str(ctx.device),
+        "SNF_IMAGE_DEV_COUNT": str(len(ctx.disks)),
+        "SNF_IMAGE_OSFAMILY": ctx.osfamily,
+        "SNF_IMAGE_ROOT_PARTITION": str(ctx.root_partition),
+        "SNF_IMAGE_RESIZE_PART": "" if ctx.resize_partition is None else str(ctx.resize_partition),
+        "SNF_IMAGE_HOSTNAME": str(ctx.rules.get("instance_name", "")),
+    }
+    for i, disk in enumerate(ctx.disks):
+        env[f"SNF_IMAGE_DEV_{i}"] = str(disk)
+    for name, value in ctx.properties.items():
+        env[f"SNF_IMAGE_PROPERTY_{name}"] = value
+    return env
+
+
+def _run_overwrite(script: Path, phase: str, ctx: Context, task: Task) -> int:
+    try:
+        proc = run_command(
+            [script, phase], check=False, env=overwrite_env(ctx, task), timeout=OVERWRITE_TIMEOUT
+        )
+    except CommandError as exc:
+        raise TaskError(f"Task {task.name}: overwrite script {phase} failed: {exc}") from exc
+    return proc.returncode
+
+
+def run_one(loaded: LoadedTask, ctx: Context) -> None:
+    """Run one task with task-start/task-end around it; a failure propagates without task-end."""
+    task = loaded.task
+    ctx.reporter.task_start(task.name)
+    log.info("Task %s: starting", task.name)
+    reason = exclusion(task, ctx.properties)
+    if reason is not None:
+        ctx.warning(reason)
+        ctx.reporter.task_end(task.name)
+        return
+    script = find_overwrite(task, ctx)
+    if script is not None:
+        shown = fsutil.guest_path(ctx.target, script)
+        ctx.warning(f"Task {task.name} was overwritten by file: `{shown}'")
+        rc = _run_overwrite(script, "pre-exec", ctx, task)
+        if rc not in (0, OVERWRITE_RUN_TASK):
+            raise TaskError(f"Task {task.name}: overwrite script {shown} failed with exit code {rc}")
+        if rc == OVERWRITE_RUN_TASK:
+            _run_body(loaded, ctx)
+            rc = _run_overwrite(script, "post-exec", ctx, task)
+            if rc != 0:
+                raise TaskError(f"Task {task.name}: overwrite script {shown} post-exec failed with exit code {rc}")
+    else:
+        _run_body(loaded, ctx)
+    log.info("Task %s: done", task.name)
+    ctx.reporter.task_end(task.name)
+
+
+def _run_body(loaded: LoadedTask, ctx: Context) -> None:
+    if ctx.osfamily not in loaded.task.families:
+        log.info("Task %s: nothing to do for OS family %s", loaded.name, ctx.osfamily)
+        return
+    loaded.run(ctx)
+
+
+def run_tasks(tasks: Sequence[LoadedTask], ctx: Context) -> None:
+    """Run ``tasks`` in order; the first failure stops the run (the caller cleans up)."""
+    for loaded in tasks:
+        run_one(loaded, ctx)

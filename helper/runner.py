@@ -1,0 +1,325 @@
+"""The jail's init: read the rules, find the disks, detect the OS, run the tasks, report, power off.
+
+Started by the helper initramfs as ``switch_root /newroot /usr/bin/python3 -m
+helper.runner`` (PID 1). :func:`main` does the PID 1 work (serial ports,
+kernel command line, power-off); :func:`run` is the deployment logic and
+takes everything it needs as arguments, so tests drive it without a VM.
+
+Channels: human text goes to the console (stdout/stderr, ttyS0); JSON
+progress lines (the schema's ``helper_line``) to ttyS2; the result --
+exactly ``SUCCESS`` or ``ERROR: <reason>`` -- to ttyS1. Only the result
+line decides success on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from snf_image import schemas
+from snf_image.constants import (
+    CMDLINE_ACTIVATE,
+    CMDLINE_DEBUG,
+    HELPER_ERROR,
+    HELPER_MAX_LINE,
+    HELPER_MAX_LINES,
+    HELPER_TASK_END,
+    HELPER_TASK_START,
+    HELPER_WARNING,
+    OSFAMILIES,
+    RESULT_ERROR_PREFIX,
+    RESULT_SUCCESS,
+    RULES_MAX_BYTES,
+    SERIAL_RULES,
+    TTY_DEBUG,
+    TTY_PROGRESS,
+    TTY_RESULT,
+)
+from snf_image.errors import SnfImageError
+
+from . import detect, disks, framework
+from .framework import Context, LoadedTask, TaskError
+from .properties import Properties
+
+log = logging.getLogger("helper")
+
+DISK_WAIT = 10.0
+MAX_REASON = 1000
+RB_POWER_OFF = 0x4321FEDC
+
+
+class RulesError(SnfImageError):
+    """The rules disk is missing or unreadable: a host-side bug, never the image's fault."""
+
+
+class ProgressReporter:
+    """Writes helper_line JSON objects, one per line, within the host's line and count limits."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._count = 0
+
+    def _send(self, line: dict[str, Any]) -> None:
+        problem = schemas.first_error("progress", line, "helper_line")
+        if problem is not None:
+            log.error("not sending invalid progress line %r: %s", line, problem)
+            return
+        # keep the last lines for the error that ends a run
+        if self._count >= HELPER_MAX_LINES - 2 and line["subtype"] != HELPER_ERROR:
+            return
+        self._count += 1
+        self._stream.write(json.dumps(line) + "\n")
+        self._stream.flush()
+
+    def _messages(self, subtype: str, message: str) -> None:
+        text = " ".join(message.split()) or "(no message)"
+        while True:
+            line = {"subtype": subtype, "messages": [text]}
+            if len(json.dumps(line)) < HELPER_MAX_LINE:
+                break
+            text = text[: len(text) * 3 // 4] + "..."
+        self._send(line)
+
+    def task_start(self, task: str) -> None:
+        self._send({"subtype": HELPER_TASK_START, "task": task})
+
+    def task_end(self, task: str) -> None:
+        self._send({"subtype": HELPER_TASK_END, "task": task})
+
+    def warning(self, message: str) -> None:
+        self._messages(HELPER_WARNING, message)
+
+    def error(self, message: str) -> None:
+        self._messages(HELPER_ERROR, message)
+
+
+def read_rules(device: Path | str) -> dict[str, Any]:
+    """The rules from the rules disk: UTF-8 JSON, NUL padded, validated against the rules schema."""
+    try:
+        with open(device, "rb") as f:
+            data = f.read(RULES_MAX_BYTES + 1)
+    except OSError as exc:
+        raise RulesError(f"cannot read the rules disk {device}: {exc.strerror}") from exc
+    if len(data) > RULES_MAX_BYTES:
+        data = data[:RULES_MAX_BYTES]
+        if data.rstrip(b"\0") == data:
+            raise RulesError("the rules are larger than the rules disk limit")
+    data = data.rstrip(b"\0")
+    try:
+        rules = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RulesError(f"the rules disk does not hold UTF-8 JSON: {exc}") from exc
+    problem = schemas.first_error("rules", rules)
+    if problem is not None:
+        raise RulesError(f"invalid rules: {problem}")
+    return rules
+
+
+def _partition_number(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise TaskError(f"Invalid ROOT_PARTITION: {value!r} (a partition number is expected)")
+    return int(value)
+
+
+def run(
+    rules: dict[str, Any],
+    devices: Sequence[Path],
+    reporter: framework.Reporter,
+    *,
+    tasks: Sequence[LoadedTask] | None = None,
+    target: Path | None = None,
+    detector: Callable[[Path], tuple[str, int] | None] = detect.detect_device,
+    table_reader: Callable[[Path], detect.Table] = detect.read_table,
+    on_failure: Callable[[], None] | None = None,
+) -> None:
+    """One deployment's customisation; raises on failure, after unmounting everything.
+
+    ``devices`` are the instance disks in Ganeti index order; ``tasks``
+    defaults to every module of the ``tasks`` package; ``on_failure`` runs
+    while the image is still mounted (the debug shell).
+    """
+    properties = Properties(rules.get("properties", {}), warn=reporter.warning)
+    if properties.flag("EXCLUDE_ALL_TASKS"):
+        log.warning("EXCLUDE_ALL_TASKS is set")
+        reporter.warning("EXCLUDE_ALL_TASKS is set. All configuration tasks were prevented from running.")
+        return
+    selected = framework.select(framework.discover() if tasks is None else tasks, rules.get("only_tasks"))
+    device = Path(devices[0])
+    table = table_reader(device)
+    osfamily = properties.value("OSFAMILY")
+    root_value = properties.value("ROOT_PARTITION")
+    if not osfamily or not root_value:
+        reporter.warning("Needed image properties are missing. Autodetecting them...")
+        found = detector(device)
+        if found is None:
+            raise TaskError("Unable to detect the OS family and root partition of the image; "
+                            "set the OSFAMILY and ROOT_PARTITION image properties")
+        if not osfamily:
+            osfamily = found[0]
+            reporter.warning(f"Detected OSFAMILY: {osfamily}")
+        if not root_value:
+            root_value = str(found[1])
+            reporter.warning(f"Detected ROOT_PARTITION: {root_value}")
+    if osfamily not in OSFAMILIES:
+        raise TaskError(f"Invalid OSFAMILY: {osfamily!r} (expected one of {', '.join(OSFAMILIES)})")
+    root_partition = _partition_number(root_value)
+    if table.get(root_partition) is None:
+        raise TaskError(f"ROOT_PARTITION {root_partition} does not exist on the disk")
+    resize_partition = detect.partition_to_resize(table)
+    log.info("OSFAMILY=%s ROOT_PARTITION=%d RESIZE_PART=%s", osfamily, root_partition, resize_partition)
+
+    own_target = target is None
+    target = Path(tempfile.mkdtemp(prefix="snf-target-")) if target is None else Path(target)
+    ctx = Context(
+        rules=rules,
+        properties=properties,
+        disks=[Path(d) for d in devices],
+        reporter=reporter,
+        target=target,
+        osfamily=osfamily,
+        root_partition=root_partition,
+        resize_partition=resize_partition,
+    )
+    try:
+        framework.run_tasks(selected, ctx)
+    except BaseException:
+        if on_failure is not None:
+            try:
+                on_failure()
+            except Exception:
+                log.exception("the failure hook failed")
+        raise
+    finally:
+        disks.umount_all(target)
+        if own_target:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+
+
+# --- PID 1 ----------------------------------------------------------------
+
+
+def find_disks(rules: dict[str, Any], wait: float = DISK_WAIT) -> list[Path]:
+    """The instance disks named in the rules, by virtio serial, in index order."""
+    found = []
+    for disk in sorted(rules["disks"], key=lambda d: d["index"]):
+        found.append(wait_for_serial(disk["serial"], wait))
+    return found
+
+
+def wait_for_serial(serial: str, wait: float = DISK_WAIT) -> Path:
+    """The /dev node of the virtio disk with ``serial``, waiting a little for the kernel to probe it."""
+    deadline = time.monotonic() + wait
+    while True:
+        device = disks.find_by_serial(serial)
+        if device is not None:
+            return disks.ensure_node(device)
+        if time.monotonic() >= deadline:
+            raise RulesError(f"no disk with serial {serial}")
+        time.sleep(0.2)
+
+
+def one_line(text: str) -> str:
+    """A reason fit for the result port: one line, bounded."""
+    text = " ".join(str(text).split()) or "unknown error"
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def _open_tty(path: str) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8", errors="replace")  # lives until power-off
+    except OSError as exc:
+        log.error("cannot open %s (%s); using the console instead", path, exc.strerror)
+        return sys.stderr
+
+
+def debug_shell(tty: str = TTY_DEBUG) -> None:
+    """Offer a root shell on the debug serial port, waiting until it exits."""
+    log.error("Starting a debug shell on %s; exit it to power off", tty)
+    try:
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+    except OSError as exc:
+        log.error("cannot open %s: %s", tty, exc.strerror)
+        return
+
+    def become_session_leader() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        subprocess.run(
+            ["/bin/sh"], stdin=fd, stdout=fd, stderr=fd, preexec_fn=become_session_leader, check=False
+        )
+    finally:
+        os.close(fd)
+
+
+def power_off() -> None:
+    """Flush the disks and power off; as PID 1 we must never return."""
+    os.sync()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.reboot(ctypes.c_int(RB_POWER_OFF))
+        log.error("reboot(RB_POWER_OFF) failed: %s", os.strerror(ctypes.get_errno()))
+    except OSError as exc:
+        log.error("cannot call reboot(): %s", exc)
+    with contextlib.suppress(OSError), open("/proc/sysrq-trigger", "w") as f:
+        f.write("o")
+    while True:
+        time.sleep(1)
+
+
+def main() -> int:
+    """PID 1 of the helper VM: run the deployment, write the result, power off."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s.%(msecs)03d %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        cmdline = Path("/proc/cmdline").read_text().split()
+    except OSError:
+        cmdline = []
+    debug = CMDLINE_DEBUG in cmdline
+    result = _open_tty(TTY_RESULT)
+    reporter = ProgressReporter(_open_tty(TTY_PROGRESS))
+    status = 1
+    try:
+        if CMDLINE_ACTIVATE not in cmdline:
+            raise RulesError(f"{CMDLINE_ACTIVATE} is missing from the kernel command line")
+        rules = read_rules(wait_for_serial(SERIAL_RULES))
+        run(rules, find_disks(rules), reporter, on_failure=debug_shell if debug else None)
+    except SnfImageError as exc:
+        log.error("ERROR: %s", exc)
+        if isinstance(exc, framework.CommandError) and exc.output:
+            log.error("%s", exc.output)
+        reporter.error(str(exc))
+        result.write(f"{RESULT_ERROR_PREFIX} {one_line(str(exc))}\n")
+    except BaseException as exc:
+        traceback.print_exc()
+        reason = one_line(f"Internal error in the helper: {type(exc).__name__}: {exc}")
+        reporter.error(reason)
+        result.write(f"{RESULT_ERROR_PREFIX} {reason}\n")
+    else:
+        log.info("All tasks finished successfully")
+        result.write(f"{RESULT_SUCCESS}\n")
+        status = 0
+    result.flush()
+    if os.getpid() == 1:
+        power_off()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
