@@ -1,0 +1,387 @@
+"""Ordering, selection, exclusion and overwrite logic of the task framework, with fake tasks."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helper import framework, runner
+from helper.framework import ALL, LINUX, WINDOWS, Context, LoadedTask, Task, TaskError
+from helper.properties import Properties
+
+
+class Recorder:
+    """A Reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def task_start(self, task: str) -> None:
+        self.lines.append(("start", task))
+
+    def task_end(self, task: str) -> None:
+        self.lines.append(("end", task))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+    def error(self, message: str) -> None:
+        self.lines.append(("error", message))
+
+
+def make_ctx(tmp_path: Path, props: dict[str, str] | None = None, osfamily: str = "linux") -> Context:
+    reporter = Recorder()
+    return Context(
+        rules={"instance_name": "vm1"},
+        properties=Properties(props or {}, warn=reporter.warning),
+        disks=[Path("/dev/vdb")],
+        reporter=reporter,
+        target=tmp_path,
+        osfamily=osfamily,
+        root_partition=1,
+        resize_partition=1,
+    )
+
+
+def fake(name: str, order: int, ran: list[str], **attrs: Any) -> LoadedTask:
+    def body(ctx: Context) -> None:
+        ran.append(name)
+
+    return LoadedTask(Task(name=name, order=order, **attrs), body)
+
+
+def test_discover_sorts_by_order_then_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "faketasks"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for module, name, order in [("zeta", "Zeta", 10), ("alpha", "Beta", 50), ("b", "Alpha", 50), ("c", "First", 1)]:
+        (pkg / f"{module}.py").write_text(
+            textwrap.dedent(f'''
+                """Docs of {name}."""
+                from helper.framework import Task
+                TASK = Task(name="{name}", order={order})
+                def run(ctx):
+                    pass
+            ''')
+        )
+    (pkg / "_private.py").write_text("raise RuntimeError('not a task')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        loaded = framework.discover("faketasks")
+    finally:
+        for mod in [m for m in sys.modules if m.startswith("faketasks")]:
+            del sys.modules[mod]
+    assert [t.name for t in loaded] == ["First", "Zeta", "Alpha", "Beta"]
+    assert loaded[0].doc == "Docs of First."
+
+
+def test_module_without_declaration_is_rejected() -> None:
+    with pytest.raises(TypeError):
+        framework.load_module(sys.modules[__name__])
+
+
+def test_real_tasks_are_declared_in_order() -> None:
+    names = [t.name for t in framework.discover()]
+    expected = [
+        "FixPartitionTable",
+        "FilesystemResizeUnmounted",
+        "MountImage",
+        "FilesystemResizeMounted",
+        "UmountImage",
+    ]
+    assert [n for n in names if n in expected] == expected
+    assert all(t.doc for t in framework.discover())
+
+
+def test_task_declaration_is_checked() -> None:
+    with pytest.raises(ValueError):
+        Task(name="Bad-Name", order=1)
+    with pytest.raises(ValueError):
+        Task(name="Good", order=1, families=frozenset({"beos"}))
+
+
+def test_every_task_gets_start_and_end(tmp_path: Path) -> None:
+    ran: list[str] = []
+    ctx = make_ctx(tmp_path)
+    framework.run_tasks([fake("One", 1, ran), fake("Two", 2, ran)], ctx)
+    assert ran == ["One", "Two"]
+    assert ctx.reporter.lines == [("start", "One"), ("end", "One"), ("start", "Two"), ("end", "Two")]
+
+
+@pytest.mark.parametrize(
+    ("props", "attrs", "excluded"),
+    [
+        ({"EXCLUDE_TASK_DELETESSHKEYS": "yes"}, {"excludable": True}, True),
+        ({"exclude_task_deletesshkeys": "1"}, {"excludable": True}, True),
+        ({"EXCLUDE_TASK_DeleteSSHKeys": "yes"}, {"excludable": False}, False),
+        ({"EXCLUDE_TASK_DeleteSSHKeys": "no"}, {"excludable": True}, False),
+        ({"EXCLUDE_MOUNTED_TASKS": "yes"}, {"mounted": True}, True),
+        ({"EXCLUDE_MOUNTED_TASKS": "yes"}, {"mounted": False}, False),
+        ({"EXCLUDE_FILESYSTEMRESIZE_TASKS": "on"}, {"resize": True}, True),
+        ({"EXCLUDE_FILESYSTEMRESIZE_TASKS": "on"}, {"resize": False}, False),
+        ({"CLOUD_INIT": "yes"}, {"cloudinit_skip": True}, True),
+        ({"CLOUD_INIT": "yes"}, {"cloudinit_skip": False}, False),
+    ],
+)
+def test_exclusions(tmp_path: Path, props: dict[str, str], attrs: dict[str, bool], excluded: bool) -> None:
+    ran: list[str] = []
+    ctx = make_ctx(tmp_path, props)
+    framework.run_tasks([fake("DeleteSSHKeys", 50, ran, **attrs)], ctx)
+    assert (ran == []) is excluded
+    assert ctx.reporter.lines[0] == ("start", "DeleteSSHKeys")
+    assert ctx.reporter.lines[-1] == ("end", "DeleteSSHKeys")
+    warnings = [m for kind, m in ctx.reporter.lines if kind == "warning"]
+    if excluded and "CLOUD_INIT" in props:
+        assert warnings == ["Task DeleteSSHKeys not running when cloud-init enabled."]
+    elif excluded:
+        assert warnings == ["Task DeleteSSHKeys was excluded and will not run."]
+    else:
+        assert warnings == []
+
+
+def test_family_mismatch_is_a_quiet_no_op(tmp_path: Path) -> None:
+    ran: list[str] = []
+    ctx = make_ctx(tmp_path, osfamily="freebsd")
+    framework.run_tasks([fake("Win", 1, ran, families=WINDOWS), fake("Lin", 2, ran, families=LINUX)], ctx)
+    assert ran == []
+    assert [k for k, _ in ctx.reporter.lines] == ["start", "end", "start", "end"]
+
+
+def test_failure_stops_the_run_without_task_end(tmp_path: Path) -> None:
+    ran: list[str] = []
+
+    def boom(ctx: Context) -> None:
+        raise TaskError("it broke")
+
+    ctx = make_ctx(tmp_path)
+    tasks = [fake("One", 1, ran), LoadedTask(Task(name="Bad", order=2), boom), fake("Three", 3, ran)]
+    with pytest.raises(TaskError, match="it broke"):
+        framework.run_tasks(tasks, ctx)
+    assert ran == ["One"]
+    assert ctx.reporter.lines[-1] == ("start", "Bad")
+
+
+def test_only_tasks_adds_mounting_machinery(tmp_path: Path) -> None:
+    ran: list[str] = []
+    tasks = [
+        fake("FixPartitionTable", 10, ran),
+        fake("MountImage", 30, ran, mounted=True, structural=True),
+        fake("AssignHostname", 50, ran, mounted=True),
+        fake("ChangePassword", 50, ran, mounted=True),
+        fake("UmountImage", 80, ran, mounted=True, structural=True),
+    ]
+    chosen = framework.select(tasks, ["assignhostname"])
+    assert [t.name for t in chosen] == ["MountImage", "AssignHostname", "UmountImage"]
+    assert [t.name for t in framework.select(tasks, ["FixPartitionTable"])] == ["FixPartitionTable"]
+    assert framework.select(tasks, None) == tasks
+    with pytest.raises(TaskError, match="nosuchtask"):
+        framework.select(tasks, ["NoSuchTask"])
+
+
+def write_script(tmp_path: Path, name: str, body: str) -> Path:
+    directory = tmp_path / "root" / "snf-image" / "helper"
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / name
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def overridable_ctx(tmp_path: Path, allow: str = "yes") -> tuple[Context, list[str], LoadedTask]:
+    ran: list[str] = []
+    ctx = make_ctx(tmp_path, {"ALLOW_MOUNTED_TASK_OVERWRITING": allow})
+    return ctx, ran, fake("AssignHostname", 50, ran, overridable=True, mounted=True)
+
+
+def test_overwrite_replaces_the_task(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    write_script(tmp_path, "Overwrite_Task_AssignHostname", f'echo "$1 $SNF_IMAGE_TASK" >> {log}\nexit 0\n')
+    ctx, ran, task = overridable_ctx(tmp_path)
+    framework.run_tasks([task], ctx)
+    assert ran == []
+    assert log.read_text() == "pre-exec AssignHostname\n"
+    assert ("warning", "Task AssignHostname was overwritten by file: `/root/snf-image/helper/"
+            "Overwrite_Task_AssignHostname'") in ctx.reporter.lines
+
+
+def test_overwrite_101_runs_task_then_post_exec(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    write_script(tmp_path, "overwrite_task_AssignHostname",
+                 f'echo "$1" >> {log}\n[ "$1" = pre-exec ] && exit 101\nexit 0\n')
+    ctx, ran, task = overridable_ctx(tmp_path)
+    framework.run_tasks([task], ctx)
+    assert ran == ["AssignHostname"]
+    assert log.read_text() == "pre-exec\npost-exec\n"
+
+
+def test_overwrite_failure_fails_the_task(tmp_path: Path) -> None:
+    write_script(tmp_path, "overwrite_task_AssignHostname", "exit 3\n")
+    ctx, _, task = overridable_ctx(tmp_path)
+    with pytest.raises(TaskError, match="exit code 3"):
+        framework.run_tasks([task], ctx)
+
+
+def test_overwrite_needs_permission_and_overridable(tmp_path: Path) -> None:
+    write_script(tmp_path, "overwrite_task_AssignHostname", "exit 0\n")
+    ctx, ran, task = overridable_ctx(tmp_path, allow="no")
+    framework.run_tasks([task], ctx)
+    assert ran == ["AssignHostname"]
+    ctx, ran, _ = overridable_ctx(tmp_path)
+    framework.run_tasks([fake("AssignHostname", 50, ran)], ctx)
+    assert ran == ["AssignHostname"]
+
+
+def test_overwrite_symlink_cannot_escape_the_guest(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil").write_text("#!/bin/sh\nexit 0\n")
+    (outside / "evil").chmod(0o755)
+    guest = tmp_path / "guest"
+    helper_dir = guest / "root" / "snf-image" / "helper"
+    helper_dir.mkdir(parents=True)
+    (helper_dir / "overwrite_task_AssignHostname").symlink_to(outside / "evil")
+    ran: list[str] = []
+    ctx = make_ctx(guest, {"ALLOW_MOUNTED_TASK_OVERWRITING": "yes"})
+    framework.run_tasks([fake("AssignHostname", 50, ran, overridable=True)], ctx)
+    assert ran == ["AssignHostname"]  # the link resolved inside the guest, where nothing exists
+
+
+# --- the runner's logic, without a VM ---------------------------------------
+
+
+def rules(props: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"format": 1, "instance_name": "vm1", "img_format": "diskdump", "properties": props, "nics": [],
+            "disks": [{"index": 0, "serial": "snf-disk0", "size_bytes": 1}], "settings": {}, **extra}
+
+
+def one_partition(_: Path) -> Any:
+    from helper.detect import Partition, Table
+
+    return Table("msdos", 512, (Partition(1, 2048, 4096, "83"),))
+
+
+def run_runner(tmp_path: Path, props: dict[str, str], tasks: list[LoadedTask], **kw: Any) -> list[dict[str, Any]]:
+    stream = io.StringIO()
+    try:
+        runner.run(rules(props, **kw.pop("extra", {})), [Path("/dev/vdb")], runner.ProgressReporter(stream),
+                   tasks=tasks, target=tmp_path, table_reader=one_partition,
+                   detector=kw.pop("detector", lambda dev: ("linux", 1)), **kw)
+    finally:
+        run_runner.lines = [json.loads(line) for line in stream.getvalue().splitlines()]  # type: ignore[attr-defined]
+    return run_runner.lines  # type: ignore[attr-defined]
+
+
+def test_runner_exclude_all_tasks(tmp_path: Path) -> None:
+    ran: list[str] = []
+    lines = run_runner(tmp_path, {"EXCLUDE_ALL_TASKS": "yes"}, [fake("One", 1, ran)])
+    assert ran == []
+    assert lines == [{"subtype": "warning", "messages": [
+        "EXCLUDE_ALL_TASKS is set. All configuration tasks were prevented from running."]}]
+
+
+def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
+    seen: list[Context] = []
+    task = LoadedTask(Task(name="Look", order=1, families=ALL), seen.append)
+    lines = run_runner(tmp_path, {}, [task], detector=lambda dev: ("linux", 1))
+    assert [m for ln in lines if ln["subtype"] == "warning" for m in ln["messages"]] == [
+        "Needed image properties are missing. Autodetecting them...",
+        "Detected OSFAMILY: linux",
+        "Detected ROOT_PARTITION: 1",
+    ]
+    (ctx,) = seen
+    assert (ctx.osfamily, ctx.root_partition, ctx.resize_partition) == ("linux", 1, 1)
+    assert ctx.device == Path("/dev/vdb") and ctx.target == tmp_path
+
+
+def test_runner_uses_given_properties(tmp_path: Path) -> None:
+    def no_detection(dev: Path) -> None:
+        raise AssertionError("must not detect")
+
+    seen: list[Context] = []
+    run_runner(tmp_path, {"osfamily": "linux", "root_partition": "1"},
+               [LoadedTask(Task(name="Look", order=1), seen.append)], detector=no_detection)
+    assert seen[0].osfamily == "linux"
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"OSFAMILY": "beos", "ROOT_PARTITION": "1"}, "Invalid OSFAMILY"),
+        ({"OSFAMILY": "linux", "ROOT_PARTITION": "x"}, "Invalid ROOT_PARTITION"),
+        ({"OSFAMILY": "linux", "ROOT_PARTITION": "3"}, "does not exist"),
+    ],
+)
+def test_runner_rejects_bad_properties(tmp_path: Path, props: dict[str, str], message: str) -> None:
+    with pytest.raises(TaskError, match=message):
+        run_runner(tmp_path, props, [])
+
+
+def test_runner_detection_failure(tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="Unable to detect"):
+        run_runner(tmp_path, {}, [], detector=lambda dev: None)
+
+
+def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def boom(ctx: Context) -> None:
+        raise TaskError("no")
+
+    with pytest.raises(TaskError):
+        run_runner(tmp_path, {"OSFAMILY": "linux", "ROOT_PARTITION": "1"},
+                   [LoadedTask(Task(name="Boom", order=1), boom)], on_failure=lambda: calls.append("hook"))
+    assert calls == ["hook"]
+
+
+def test_runner_only_tasks(tmp_path: Path) -> None:
+    ran: list[str] = []
+    tasks = [fake("One", 1, ran), fake("Two", 2, ran)]
+    run_runner(tmp_path, {"OSFAMILY": "linux", "ROOT_PARTITION": "1"}, tasks, extra={"only_tasks": ["two"]})
+    assert ran == ["Two"]
+
+
+def test_progress_lines_are_valid_and_bounded() -> None:
+    stream = io.StringIO()
+    reporter = runner.ProgressReporter(stream)
+    reporter.task_start("Fix")
+    reporter.warning("x" * 100_000)
+    reporter.error("multi\nline\treason")
+    reporter.task_start("bad name!")  # invalid: dropped, not sent
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [ln["subtype"] for ln in lines] == ["task-start", "warning", "error"]
+    assert all(len(line) < 4096 for line in stream.getvalue().splitlines())
+    assert lines[2]["messages"] == ["multi line reason"]
+
+
+def test_read_rules(tmp_path: Path) -> None:
+    disk = tmp_path / "rules"
+    disk.write_bytes(json.dumps(rules({"OSFAMILY": "linux"})).encode() + b"\0" * 700)
+    assert runner.read_rules(disk)["properties"] == {"OSFAMILY": "linux"}
+    disk.write_bytes(b'{"format": 1}' + b"\0" * 10)
+    with pytest.raises(runner.RulesError, match="invalid rules"):
+        runner.read_rules(disk)
+    disk.write_bytes(b"\xff\xfe" + b"\0" * 10)
+    with pytest.raises(runner.RulesError, match="UTF-8 JSON"):
+        runner.read_rules(disk)
+
+
+def test_find_by_serial(tmp_path: Path) -> None:
+    from helper import disks
+
+    for name, serial in [("vda", "snf-helper-root"), ("vdb", "snf-disk0"), ("vdc", "snf-rules")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "serial").write_text(serial + "\n")
+    (tmp_path / "loop0").mkdir()
+    assert disks.find_by_serial("snf-rules", tmp_path) == Path("/dev/vdc")
+    assert disks.find_by_serial("snf-disk7", tmp_path) is None
+
+
+def test_one_line_reason() -> None:
+    assert runner.one_line("a\nb\n") == "a b"
+    assert len(runner.one_line("x" * 5000)) == runner.MAX_REASON
