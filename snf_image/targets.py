@@ -250,8 +250,9 @@ class NbdTarget(DiskTarget):
 
 
 def is_local(path: str) -> bool:
-    """A node path (file or block device), as opposed to a userspace URI."""
-    return path.startswith("/")
+    """A node path (file or block device), as opposed to a userspace URI (``nbd://...``, ``rbd:pool/img``)."""
+    scheme, sep, _ = path.partition(":")
+    return not sep or "/" in scheme
 
 
 def open_target(path: str) -> DiskTarget:

@@ -11,26 +11,43 @@ accepts the id wins.
 
 from __future__ import annotations
 
+import importlib
 import logging
-from importlib import metadata
+from typing import TYPE_CHECKING
 
 from ..errors import OperatorError
-from ..settings import Settings
 from .base import ImageSource, ImageStream
-from .local import LocalSource
-from .network import NetworkSource
-from .null import NullSource
-from .pithos import PithosMapSource, PithosSource
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "snf_image.sources"
-BUILTIN: tuple[type[ImageSource], ...] = (PithosSource, PithosMapSource, NullSource, NetworkSource, LocalSource)
+#: Built-in sources as module:class, imported only when sources are listed (the copy path and
+#: the jail import this package for the base classes alone, without requests & co).
+BUILTIN = (
+    "pithos:PithosSource",
+    "pithos:PithosMapSource",
+    "null:NullSource",
+    "network:NetworkSource",
+    "local:LocalSource",
+)
+
+
+def _builtin_classes() -> list[type[ImageSource]]:
+    classes = []
+    for spec in BUILTIN:
+        module, _, name = spec.partition(":")
+        classes.append(getattr(importlib.import_module(f"{__name__}.{module}"), name))
+    return classes
 
 __all__ = ["ImageSource", "ImageStream", "available_sources", "select_source"]
 
 
 def _plugin_classes() -> list[type[ImageSource]]:
+    from importlib import metadata
+
     classes = []
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -49,7 +66,7 @@ def available_sources(settings: Settings) -> list[ImageSource]:
     """Enabled sources, highest priority first (ties: built-ins in their listed order)."""
     ranked = []
     seen: set[str] = set()
-    for position, cls in enumerate((*BUILTIN, *_plugin_classes())):
+    for position, cls in enumerate((*_builtin_classes(), *_plugin_classes())):
         if cls.name in seen:
             log.warning("ignoring a second image source named %r (%s)", cls.name, cls.__module__)
             continue

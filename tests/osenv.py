@@ -1,0 +1,89 @@
+"""Run the real OS entry scripts the way Ganeti does: reset environment, its PATH, umask 0077,
+cwd = the OS directory reached through a symlink, Debian's /usr/bin/python3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GANETI_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"
+
+
+@dataclass
+class OsDefinition:
+    """A symlinked OS directory plus relocated settings, as a test installation."""
+
+    root: Path
+
+    @property
+    def os_dir(self) -> Path:
+        return self.root / "os" / "snf-image"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def variants_dir(self) -> Path:
+        return self.root / "variants"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / "images"
+
+    def configure(self, **settings: str) -> None:
+        lines = [f'{key}="{value}"' for key, value in {"IMAGE_DIR": str(self.image_dir), **settings}.items()]
+        (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
+
+    def run(self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()) -> subprocess.CompletedProcess:
+        full = {
+            "PATH": GANETI_PATH,
+            "SNF_IMAGE_CONFIG_DIR": str(self.config_dir),
+            "SNF_IMAGE_VARIANTS_DIR": str(self.variants_dir),
+            **env,
+        }
+        return subprocess.run(
+            ["./" + script, *args],
+            cwd=self.os_dir,
+            env=full,
+            input=stdin,
+            capture_output=True,
+            umask=0o077,
+            pass_fds=pass_fds,
+            timeout=600,
+        )
+
+
+def install(root: Path) -> OsDefinition:
+    """Symlink the repository as an OS definition and lay out settings under ``root``."""
+    definition = OsDefinition(root)
+    definition.os_dir.parent.mkdir(parents=True)
+    os.symlink(REPO, definition.os_dir)
+    for path in (definition.config_dir, definition.variants_dir, definition.image_dir):
+        path.mkdir()
+    (definition.variants_dir / "default.conf").write_text("# default variant\n")
+    definition.configure()
+    return definition
+
+
+def create_env(name: str, disk: Path | str, **extra: str) -> dict[str, str]:
+    """The environment Ganeti gives create for one file disk and no NIC (as observed)."""
+    return {
+        "OS_API_VERSION": "20",
+        "OS_NAME": "snf-image",
+        "OS_VARIANT": "default",
+        "DEBUG_LEVEL": "0",
+        "INSTANCE_NAME": name,
+        "INSTANCE_OS": "snf-image+default",
+        "HYPERVISOR": "kvm",
+        "DISK_COUNT": "1",
+        "DISK_0_PATH": str(disk),
+        "DISK_0_ACCESS": "rw",
+        "DISK_0_BACKEND_TYPE": "file:loop",
+        "DISK_0_FRONTEND_TYPE": "paravirtual",
+        "NIC_COUNT": "0",
+        **extra,
+    }
