@@ -1,0 +1,157 @@
+"""Partition-table parsing and OS detection on synthetic sectors (no devices, no mounts)."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import pytest
+
+from helper import detect
+from helper.detect import Partition, Table
+from helper.framework import TaskError
+
+SECTOR = 512
+
+
+class Image:
+    """A sparse in-memory disk: sector number -> bytes."""
+
+    def __init__(self) -> None:
+        self.sectors: dict[int, bytearray] = {}
+
+    def sector(self, n: int) -> bytearray:
+        return self.sectors.setdefault(n, bytearray(SECTOR))
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray()
+        while len(out) < length:
+            n, skip = divmod(offset + len(out), SECTOR)
+            out += bytes(self.sectors.get(n, bytes(SECTOR)))[skip:]
+        return bytes(out[:length])
+
+
+def put_mbr(img: Image, lba: int, entries: list[tuple[int, int, int]]) -> None:
+    sector = img.sector(lba)
+    for i, (ptype, start, size) in enumerate(entries):
+        raw = struct.pack("<B3sB3sII", 0, b"\0\0\0", ptype, b"\0\0\0", start, size)
+        sector[446 + 16 * i : 446 + 16 * (i + 1)] = raw
+    sector[510:512] = b"\x55\xaa"
+
+
+def msdos_with_logicals() -> Image:
+    img = Image()
+    # p1 linux, p2 extended [100000, +100000) with logicals 5 (ntfs) and 6 (linux), p3 bsd
+    put_mbr(img, 0, [(0x83, 2048, 10000), (0x05, 100000, 100000), (0xA5, 300000, 5000)])
+    put_mbr(img, 100000, [(0x07, 2048, 20000), (0x05, 30000, 60000)])
+    put_mbr(img, 130000, [(0x83, 2048, 50000)])
+    return img
+
+
+def test_msdos_primary_extended_logical() -> None:
+    table = detect.parse_table(msdos_with_logicals().read)
+    assert table.label == "msdos"
+    assert [(p.number, p.kind, p.type, p.start, p.size) for p in table.partitions] == [
+        (1, "primary", "83", 2048, 10000),
+        (2, "extended", "05", 100000, 100000),
+        (3, "primary", "a5", 300000, 5000),
+        (5, "logical", "07", 102048, 20000),
+        (6, "logical", "83", 132048, 50000),
+    ]
+
+
+def test_ebr_loop_terminates() -> None:
+    img = Image()
+    put_mbr(img, 0, [(0x0F, 1000, 10000)])
+    put_mbr(img, 1000, [(0x83, 1, 100), (0x05, 2000, 100)])
+    put_mbr(img, 3000, [(0x83, 1, 100), (0x05, 2000, 100)])  # points back to itself
+    table = detect.parse_table(img.read)
+    assert [p.number for p in table.partitions] == [1, 5, 6]
+
+
+def test_no_signature_is_an_error() -> None:
+    with pytest.raises(TaskError, match="No partition table"):
+        detect.parse_table(Image().read)
+
+
+def put_gpt(img: Image, types: list[tuple[int, str, int, int]]) -> None:
+    put_mbr(img, 0, [(0xEE, 1, 0xFFFFFFFF)])
+    header = img.sector(1)
+    header[0:8] = b"EFI PART"
+    header[72:88] = struct.pack("<QII", 2, 128, 128)
+    for index, guid, first, last in types:
+        offset = 2 * SECTOR + index * 128
+        entry = uuid.UUID(guid).bytes_le + uuid.uuid4().bytes_le + struct.pack("<QQ", first, last)
+        n, skip = divmod(offset, SECTOR)
+        img.sector(n)[skip : skip + len(entry)] = entry
+
+
+def test_gpt_types_and_numbers() -> None:
+    img = Image()
+    put_gpt(img, [(0, detect.GUID_BIOS_BOOT, 34, 2047), (1, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 2048, 9999),
+                  (4, detect.GUID_MS_BASIC_DATA, 10000, 19999)])
+    table = detect.parse_table(img.read)
+    assert table.label == "gpt"
+    assert [(p.number, p.type, p.end) for p in table.partitions] == [
+        (1, detect.GUID_BIOS_BOOT, 2047),
+        (2, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 9999),
+        (5, detect.GUID_MS_BASIC_DATA, 19999),
+    ]
+
+
+def test_gpt_without_header_is_an_error() -> None:
+    img = Image()
+    put_mbr(img, 0, [(0xEE, 1, 1000)])
+    with pytest.raises(TaskError, match="no GPT header"):
+        detect.parse_table(img.read)
+
+
+def test_partition_to_resize_is_the_one_ending_last() -> None:
+    table = detect.parse_table(msdos_with_logicals().read)
+    assert detect.partition_to_resize(table) == 3  # the BSD slice lies after the extended one
+    img = Image()
+    put_mbr(img, 0, [(0x05, 100000, 100000), (0x83, 2048, 10000)])
+    put_mbr(img, 100000, [(0x83, 2048, 20000), (0x05, 30000, 60000)])
+    put_mbr(img, 130000, [(0x82, 2048, 50000)])
+    assert detect.partition_to_resize(detect.parse_table(img.read)) == 6
+    gpt = Table("gpt", 512, (Partition(1, 5000, 100, "X"), Partition(2, 2048, 100, "Y")))
+    assert detect.partition_to_resize(gpt) == 1
+    assert detect.partition_to_resize(Table("gpt", 512, ())) is None
+
+
+def test_detect_first_hit_wins_and_bsd_by_type() -> None:
+    table = detect.parse_table(msdos_with_logicals().read)
+    asked: list[tuple[int, str]] = []
+
+    def probe(number: int, check: str) -> str | None:
+        asked.append((number, check))
+        return None
+
+    assert detect.detect(table, probe) == ("freebsd", 3)
+    assert asked == [(1, "linux")]  # numbers in order: 1, 3 (a5, decided by type) stop the search
+    assert detect.detect(table, lambda n, c: c if n == 1 else None) == ("linux", 1)
+
+
+def test_detect_windows_and_linux_checks() -> None:
+    img = Image()
+    put_mbr(img, 0, [(0x07, 2048, 1000), (0x83, 4096, 1000)])
+    table = detect.parse_table(img.read)
+    assert detect.detect(table, lambda n, c: "windows" if c == "windows" else None) == ("windows", 1)
+    assert detect.detect(table, lambda n, c: "linux" if c == "linux" else None) == ("linux", 2)
+    assert detect.detect(table, lambda n, c: None) is None
+
+
+def test_gpt_candidates() -> None:
+    table = Table("gpt", 512, (
+        Partition(1, 34, 2000, detect.GUID_BIOS_BOOT),
+        Partition(2, 2048, 100, detect.GUID_FREEBSD_UFS),
+        Partition(3, 4096, 100, detect.GUID_MS_BASIC_DATA),
+        Partition(4, 8192, 100, detect.GUID_LINUX_SWAP),
+        Partition(5, 9000, 100, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+    ))
+    assert [(p.number, check) for p, _, check in detect.candidates(table)] == [
+        (2, "freebsd"), (3, "windows"), (5, "linux")]
+
+
+def test_windows_version_is_windows_for_now(tmp_path) -> None:
+    assert detect.windows_version(tmp_path) == "windows"
