@@ -56,6 +56,9 @@ from .properties import Properties
 
 log = logging.getLogger("helper")
 
+CMDLINE = Path("/proc/cmdline")
+RESULT_PORT = TTY_RESULT
+PROGRESS_PORT = TTY_PROGRESS
 DISK_WAIT = 10.0
 MAX_REASON = 1000
 RB_POWER_OFF = 0x4321FEDC
@@ -288,12 +291,12 @@ def main() -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s.%(msecs)03d %(message)s", datefmt="%H:%M:%S"
     )
     try:
-        cmdline = Path("/proc/cmdline").read_text().split()
+        cmdline = CMDLINE.read_text().split()
     except OSError:
         cmdline = []
     debug = CMDLINE_DEBUG in cmdline
-    result = _open_tty(TTY_RESULT)
-    reporter = ProgressReporter(_open_tty(TTY_PROGRESS))
+    result = _open_tty(RESULT_PORT)
+    reporter = ProgressReporter(_open_tty(PROGRESS_PORT))
     status = 1
     try:
         if CMDLINE_ACTIVATE not in cmdline:

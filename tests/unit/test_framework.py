@@ -385,3 +385,27 @@ def test_find_by_serial(tmp_path: Path) -> None:
 def test_one_line_reason() -> None:
     assert runner.one_line("a\nb\n") == "a b"
     assert len(runner.one_line("x" * 5000)) == runner.MAX_REASON
+
+
+def test_main_refuses_without_activation_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cmdline").write_text("console=ttyS0 quiet\n")
+    monkeypatch.setattr(runner, "CMDLINE", tmp_path / "cmdline")
+    monkeypatch.setattr(runner, "RESULT_PORT", str(tmp_path / "result"))
+    monkeypatch.setattr(runner, "PROGRESS_PORT", str(tmp_path / "progress"))
+    assert runner.main() == 1
+    assert (tmp_path / "result").read_text() == (
+        "ERROR: snf_image_activate_helper is missing from the kernel command line\n")
+    (line,) = (tmp_path / "progress").read_text().splitlines()
+    assert json.loads(line)["subtype"] == "error"
+
+
+def test_main_runs_and_reports_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cmdline").write_text("console=ttyS0 snf_image_activate_helper\n")
+    monkeypatch.setattr(runner, "CMDLINE", tmp_path / "cmdline")
+    monkeypatch.setattr(runner, "RESULT_PORT", str(tmp_path / "result"))
+    monkeypatch.setattr(runner, "PROGRESS_PORT", str(tmp_path / "progress"))
+    rules_disk = tmp_path / "rules"
+    rules_disk.write_bytes(json.dumps(rules({"EXCLUDE_ALL_TASKS": "yes"})).encode() + b"\0" * 100)
+    monkeypatch.setattr(runner, "wait_for_serial", lambda serial, wait=0: rules_disk)
+    assert runner.main() == 0
+    assert (tmp_path / "result").read_text() == "SUCCESS\n"
