@@ -2,8 +2,9 @@
 
 A target writes at offsets and can make a range read as zeros cheaply, which
 is what makes sparse copies safe on a disk holding old data (a reinstall):
-regular files punch holes, block devices use BLKZEROOUT (a loop device turns
-it into a hole in its backing file), NBD exports get NBD_CMD_WRITE_ZEROES.
+files and block devices get a punched hole (fallocate; a loop device passes it
+to its backing file, thin LVM unmaps), else BLKZEROOUT, else written zeros;
+NBD exports get NBD_CMD_WRITE_ZEROES.
 
 Userspace disks (``DISK_N_URI``) are reached over NBD with libnbd: an
 ``nbd://`` or ``nbd+unix://`` URI directly, anything else qemu understands
@@ -20,6 +21,7 @@ import errno
 import fcntl
 import logging
 import os
+import signal
 import stat
 import struct
 import subprocess
@@ -108,6 +110,20 @@ class _FdTarget(DiskTarget):
             offset += step
             length -= step
 
+    def zero(self, offset: int, length: int) -> None:
+        """Punch a hole: files and block devices (Linux >= 4.9) guarantee zeros and may unmap the range."""
+        if length <= 0:
+            return
+        if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENODEV):
+            raise TargetError(f"cannot zero a range of disk {self.name}: {os.strerror(err)}")
+        self._zero_fallback(offset, length)
+
+    @abc.abstractmethod
+    def _zero_fallback(self, offset: int, length: int) -> None: ...
+
     def flush(self) -> None:
         try:
             os.fsync(self.fd)
@@ -126,14 +142,7 @@ class FileTarget(_FdTarget):
     def _size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def zero(self, offset: int, length: int) -> None:
-        if length <= 0:
-            return
-        if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
-            raise TargetError(f"cannot zero a range of disk {self.name}: {os.strerror(err)}")
+    def _zero_fallback(self, offset: int, length: int) -> None:
         self._write_zeros(offset, length)
 
 
@@ -144,9 +153,8 @@ class BlockTarget(_FdTarget):
         buf = fcntl.ioctl(self.fd, BLKGETSIZE64, b"\0" * 8)
         return struct.unpack("Q", buf)[0]
 
-    def zero(self, offset: int, length: int) -> None:
-        if length <= 0:
-            return
+    def _zero_fallback(self, offset: int, length: int) -> None:
+        """BLKZEROOUT: the device zeroes the range itself (write-zeroes), else the kernel writes zeros."""
         try:
             fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
         except OSError as exc:
@@ -162,7 +170,7 @@ class NbdTarget(DiskTarget):
         import nbd  # python3-libnbd; only userspace disks need it
 
         self.name = uri
-        self._qemu_nbd: subprocess.Popen[bytes] | None = None
+        self._pid_file: Path | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._handle = nbd.NBD()
         self._nbd_error = nbd.Error
@@ -181,23 +189,33 @@ class NbdTarget(DiskTarget):
             raise
 
     def _start_qemu_nbd(self, uri: str) -> str:
-        """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path."""
+        """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path.
+
+        ``--fork`` returns only once the export is ready (or has failed, with the reason on stderr).
+        """
         self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-nbd-")
         socket_path = str(Path(self._tmpdir.name) / "disk.sock")
-        self._qemu_nbd = subprocess.Popen(
-            ["qemu-nbd", "--format=raw", "--cache=none", "--persistent", "--shared=1", f"--socket={socket_path}", uri],
+        self._pid_file = Path(self._tmpdir.name) / "qemu-nbd.pid"
+        result = subprocess.run(
+            [
+                "qemu-nbd",
+                "--fork",
+                f"--pid-file={self._pid_file}",
+                "--format=raw",
+                "--cache=none",
+                "--persistent",
+                "--shared=1",
+                f"--socket={socket_path}",
+                uri,
+            ],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            capture_output=True,
+            text=True,
+            timeout=QEMU_NBD_START_TIMEOUT,
         )
-        deadline = time.monotonic() + QEMU_NBD_START_TIMEOUT
-        while not os.path.exists(socket_path):
-            if self._qemu_nbd.poll() is not None:
-                reason = (self._qemu_nbd.stderr.read() if self._qemu_nbd.stderr else b"").decode(errors="replace")
-                raise TargetError(f"qemu-nbd cannot open disk {uri}: {reason.strip().splitlines()[-1:]}")
-            if time.monotonic() > deadline:
-                raise TargetError(f"qemu-nbd did not start for disk {uri}")
-            time.sleep(0.02)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise TargetError(f"qemu-nbd cannot open disk {uri}: {reason}")
         return socket_path
 
     def write(self, offset: int, data: memoryview) -> None:
@@ -234,19 +252,28 @@ class NbdTarget(DiskTarget):
         if handle is not None:
             with contextlib.suppress(Exception):  # already disconnected: nothing to release
                 handle.shutdown()
-        proc, self._qemu_nbd = self._qemu_nbd, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
+        if self._pid_file is not None and self._pid_file.exists():
+            _stop_process(int(self._pid_file.read_text()))
+            self._pid_file = None
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
+
+
+def _stop_process(pid: int) -> None:
+    """Terminate a daemon we started, then kill it if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
 
 
 def is_local(path: str) -> bool:
