@@ -207,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         behaviour = owner.behaviour
         owner.log(RequestLog(self.command, self.path, dict(self.headers.items())))
-        path = urllib.parse.urlsplit(self.path).path
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         if path in behaviour.redirects:
             self._simple(302, {"Location": behaviour.redirects[path]})
             return
