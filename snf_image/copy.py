@@ -10,8 +10,11 @@ old data of a reinstall, and a mostly-empty image costs little I/O.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .errors import ImageError
 from .sources.base import ImageStream
@@ -97,6 +100,61 @@ def _flush_run(target: DiskTarget, view: memoryview, start: int, end: int, offse
         target.write(offset + start, view[start:end])
 
 
+class _ReadAhead:
+    """Reads the next buffers in a thread while the caller writes the previous one.
+
+    Reads and writes are system calls that release the GIL, so source and disk
+    work at the same time (as qemu-img's coroutines do); memory stays at
+    ``depth`` buffers. Errors of the reading side are re-raised in the caller.
+    """
+
+    _END = object()
+
+    def __init__(self, stream: ImageStream, buffer_size: int, depth: int = 3) -> None:
+        self._stream = stream
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(depth):
+            self._free.put(bytearray(buffer_size))
+        self._ready: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snf-image-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                hole = self._stream.skip_hole()
+                buffer = self._free.get()
+                if self._stop.is_set():
+                    break
+                n = _fill(self._stream, memoryview(buffer))
+                self._ready.put((hole, buffer, n))
+                if n == 0 and not hole:
+                    break
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._ready.put(exc)
+        finally:
+            self._ready.put(self._END)
+
+    def __iter__(self) -> Iterator[tuple[int, bytearray, int]]:
+        while True:
+            item = self._ready.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def release(self, buffer: bytearray) -> None:
+        self._free.put(buffer)
+
+    def close(self) -> None:
+        """Stop the reader (also after an error of the writing side) and wait for it."""
+        self._stop.set()
+        self._free.put(bytearray(0))
+        self._thread.join()
+
+
 def copy_stream(
     stream: ImageStream,
     target: DiskTarget,
@@ -112,26 +170,25 @@ def copy_stream(
     the end (position relative to the stream). Writing past the end of the
     target raises ImageError before the overflowing bytes are written.
     """
-    buffer = bytearray(buffer_size)
-    view = memoryview(buffer)
     position = 0
     last_report = time.monotonic()
-    while True:
-        hole = stream.skip_hole()
-        if hole:
-            _check_fits(target, offset + position + hole)
-            target.zero(offset + position, hole)
-            position += hole
-        n = _fill(stream, view)
-        if n == 0 and not hole:
-            break
-        if n:
-            _check_fits(target, offset + position + n)
-            _write_runs(target, buffer, n, offset + position)
-            position += n
-        if on_progress is not None and time.monotonic() - last_report >= interval:
-            on_progress(position, total or 0)
-            last_report = time.monotonic()
+    reader = _ReadAhead(stream, buffer_size)
+    try:
+        for hole, buffer, n in reader:
+            if hole:
+                _check_fits(target, offset + position + hole)
+                target.zero(offset + position, hole)
+                position += hole
+            if n:
+                _check_fits(target, offset + position + n)
+                _write_runs(target, buffer, n, offset + position)
+                position += n
+            reader.release(buffer)
+            if on_progress is not None and time.monotonic() - last_report >= interval:
+                on_progress(position, total or 0)
+                last_report = time.monotonic()
+    finally:
+        reader.close()
     if total is not None and position != total:
         raise ImageError(f"the image source delivered {position} bytes instead of the announced {total}")
     if on_progress is not None:
