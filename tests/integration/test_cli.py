@@ -1,0 +1,75 @@
+"""The snf-image command: the create pipeline from a plain command line, with a live bar on a terminal."""
+
+import os
+import pty
+import subprocess
+
+from tests.osenv import REPO
+
+MiB = 1024 * 1024
+
+
+def snf_image(*args, **kwargs):
+    return subprocess.run(
+        ["/usr/bin/python3", "-m", "snf_image", *args], cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs
+    )
+
+
+def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(tmp_path):
+    image, disk = tmp_path / "img.raw", tmp_path / "disk.raw"
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["parted", "-s", str(image), "mklabel", "msdos", "mkpart", "primary", "1MiB", "100%"], check=True)
+    disk.write_bytes(b"\xa5" * (16 * MiB))
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "snf-image.conf").write_text(f"IMAGE_DIR={tmp_path}\n")
+    result = snf_image("--config-dir", str(conf), "deploy", "--disk", str(disk), "--image", "local://img.raw",
+                       "--format", "diskdump", "--no-customize")
+    assert result.returncode == 0, result.stderr
+    assert "Starting image copy..." in result.stdout and "copied 8.0 MiB (100.0%)" in result.stdout
+    assert "\r" not in result.stdout
+    assert disk.read_bytes()[: 8 * MiB] == image.read_bytes()
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    image, disk = tmp_path / "img.raw", tmp_path / "disk.raw"
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["parted", "-s", str(image), "mklabel", "msdos", "mkpart", "primary", "1MiB", "100%"], check=True)
+    disk.write_bytes(b"\xa5" * (16 * MiB))
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "snf-image.conf").write_text(f"IMAGE_DIR={tmp_path}\n")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execv("/usr/bin/python3", ["python3", "-m", "snf_image", "--config-dir", str(conf), "deploy", "--disk",
+                                      str(disk), "--image", "local://img.raw", "--format", "diskdump",
+                                      "--no-customize"])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert b"\r  [########################################] 100.00%" in output
+
+
+def test_bad_input_is_one_error_line(tmp_path):
+    result = snf_image("deploy", "--disk", str(tmp_path / "nope.raw"), "--image", "null", "--format", "diskdump",
+                       "--properties", "{bad")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["snf-image: error: img_properties: not valid JSON: "
+                                                  "Expecting property name enclosed in double quotes: "
+                                                  "line 1 column 2 (char 1)"]
+    result = snf_image("deploy", "--disk", "x", "--image", "null", "--format", "diskdump", "--set", "HELPER_MEMORY")
+    assert result.returncode == 1 and "--set: expected KEY=VALUE" in result.stderr
+
+
+def test_help_and_version():
+    assert snf_image("--version").stdout.startswith("snf-image ")
+    assert "deploy" in snf_image("--help").stdout
