@@ -66,8 +66,13 @@ def ensure_node(path: Path, wait: float = NODE_WAIT) -> Path:
         log.info("creating device node %s (%d:%d)", path, *numbers)
         os.mknod(path, 0o600 | stat.S_IFBLK, rdev)
         return path
-    if not stat.S_ISBLK(st.st_mode) or st.st_rdev != rdev:
-        raise TaskError(f"{path} is not the block device the kernel knows by that name")
+    if not stat.S_ISBLK(st.st_mode):
+        raise TaskError(f"{path} is not a block device")
+    if st.st_rdev != rdev:
+        # a node left from before the partitions changed (no udev to fix it): the kernel's name wins
+        log.info("replacing stale device node %s (%d:%d)", path, *numbers)
+        path.unlink()
+        os.mknod(path, 0o600 | stat.S_IFBLK, rdev)
     return path
 
 
