@@ -38,7 +38,9 @@ class OsDefinition:
         lines = [f'{key}="{value}"' for key, value in {"IMAGE_DIR": str(self.image_dir), **settings}.items()]
         (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
 
-    def run(self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()) -> subprocess.CompletedProcess:
+    def run(
+        self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()
+    ) -> subprocess.CompletedProcess:
         full = {
             "PATH": GANETI_PATH,
             "SNF_IMAGE_CONFIG_DIR": str(self.config_dir),

@@ -23,8 +23,18 @@ def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(tmp_path):
     conf = tmp_path / "etc"
     conf.mkdir()
     (conf / "snf-image.conf").write_text(f"IMAGE_DIR={tmp_path}\n")
-    result = snf_image("--config-dir", str(conf), "deploy", "--disk", str(disk), "--image", "local://img.raw",
-                       "--format", "diskdump", "--no-customize")
+    result = snf_image(
+        "--config-dir",
+        str(conf),
+        "deploy",
+        "--disk",
+        str(disk),
+        "--image",
+        "local://img.raw",
+        "--format",
+        "diskdump",
+        "--no-customize",
+    )
     assert result.returncode == 0, result.stderr
     assert "Starting image copy..." in result.stdout and "copied 8.0 MiB (100.0%)" in result.stdout
     assert "\r" not in result.stdout
@@ -42,9 +52,24 @@ def test_progress_bar_on_a_terminal(tmp_path):
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(REPO)
-        os.execv("/usr/bin/python3", ["python3", "-m", "snf_image", "--config-dir", str(conf), "deploy", "--disk",
-                                      str(disk), "--image", "local://img.raw", "--format", "diskdump",
-                                      "--no-customize"])
+        os.execv(
+            "/usr/bin/python3",
+            [
+                "python3",
+                "-m",
+                "snf_image",
+                "--config-dir",
+                str(conf),
+                "deploy",
+                "--disk",
+                str(disk),
+                "--image",
+                "local://img.raw",
+                "--format",
+                "diskdump",
+                "--no-customize",
+            ],
+        )
     output = b""
     while True:
         try:
@@ -60,12 +85,23 @@ def test_progress_bar_on_a_terminal(tmp_path):
 
 
 def test_bad_input_is_one_error_line(tmp_path):
-    result = snf_image("deploy", "--disk", str(tmp_path / "nope.raw"), "--image", "null", "--format", "diskdump",
-                       "--properties", "{bad")
+    result = snf_image(
+        "deploy",
+        "--disk",
+        str(tmp_path / "nope.raw"),
+        "--image",
+        "null",
+        "--format",
+        "diskdump",
+        "--properties",
+        "{bad",
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["snf-image: error: img_properties: not valid JSON: "
-                                                  "Expecting property name enclosed in double quotes: "
-                                                  "line 1 column 2 (char 1)"]
+    assert result.stderr.strip().splitlines() == [
+        "snf-image: error: img_properties: not valid JSON: "
+        "Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)"
+    ]
     result = snf_image("deploy", "--disk", "x", "--image", "null", "--format", "diskdump", "--set", "HELPER_MEMORY")
     assert result.returncode == 1 and "--set: expected KEY=VALUE" in result.stderr
 

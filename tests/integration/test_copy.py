@@ -170,10 +170,20 @@ def test_hostile_qcow2_is_refused_before_qemu_opens_it(tmp_path, attack):
     if attack == "backing":
         cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", str(image), "1M"]
     else:
-        cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={secret},data_file_raw=on", str(image), "1M"]
+        cmd = [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"data_file={secret},data_file_raw=on",
+            str(image),
+            "1M",
+        ]
     subprocess.run(cmd, check=True)
     old_data_disk(disk, 16 * MiB)
-    with pytest.raises(ImageError, match="refusing a qcow2 image with (a backing file|an external data file)"):
+    with pytest.raises(ImageError, match=r"refusing a qcow2 image with (a backing file|an external data file)"):
         run_copy(image, disk)
     assert b"SECRET" not in disk.read_bytes()
 

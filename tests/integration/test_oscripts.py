@@ -28,8 +28,22 @@ def test_os_definition_files():
     assert (REPO / "ganeti_api_version").read_text() == "20\n"
     assert (REPO / "variants.list").read_text() == "default\n"
     names = [line.split()[0] for line in (REPO / "parameters.list").read_text().splitlines()]
-    for name in ("img_id img_format img_passwd img_passwd_hash img_properties img_personality inst_properties "
-                 "auth_keys config_url os_product_key os_answer_file cloud_userdata img_checksum").split():
+    expected = {
+        "img_id",
+        "img_format",
+        "img_passwd",
+        "img_passwd_hash",
+        "img_properties",
+        "img_personality",
+        "inst_properties",
+        "auth_keys",
+        "config_url",
+        "os_product_key",
+        "os_answer_file",
+        "cloud_userdata",
+        "img_checksum",
+    }
+    for name in sorted(expected):
         assert name in names
     for script in ("create", "import", "export", "rename", "verify"):
         assert os.stat(REPO / script).st_mode & 0o100
@@ -45,8 +59,14 @@ def test_verify_accepts_good_parameters(osdef):
 def test_verify_reports_every_problem_one_line_each(osdef):
     result = osdef.run(
         "verify",
-        verify_env(img_id="", img_format="qcow9", img_properties="{oops", os_product_key="x", img_passwd="a",
-                   img_passwd_hash="b"),
+        verify_env(
+            img_id="",
+            img_format="qcow9",
+            img_properties="{oops",
+            os_product_key="x",
+            img_passwd="a",
+            img_passwd_hash="b",
+        ),
         "parameters",
     )
     assert result.returncode == 1
@@ -130,9 +150,12 @@ def test_export_splices_into_a_pipe(osdef, tmp_path):
     disk = tmp_path / "disk.raw"
     data = os.urandom(20 * MiB)
     disk.write_bytes(data)
-    env = {"PATH": "/usr/bin:/bin", "SNF_IMAGE_CONFIG_DIR": str(osdef.config_dir),
-           "SNF_IMAGE_VARIANTS_DIR": str(osdef.variants_dir),
-           **create_env("inst1", disk, EXPORT_DEVICE=str(disk))}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SNF_IMAGE_CONFIG_DIR": str(osdef.config_dir),
+        "SNF_IMAGE_VARIANTS_DIR": str(osdef.variants_dir),
+        **create_env("inst1", disk, EXPORT_DEVICE=str(disk)),
+    }
     proc = subprocess.Popen(["./export"], cwd=osdef.os_dir, env=env, stdout=subprocess.PIPE)
     out = proc.stdout.read()
     assert proc.wait() == 0 and out == data

@@ -79,7 +79,9 @@ def test_rename_needs_old_name():
 
 
 def test_export_reads_device_and_size_fd():
-    env = parse_environment({**CREATE, "EXPORT_DEVICE": "/dev/loop3", "EXPORT_INDEX": "0", "EXP_SIZE_FD": "11"}, "export")
+    env = parse_environment(
+        {**CREATE, "EXPORT_DEVICE": "/dev/loop3", "EXPORT_INDEX": "0", "EXP_SIZE_FD": "11"}, "export"
+    )
     assert env.transfer.path == "/dev/loop3" and env.transfer.size_fd == 11
     with pytest.raises(OperatorError, match="IMPORT_DEVICE"):
         parse_environment(CREATE, "import")

@@ -51,7 +51,7 @@ def test_without_monitor_messages_go_to_the_log():
 def test_monitor_program_receives_json_lines(tmp_path):
     out = tmp_path / "got"
     monitor = tmp_path / "monitor"
-    monitor.write_text(f"#!/bin/sh\necho \"$1\" > {out}\ncat >> {out}\n")
+    monitor.write_text(f'#!/bin/sh\necho "$1" > {out}\ncat >> {out}\n')
     monitor.chmod(0o755)
     with Progress(str(monitor), "inst1") as progress:
         progress.info("one")

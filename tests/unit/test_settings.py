@@ -26,9 +26,7 @@ IMG_FORMAT=diskdump
     }
 
 
-@pytest.mark.parametrize(
-    "text", ["rm -rf /", "A=$(id)", "A=`id`", 'A="unterminated', "lower=1", "A B=1"]
-)
+@pytest.mark.parametrize("text", ["rm -rf /", "A=$(id)", "A=`id`", 'A="unterminated', "lower=1", "A B=1"])
 def test_parse_conf_refuses_anything_but_assignments(text):
     with pytest.raises(OperatorError):
         parse_conf(text, "snf-image.conf")
