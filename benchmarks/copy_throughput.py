@@ -4,6 +4,7 @@
 Not a test: prints figures and ratios. Two images on the same disk:
   dense  -- 1 GiB of random data;
   sparse -- a 10 GiB disk image holding 1 GiB of data in 64 MiB chunks (the rest holes).
+"snf-image +sha256" is the same copy verifying an img_checksum on the fly.
 Each tool copies each image onto a fresh 12 GiB disk file; the page cache is dropped between
 runs when the kernel allows it. Our copy runs in a child process so its peak RSS is its own.
 
@@ -27,11 +28,12 @@ MiB = 1 << 20
 OURS = """
 import sys
 sys.path.insert(0, {repo!r})
-from snf_image.copy import copy_stream
+from snf_image.copy import HashingStream, copy_stream
 from snf_image.sources.local import LocalStream
 from snf_image.targets import open_target
 with LocalStream(__import__('pathlib').Path(sys.argv[1])) as src, open_target(sys.argv[2]) as dst:
-    copy_stream(src, dst, total=src.size)
+    stream = HashingStream(src, sys.argv[3]) if len(sys.argv) > 3 else src
+    copy_stream(stream, dst, total=src.size)
     dst.flush()
 """
 
@@ -88,6 +90,14 @@ def main() -> int:
     disk = args.dir / "disk.raw"
     tools = {
         "snf-image": lambda src: [sys.executable, "-c", OURS.format(repo=str(REPO)), str(src), str(disk)],
+        "snf-image +sha256": lambda src: [
+            sys.executable,
+            "-c",
+            OURS.format(repo=str(REPO)),
+            str(src),
+            str(disk),
+            "sha256",
+        ],
         "dd bs=4M": lambda src: ["dd", f"if={src}", f"of={disk}", "bs=4M", "conv=notrunc,fsync"],
         "qemu-img convert": lambda src: ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), str(disk)],
     }
