@@ -191,8 +191,14 @@ def _drive(drive_id: str, source: str, block_device: bool, readonly: bool, cache
 
 
 def kernel_cmdline(debug: bool = False, runner: str = DEFAULT_RUNNER, probe: bool = False) -> str:
-    """The helper kernel's command line; panic=-1 with -no-reboot ends the VM if PID 1 dies."""
-    words = ["console=ttyS0", "quiet", "ro", "panic=-1"]
+    """The helper kernel's command line.
+
+    panic=-1 with qemu's -no-reboot ends the VM at once if PID 1 dies. The rest
+    shortens the boot under TCG by ~1 s (measured): no crypto self-tests, no
+    timer/TSC checks, no audit, only the four UARTs we have.
+    """
+    words = ["console=ttyS0", "quiet", "ro", "panic=-1", "cryptomgr.notests", "tsc=reliable",
+             "no_timer_check", "audit=0", "8250.nr_uarts=4"]
     if probe:
         words.append("snf_image_probe")
         return " ".join(words)

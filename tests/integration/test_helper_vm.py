@@ -1,0 +1,201 @@
+"""The helper VM launcher against the real helper VM (TCG here): channels, failures, cleanup.
+
+The real runner is replaced by tests/jailprobe.py, injected into a test copy of
+the helper's code layer and selected with ``snf_image_runner=jailprobe``; the
+rules disk tells it which behaviour (good or hostile) to act out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from snf_image import constants, jail
+from snf_image.errors import HelperError
+from tests.helpervm import ensure_helper, probe_helper_dir
+
+pytestmark = pytest.mark.vm
+
+JAILPROBE = Path(__file__).resolve().parent.parent / "jailprobe.py"
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory) -> Path:
+    return probe_helper_dir(ensure_helper(), tmp_path_factory.mktemp("helper") / "h", {"jailprobe": JAILPROBE})
+
+
+def _qemu_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmdline and marker.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _jail_tmpdirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("snf-image-jail-*")}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(probe_dir):
+    """Every run, good or bad, leaves no qemu process and no temp dir (FIFOs, rules disk)."""
+    before = _jail_tmpdirs()
+    yield
+    assert _qemu_pids(str(probe_dir)) == []
+    assert _jail_tmpdirs() - before == set()
+
+
+def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
+    progress: list[dict] = []
+    log: list[str] = []
+    rules = json.dumps({"probe": probe, **(rules_extra or {})}).encode()
+    cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel=config.pop("accel", "tcg"),
+                            soft_timeout=config.pop("soft_timeout", 120.0), **config)
+    start = time.monotonic()
+    error = None
+    try:
+        jail.run_helper(cfg, list(disks), rules, progress.append, log.append)
+    except HelperError as exc:
+        error = exc
+    return error, progress, log, time.monotonic() - start
+
+
+def test_success_with_kvm_probe_rules_disks_and_progress(probe_dir, tmp_path):
+    disk = tmp_path / "disk0.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    other = tmp_path / "disk3.img"
+    other.write_bytes(b"\0" * 4096)
+    rules_extra = {"write_disks": ["snf-disk0"], "padding": "x" * 1000}
+    error, progress, log, _ = _run(probe_dir, "success", [jail.JailDisk(str(disk), 0),
+                                                          jail.JailDisk(str(other), 3, readonly=True)],
+                                   rules_extra, accel="auto")
+    assert error is None, "\n".join(log)
+    assert any(line.startswith("KVM probe") for line in log)
+    assert any(line.startswith("HELPER: jailprobe: pid 1") for line in log)
+    assert [m["subtype"] for m in progress] == ["task-start", "warning", "task-end"]
+    assert all(m["type"] == constants.MSG_HELPER for m in progress)
+    facts = json.loads(progress[1]["messages"][0])
+    rules = json.dumps({"probe": "success", **rules_extra}).encode()
+    assert facts["rules_sha256"] == hashlib.sha256(rules).hexdigest()
+    assert facts["root_ro"] is True
+    assert facts["pid"] == 1
+    assert {"snf_image", "helper", "tasks"} <= set(facts["lib"])
+    assert facts["by_id"] == ["virtio-snf-disk0", "virtio-snf-disk3", "virtio-snf-helper-root",
+                              "virtio-snf-rules"]
+    assert disk.read_bytes().startswith(b"written by jailprobe to snf-disk0\n")
+    assert other.read_bytes() == b"\0" * 4096
+
+
+def test_error_result_is_sanitized(probe_dir):
+    error, _, _, _ = _run(probe_dir, "error")
+    message = str(error)
+    assert message.startswith("Image customization failed: the probe failed ?[31mon purpose?xxx")
+    assert message.endswith("...") and len(message) < 600
+    assert message.isprintable()
+
+
+@pytest.mark.parametrize("probe", ["noresult", "crash"])
+def test_no_result(probe_dir, probe):
+    error, _, log, seconds = _run(probe_dir, probe)
+    assert str(error) == "Image customization failed: the helper VM ended without a result"
+    assert seconds < 60  # PID 1 dying ends the VM at once (panic=-1, -no-reboot)
+    if probe == "crash":
+        assert any("exiting PID 1 on purpose" in line for line in log)
+
+
+@pytest.mark.parametrize(("probe", "reason"), [
+    ("garbage", "a line that is not UTF-8 JSON"),
+    ("invalid", "an invalid message"),
+    ("longline", "line longer than 4096 bytes"),
+    ("flood", "lines per second"),
+])
+def test_hostile_progress_kills_the_vm(probe_dir, probe, reason):
+    error, _, log, _ = _run(probe_dir, probe)
+    assert str(error).startswith("Image customization failed: the helper VM broke the protocol: progress port: ")
+    assert reason in str(error)
+    assert any("killing it" in line for line in log)
+
+
+def test_hang_times_out(probe_dir):
+    error, _, log, seconds = _run(probe_dir, "hang", soft_timeout=25.0, hard_timeout=2.0)
+    assert str(error) == "Image customization failed: the helper VM did not finish on time (25 s)"
+    assert 25 <= seconds < 40
+    assert any("sending SIGTERM" in line for line in log)
+
+
+def test_version_mismatch_refused_before_boot(probe_dir, tmp_path):
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    for name in ("image", "kernel", "initrd"):
+        (stale / name).symlink_to(probe_dir / name)
+    (stale / "version").write_text("0.24.0+0000000000000000\n")
+    error, _, log, seconds = _run(stale, "success")
+    assert str(error) == (f"helper image version 0.24.0+0000000000000000 does not match snf-image "
+                          f"{jail.helper_version()}; rebuild it with: snf-image helper build [--code-only]")
+    assert log == [] and seconds < 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("qemu-nbd") is None, reason="needs qemu-nbd")
+def test_nbd_uri_disk(probe_dir, tmp_path):
+    disk = tmp_path / "nbd.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    port = _free_port()
+    server = subprocess.Popen(["qemu-nbd", "-f", "raw", "-b", "127.0.0.1", "-p", str(port), "-x", "exp",
+                               "--persistent", str(disk)])
+    try:
+        for _ in range(50):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        error, _, log, _ = _run(probe_dir, "success", [jail.JailDisk(f"nbd://127.0.0.1:{port}/exp", 0)],
+                                {"write_disks": ["snf-disk0"]})
+        assert error is None, "\n".join(log)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert disk.read_bytes().startswith(b"written by jailprobe to snf-disk0\n")
+
+
+def test_debug_shell_socket(probe_dir, tmp_path):
+    sock = tmp_path / "debug.sock"
+    error, _, log, _ = _run(probe_dir, "success", debug=True, debug_socket=sock)
+    assert error is None, "\n".join(log)
+    assert any(f"UNIX-CONNECT:{sock}" in line for line in log)
+    assert any("debug shell on /dev/ttyS3" in line for line in log)
+    assert not sock.exists()
+
+
+def test_unprivileged_qemu(probe_dir):
+    """qemu runs as HELPER_USER once started (checked while the VM hangs)."""
+    seen: list[int] = []
+
+    def log(line: str) -> None:
+        if line.startswith("HELPER: jailprobe:"):
+            for pid in _qemu_pids(str(probe_dir)):
+                seen.append(os.stat(f"/proc/{pid}").st_uid)
+
+    cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel="tcg", soft_timeout=60.0)
+    with pytest.raises(HelperError, match="ended without a result"):
+        jail.run_helper(cfg, [], json.dumps({"probe": "noresult"}).encode(), lambda _: None, log)
+    assert seen and set(seen) == {pwd.getpwnam("nobody").pw_uid}
