@@ -327,7 +327,7 @@ def build_root_image(root: Path, image: Path) -> None:
         ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "snf-helper-root", "-b", "4096", "-m", "0",
          "-N", str(inodes * 5 // 4 + 4096), "-O", "^has_journal,^resize_inode",
          "-E", "root_owner=0:0,lazy_itable_init=0", "-d", str(root), str(tmp), f"{size_kib}k"],
-        check=True,
+        check=True, stdout=subprocess.DEVNULL,
     )
     tmp.rename(image)
 

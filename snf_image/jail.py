@@ -281,7 +281,7 @@ def build_qemu_command(
 def qemu_supports_sandbox(qemu: str) -> bool:
     """Whether this qemu has seccomp (-sandbox) built in."""
     try:
-        out = subprocess.run([qemu, "-help"], check=False, capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run([qemu, "-help"], check=False, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return "\n-sandbox" in out
@@ -472,10 +472,13 @@ def _boot(
                 raise ProtocolViolation(f"progress port: {exc}") from None
 
     start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise HelperError(f"cannot start the helper VM ({cmd[0]}): {exc.strerror or exc}") from None
     try:
         os.set_blocking(proc.stdout.fileno(), False)
         pidfd = os.pidfd_open(proc.pid)

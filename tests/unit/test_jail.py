@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,41 @@ def test_run_helper_validates_before_booting(tmp_path):
         jail.run_helper(config, [], b"", print, print)
     with pytest.raises(HelperError, match="does not exist"):
         jail.run_helper(config, [jail.JailDisk(str(tmp_path / "nope"), 0)], rules, print, print)
+    with pytest.raises(HelperError, match=r"cannot start the helper VM \(/nonexistent/qemu\)"):
+        jail.run_helper(config, [], rules, print, lambda _: None)
     with pytest.raises(HelperError, match="distinct"):
         disk = str(tmp_path / "image")
         jail.run_helper(config, [jail.JailDisk(disk, 0), jail.JailDisk(disk, 0)], rules, print, print)
+
+
+def _fake_qemu(tmp_path: Path, body: str) -> jail.HelperConfig:
+    """A helper dir that passes the checks and a stand-in for qemu (a Python script)."""
+    for name in ("image", "kernel", "initrd"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "version").write_text(jail.helper_version())
+    qemu = tmp_path / "fake-qemu"
+    header = '#!/usr/bin/python3\nimport signal, sys, time\nif sys.argv[1:] == ["-help"]:\n    sys.exit(0)\n'
+    qemu.write_text(header + body)
+    qemu.chmod(0o755)
+    return jail.HelperConfig(helper_dir=tmp_path, accel="tcg", qemu=str(qemu), user=None)
+
+
+def test_sigterm_ignored_then_sigkill(tmp_path):
+    config = _fake_qemu(tmp_path, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n")
+    config.soft_timeout, config.hard_timeout = 0.5, 0.5
+    log: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(HelperError, match=r"^Image customization failed: the helper VM did not finish on time "
+                       r"\(0\.5 s\)$"):
+        jail.run_helper(config, [], b"{}", print, log.append)
+    assert time.monotonic() - start < 5
+    assert any("sending SIGKILL" in line for line in log)
+
+
+def test_qemu_dies(tmp_path):
+    config = _fake_qemu(tmp_path, "print('qemu: cannot set up guest memory', flush=True)\nsys.exit(3)\n")
+    log: list[str] = []
+    with pytest.raises(HelperError, match=r"^Image customization failed: the helper VM died unexpectedly "
+                       r"\(exit code 3\)$"):
+        jail.run_helper(config, [], b"{}", print, log.append)
+    assert "QEMU: qemu: cannot set up guest memory" in log
