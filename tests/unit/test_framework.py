@@ -14,6 +14,7 @@ import pytest
 from helper import framework, runner
 from helper.framework import ALL, LINUX, WINDOWS, Context, LoadedTask, Task, TaskError
 from helper.properties import Properties
+from snf_image import schemas
 
 
 class Recorder:
@@ -352,10 +353,10 @@ def test_progress_lines_are_valid_and_bounded() -> None:
     reporter.task_start("Fix")
     reporter.warning("x" * 100_000)
     reporter.error("multi\nline\treason")
-    reporter.task_start("bad name!")  # invalid: dropped, not sent
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [ln["subtype"] for ln in lines] == ["task-start", "warning", "error"]
     assert all(len(line) < 4096 for line in stream.getvalue().splitlines())
+    assert all(schemas.first_error("progress", line, "helper_line") is None for line in lines)
     assert lines[2]["messages"] == ["multi line reason"]
 
 
@@ -363,8 +364,8 @@ def test_read_rules(tmp_path: Path) -> None:
     disk = tmp_path / "rules"
     disk.write_bytes(json.dumps(rules({"OSFAMILY": "linux"})).encode() + b"\0" * 700)
     assert runner.read_rules(disk)["properties"] == {"OSFAMILY": "linux"}
-    disk.write_bytes(b'{"format": 1}' + b"\0" * 10)
-    with pytest.raises(runner.RulesError, match="invalid rules"):
+    disk.write_bytes(b'{"format": 2}' + b"\0" * 10)
+    with pytest.raises(runner.RulesError, match="not in format 1"):
         runner.read_rules(disk)
     disk.write_bytes(b"\xff\xfe" + b"\0" * 10)
     with pytest.raises(runner.RulesError, match="UTF-8 JSON"):
