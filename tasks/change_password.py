@@ -1,0 +1,265 @@
+"""ChangePassword: set the users' password and install their SSH authorized keys.
+
+For every user in the ``USERS`` property (space-separated, default
+``root``):
+
+- with ``img_passwd``: the password is hashed with the method of the
+  ``PASSWD_HASHING_METHOD`` property (``md5``, ``sha1``, ``blowfish``,
+  ``sha256``, ``sha512``; default ``sha512`` on Linux) and written into
+  ``/etc/shadow``; with ``img_passwd_hash`` that hash is written as given.
+  The user's line keeps its aging fields (minimum, maximum, warning,
+  inactivity); the last-change date becomes today (so a forced change,
+  ``chage -d 0``, is lifted) and an account expiry date is cleared, as the
+  original's fixed line did. A user in ``/etc/passwd`` but not in
+  ``/etc/shadow`` gets a new shadow line.
+- with ``auth_keys``: the keys are appended, without duplicating lines
+  already there, to the file the image's ``sshd_config`` names in
+  ``AuthorizedKeysFile`` (first path; ``%h``, ``%u``, ``%U``, ``%%``
+  expanded; relative paths are under the home directory; default
+  ``.ssh/authorized_keys``). ``none`` means keys cannot be installed (a
+  warning). The file is owned by the user, mode 0600; its directory, when
+  under the home directory, is owned by the user with mode 0700.
+
+A user missing from ``/etc/passwd`` is an error. With neither a password
+nor keys there is nothing to do. Under ``CLOUD_INIT`` the work is handed to
+the cloud-init configuration (``tasks/_cloud_init.py``: ``change_password``)
+when it exists.
+
+Properties: USERS, PASSWD_HASHING_METHOD, CLOUD_INIT.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from passlib import hash as passlib_hash
+from passlib.exc import MissingBackendError
+
+from helper import fsutil
+from helper.framework import LINUX, Context, Task, TaskError
+
+from . import _unix
+
+TASK = Task(
+    name="ChangePassword",
+    order=50,
+    families=LINUX,
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
+
+SHADOW = "/etc/shadow"
+DEFAULT_USER = "root"
+DEFAULT_AUTHORIZED_KEYS = ".ssh/authorized_keys"
+# Default PASSWD_HASHING_METHOD per OS family, as the original.
+DEFAULT_METHOD = {"linux": "sha512", "freebsd": "sha512", "openbsd": "blowfish", "netbsd": "sha1"}
+# crypt(3) methods: glibc's default 5000 rounds for sha*_crypt (no "rounds=" in the
+# hash, the form every libc reads); passlib's default salts (16 chars for sha*_crypt).
+METHODS = {
+    "md5": passlib_hash.md5_crypt,
+    "sha1": passlib_hash.sha1_crypt,
+    "blowfish": passlib_hash.bcrypt,
+    "sha256": passlib_hash.sha256_crypt.using(rounds=5000),
+    "sha512": passlib_hash.sha512_crypt.using(rounds=5000),
+}
+
+
+def hash_password(password: str, method: str) -> str:
+    """The crypt(3) hash of ``password`` with ``method`` (a PASSWD_HASHING_METHOD name).
+
+    Public so the cloud-init configuration hashes the same way (chpasswd
+    accepts hashes, so no clear-text password needs to land in the image).
+    """
+    handler = METHODS.get(method.strip().lower())
+    if handler is None:
+        raise TaskError(f"Unknown PASSWD_HASHING_METHOD {method!r} (expected one of: {', '.join(METHODS)})")
+    try:
+        return handler.hash(password)
+    except MissingBackendError as exc:
+        raise TaskError(f"Password hashing method {method} is not available in the helper: {exc}") from exc
+
+
+def check_hash(value: str) -> str:
+    """``value`` if it can be a shadow password field; a colon or a line break would corrupt the file."""
+    if not value or any(c in value for c in ":\r\n\0"):
+        raise TaskError("img_passwd_hash is not a valid password hash (empty, or contains ':' or a line break)")
+    return value
+
+
+def days_since_epoch(day: datetime.date) -> int:
+    """The shadow last-change field for ``day``."""
+    return (day - datetime.date(1970, 1, 1)).days
+
+
+def set_shadow_password(text: str, user: str, hashed: str, today: int) -> str:
+    """``/etc/shadow`` text with ``user``'s password set (every line of that user, if duplicated).
+
+    Fields: password = ``hashed``, last change = ``today``, account expiry
+    cleared, the rest kept. A user without a line gets
+    ``user:hash:today:0:99999:7:::``. Other lines are kept byte for byte.
+    """
+    newline = _unix.newline_of(text)
+    lines = _unix.split_lines(text)
+    found = False
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] != user or len(fields) < 2:
+            continue
+        fields += [""] * (9 - len(fields))
+        fields[1] = hashed
+        fields[2] = str(today)
+        fields[7] = ""
+        lines[i] = ":".join(fields)
+        found = True
+    if not found:
+        lines.append(f"{user}:{hashed}:{today}:0:99999:7:::")
+    return _unix.join_lines(lines, newline)
+
+
+def authorized_keys_path(setting: list[str] | None, user: _unix.User) -> str | None:
+    """The guest path of ``user``'s authorized keys from AuthorizedKeysFile's arguments, or None for ``none``.
+
+    The first path is used (sshd reads them all; the first is where keys go).
+    """
+    pattern = setting[0] if setting else DEFAULT_AUTHORIZED_KEYS
+    if pattern.lower() == "none":
+        return None
+    expanded = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "%" and i + 1 < len(pattern):
+            token = pattern[i + 1]
+            replacement = {"%": "%", "h": user.home, "u": user.name, "U": str(user.uid)}.get(token)
+            if replacement is None:
+                raise TaskError(f"AuthorizedKeysFile {pattern!r}: unsupported token %{token}")
+            expanded.append(replacement)
+            i += 2
+            continue
+        expanded.append(c)
+        i += 1
+    path = "".join(expanded)
+    if not path.startswith("/"):
+        path = f"{user.home.rstrip('/')}/{path}"
+    return path
+
+
+def key_lines(auth_keys: str) -> list[str]:
+    """The keys to install: non-empty lines, blanks and CR stripped, first occurrence only."""
+    keys: list[str] = []
+    for line in _unix.split_lines(auth_keys):
+        line = line.strip()
+        if line and line not in keys:
+            keys.append(line)
+    return keys
+
+
+def add_authorized_keys(text: str, keys: list[str]) -> str:
+    """``authorized_keys`` text with the ``keys`` not already there appended (comparing stripped lines)."""
+    newline = _unix.newline_of(text)
+    lines = _unix.split_lines(text)
+    present = {line.strip() for line in lines}
+    lines += [key for key in keys if key not in present]
+    return _unix.join_lines(lines, newline)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What to set: the users, the crypt hash (or None) and the authorized keys (maybe none)."""
+
+    users: list[str]
+    hashed: str | None
+    keys: list[str]
+
+
+def credentials(ctx: Context) -> Credentials | None:
+    """What this deployment asks for, or None when there is nothing to do."""
+    password = ctx.rules.get("password") or None
+    given_hash = ctx.rules.get("password_hash") or None
+    keys = key_lines(ctx.rules.get("auth_keys") or "")
+    if password is None and given_hash is None and not keys:
+        return None
+    users = ctx.properties.value("USERS").split()
+    if not users:
+        users = [DEFAULT_USER]
+        ctx.warning(f"Image property `USERS' is missing or empty. Using the default user: `{users[0]}'.")
+    if given_hash is not None:
+        hashed: str | None = check_hash(given_hash)
+    elif password is not None:
+        method = ctx.properties.value("PASSWD_HASHING_METHOD") or DEFAULT_METHOD.get(ctx.osfamily, "sha512")
+        hashed = hash_password(password, method)
+    else:
+        hashed = None
+    return Credentials(users, hashed, keys)
+
+
+def install_keys(ctx: Context, user: _unix.User, keys: list[str], setting: list[str] | None) -> None:
+    """Append ``keys`` to ``user``'s authorized keys file in the guest, with ownership and modes sshd accepts.
+
+    A symlink at the file's own path is replaced by a regular file with the
+    same keys plus the new ones, never written through: chowning whatever it
+    points to (``/etc/shadow``) to the user would be a gift to the user.
+    """
+    path = authorized_keys_path(setting, user)
+    if path is None:
+        ctx.warning(f"AuthorizedKeysFile is `none' in sshd_config; not installing SSH keys for user {user.name}")
+        return
+    guest = PurePosixPath(path)
+    home = PurePosixPath(user.home)
+    if home != PurePosixPath("/") and home in guest.parents:
+        # above home: root's; home and below: the user's (StrictModes accepts both)
+        _unix.make_dirs(ctx.target, str(home.parent), mode=0o755)
+        _unix.make_dirs(ctx.target, str(guest.parent), mode=0o700, uid=user.uid, gid=user.gid)
+        link = fsutil.resolve(ctx.target, str(guest.parent.parent)) / guest.parent.name
+        if guest.parent != home and not link.is_symlink():  # a symlinked .ssh may be anything: leave it be
+            os.chown(link, user.uid, user.gid, follow_symlinks=False)
+            link.chmod(0o700)
+    else:
+        _unix.make_dirs(ctx.target, str(guest.parent), mode=0o755)
+    old = _unix.read_optional(ctx.target, path) or ""
+    data = add_authorized_keys(old, keys).encode("utf-8", "surrogateescape")
+    _unix.write_file(ctx.target, path, data, mode=0o600, uid=user.uid, gid=user.gid)
+
+
+def apply(ctx: Context, creds: Credentials) -> None:
+    """Edit /etc/shadow and the authorized keys files directly (Linux)."""
+    passwd = _unix.read_passwd(ctx.target)
+    missing = [u for u in creds.users if u not in passwd]
+    if missing:
+        raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's /etc/passwd")
+    if creds.hashed is not None:
+        text = _unix.read_optional(ctx.target, SHADOW)
+        if text is None:
+            raise TaskError(f"Unable to find {SHADOW} in the image")
+        today = days_since_epoch(datetime.datetime.now(datetime.UTC).date())
+        for user in creds.users:
+            text = set_shadow_password(text, user, creds.hashed, today)
+        fsutil.write_text(ctx.target, SHADOW, text)
+    if creds.keys:
+        options = _unix.sshd_options(ctx.target)
+        setting = None if options is None else _unix.sshd_first(options, "authorizedkeysfile")
+        for user in creds.users:
+            install_keys(ctx, passwd[user], creds.keys, setting)
+
+
+FAMILY_HANDLERS = {"linux": apply}
+
+
+def run(ctx: Context) -> None:
+    """Set the password and keys of the USERS, or hand them to cloud-init."""
+    creds = credentials(ctx)
+    if creds is None:
+        return
+    if ctx.cloud_init:
+        hook = _unix.cloud_init_hook("change_password")
+        if hook is not None:
+            hook(ctx, creds)
+            return
+        ctx.warning("cloud-init password configuration is not available; editing the image's files directly")
+    FAMILY_HANDLERS[ctx.osfamily](ctx, creds)

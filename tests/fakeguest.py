@@ -1,0 +1,131 @@
+"""Fake guest roots for the configuration tasks: a directory tree shaped like a small Debian install.
+
+As libguestfs' virt-customize tests drive operations against scripted
+guests, these tests drive a task's run(ctx) against a temporary directory
+that stands in for the mounted image, then read the files back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from helper.framework import Context
+from helper.properties import Properties
+
+PASSWD = """root:x:0:0:root:/root:/bin/bash
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+alice:x:1000:1000:Alice,,,:/home/alice:/bin/bash
+"""
+GROUP = """root:x:0:
+daemon:x:1:
+ssh_keys:x:101:
+alice:x:1000:
+"""
+SHADOW = """root:*:19000:0:99999:7:::
+daemon:*:19000:0:99999:7:::
+alice:!:19000:0:99999:7:::
+"""
+HOSTS = """127.0.0.1\tlocalhost
+127.0.1.1\timage-builder.example.org\timage-builder
+
+# The following lines are desirable for IPv6 capable hosts
+::1     localhost ip6-localhost ip6-loopback
+"""
+SSHD_CONFIG = """# bookworm's default
+Include /etc/ssh/sshd_config.d/*.conf
+
+#HostKey /etc/ssh/ssh_host_rsa_key
+#AuthorizedKeysFile\t.ssh/authorized_keys .ssh/authorized_keys2
+KbdInteractiveAuthentication no
+UsePAM yes
+Subsystem\tsftp\t/usr/lib/openssh/sftp-server
+"""
+DEBIAN = {
+    "etc/passwd": PASSWD,
+    "etc/group": GROUP,
+    "etc/shadow": SHADOW,
+    "etc/hosts": HOSTS,
+    "etc/hostname": "image-builder\n",
+    "etc/debian_version": "12.5\n",
+    "etc/fstab": "UUID=1111-2222 / ext4 errors=remount-ro 0 1\n",
+    "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+    "etc/ssh/sshd_config": SSHD_CONFIG,
+    "etc/ssh/sshd_config.d/.keep": "",
+    "etc/ssh/ssh_host_rsa_key": "old private\n",
+    "etc/ssh/ssh_host_rsa_key.pub": "ssh-rsa AAAA old\n",
+    "etc/ssh/ssh_host_ed25519_key": "old private\n",
+    "etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAA old\n",
+    "root/.bashrc": "",
+    "home/alice/.profile": "",
+}
+
+
+class Recorder:
+    """A Reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def task_start(self, task: str) -> None:
+        self.lines.append(("start", task))
+
+    def task_end(self, task: str) -> None:
+        self.lines.append(("end", task))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", message))
+
+    def error(self, message: str) -> None:
+        self.lines.append(("error", message))
+
+    @property
+    def warnings(self) -> list[str]:
+        return [m for kind, m in self.lines if kind == "warning"]
+
+
+def make_guest(root: Path, files: dict[str, str | None] | None = None, base: dict[str, str] | None = None) -> Path:
+    """A guest tree at ``root``: ``base`` (default: Debian-like) overridden by ``files`` (None deletes)."""
+    tree: dict[str, str | None] = {**(DEBIAN if base is None else base), **(files or {})}
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, text in tree.items():
+        path = root / rel
+        if text is None:
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if (root / "etc/shadow").exists():
+        os.chmod(root / "etc/shadow", 0o640)
+    for home, uid in (("home/alice", 1000),):
+        if (root / home).is_dir():
+            os.chown(root / home, uid, uid)
+    return root
+
+
+def make_ctx(
+    root: Path,
+    rules: dict[str, Any] | None = None,
+    properties: dict[str, str] | None = None,
+    disks: list[Path] | None = None,
+    osfamily: str = "linux",
+) -> Context:
+    """A Context whose target is the fake guest ``root``, reporting into a :class:`Recorder`."""
+    reporter = Recorder()
+    return Context(
+        rules={"instance_name": "vm1.example.com", **(rules or {})},
+        properties=Properties(properties or {}, warn=reporter.warning),
+        disks=disks or [Path("/dev/vdb")],
+        reporter=reporter,
+        target=root,
+        osfamily=osfamily,
+        root_partition=1,
+        resize_partition=1,
+    )
+
+
+def warnings(ctx: Context) -> list[str]:
+    """The warnings a task sent."""
+    return ctx.reporter.warnings  # type: ignore[attr-defined,no-any-return]
