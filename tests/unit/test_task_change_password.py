@@ -231,9 +231,23 @@ def test_run_shadow_symlink_cannot_escape(tmp_path: Path) -> None:
     assert outside.read_text() == "root:*:1:0:99999:7:::\n"
 
 
-def test_run_cloud_init_without_hook_edits_files(tmp_path: Path) -> None:
+def test_run_cloud_init_without_hook_edits_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cp._unix, "cloud_init_hook", lambda name: None)
     root = make_guest(tmp_path)
     ctx = make_ctx(root, {"password": "pw"}, {"CLOUD_INIT": "yes", "USERS": "root"})
     cp.run(ctx)
     assert shadow_of(root, "root")[1].startswith("$6$")
     assert any("cloud-init" in w for w in warnings(ctx))
+
+
+def test_run_cloud_init_hands_over_hashed_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, cp.Credentials]] = []
+    monkeypatch.setattr(cp._unix, "cloud_init_hook", lambda name: lambda ctx, creds: calls.append((name, creds)))
+    root = make_guest(tmp_path)
+    before = (root / "etc/shadow").read_text()
+    cp.run(make_ctx(root, {"password": "pw", "auth_keys": "ssh-rsa K k"}, {"CLOUD_INIT": "yes", "USERS": "alice"}))
+    [(name, creds)] = calls
+    assert name == "change_password"
+    assert creds.users == ["alice"] and creds.keys == ["ssh-rsa K k"]
+    assert creds.hashed is not None and sha512_crypt.verify("pw", creds.hashed)
+    assert (root / "etc/shadow").read_text() == before
