@@ -1,0 +1,179 @@
+"""AssignHostname: give the image the instance's name as its hostname.
+
+The instance name (a fully qualified name, ``web1.example.com``) is written
+as the original did: in full to ``/etc/hostname`` when the image has that
+file; otherwise where its base distribution keeps it -- CoreOS
+``/etc/hostname``, Red Hat ``HOSTNAME=`` in ``/etc/sysconfig/network``,
+SUSE and Slackware ``/etc/HOSTNAME``, Gentoo ``hostname="..."`` in
+``/etc/conf.d/hostname``, Arch ``HOSTNAME="..."`` in ``/etc/rc.conf``
+(old Arch) or ``/etc/hostname``; an unknown distribution gets
+``/etc/hostname`` with a warning. An existing ``HOSTNAME=`` line in
+``/etc/sysconfig/network`` is updated in any case.
+
+In ``/etc/hosts`` the ``127.0.1.1`` line becomes ``127.0.1.1 <fqdn>
+<short name>`` (added after the localhost line when missing; duplicates
+removed); the other lines are kept.
+
+This is also what ``gnt-instance rename`` runs. Under ``CLOUD_INIT`` the
+name also goes to the cloud-init configuration (``tasks/_cloud_init.py``:
+``set_hostname``, the seed's ``local-hostname``); the files are written
+anyway, so the name holds even where the image's cloud-init is told to
+preserve the hostname.
+
+Properties: CLOUD_INIT.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import PurePosixPath
+
+from helper import fsutil
+from helper.framework import LINUX, Context, Task, TaskError
+
+from . import _unix
+
+TASK = Task(
+    name="AssignHostname",
+    order=50,
+    families=LINUX,
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
+
+HOSTS = "/etc/hosts"
+HOSTNAME = "/etc/hostname"
+SYSCONFIG_NETWORK = "/etc/sysconfig/network"
+HOSTS_ADDRESS = "127.0.1.1"
+LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+DEFAULT_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def check_hostname(name: str) -> str:
+    """``name`` without a trailing dot if it is a valid host name; anything else could inject into config files."""
+    name = name.strip().rstrip(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(LABEL.match(label) for label in labels):
+        raise TaskError(f"Invalid hostname {name!r}: expected letters, digits, '-' and '.'-separated labels")
+    return name
+
+
+def short_name(fqdn: str) -> str:
+    """The first label: what ``hostname -s`` shows."""
+    return fqdn.split(".", 1)[0]
+
+
+def set_hosts(text: str, fqdn: str) -> str:
+    """``/etc/hosts`` with ``127.0.1.1 <fqdn> <short>`` in place of the first 127.0.1.1 line, others removed.
+
+    Without such a line, one is added after the last 127.0.0.1 line (or at
+    the top). Comments and other entries are kept.
+    """
+    names = fqdn if short_name(fqdn) == fqdn else f"{fqdn} {short_name(fqdn)}"
+    entry = f"{HOSTS_ADDRESS}\t{names}"
+    newline = _unix.newline_of(text)
+    lines: list[str] = []
+    placed = False
+    for line in _unix.split_lines(text):
+        fields = line.split("#", 1)[0].split()
+        if fields and fields[0] == HOSTS_ADDRESS:
+            if not placed:
+                lines.append(entry)
+                placed = True
+            continue
+        lines.append(line)
+    if not placed:
+        after = [i for i, line in enumerate(lines) if line.split("#", 1)[0].split()[:1] == ["127.0.0.1"]]
+        lines.insert(after[-1] + 1 if after else 0, entry)
+    return _unix.join_lines(lines, newline)
+
+
+def set_variable(text: str, name: str, value: str, quote: bool = False, add: bool = True) -> str:
+    """Shell-variable file text (``NAME=value``) with ``name`` set, first assignment replaced, later ones dropped.
+
+    Also matches ``export NAME=``. Without an assignment one is appended
+    when ``add``.
+    """
+    pattern = re.compile(rf"^\s*(export\s+)?{re.escape(name)}=")
+    assignment = f'{name}="{value}"' if quote else f"{name}={value}"
+    newline = _unix.newline_of(text)
+    lines: list[str] = []
+    placed = False
+    for line in _unix.split_lines(text):
+        m = pattern.match(line)
+        if m is None:
+            lines.append(line)
+        elif not placed:
+            lines.append((m.group(1) or "") + assignment)
+            placed = True
+    if not placed and add:
+        lines.append(assignment)
+    return _unix.join_lines(lines, newline)
+
+
+def has_variable(text: str, name: str) -> bool:
+    """Whether a shell-variable file assigns ``name``."""
+    return any(re.match(rf"^\s*(export\s+)?{re.escape(name)}=", line) for line in _unix.split_lines(text))
+
+
+def _write(ctx: Context, path: str, edit: Callable[[str], str]) -> None:
+    """Apply ``edit`` to guest file ``path`` (empty text when it does not exist yet; its directory made 0755)."""
+    old = _unix.read_optional(ctx.target, path)
+    if old is None:
+        _unix.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
+    fsutil.write_text(ctx.target, path, edit(old or ""))
+
+
+def hostname_files(ctx: Context, fqdn: str) -> None:
+    """Write the name where the image's distribution reads it at boot (Linux)."""
+    root = ctx.target
+    line = fqdn + "\n"
+    if fsutil.exists(root, HOSTNAME):
+        _write(ctx, HOSTNAME, lambda _: line)
+    else:
+        distro = _unix.base_distro(root)
+        rc_conf = _unix.read_optional(root, "/etc/rc.conf")
+        if distro == "redhat":
+            _write(ctx, SYSCONFIG_NETWORK, lambda t: set_variable(t, "HOSTNAME", fqdn))
+        elif distro in ("suse", "slackware"):
+            _write(ctx, "/etc/HOSTNAME", lambda _: line)
+        elif distro == "gentoo":
+            _write(ctx, "/etc/conf.d/hostname", lambda t: set_variable(t, "hostname", fqdn, quote=True))
+        elif distro == "arch" and rc_conf is not None and has_variable(rc_conf, "HOSTNAME"):
+            _write(ctx, "/etc/rc.conf", lambda t: set_variable(t, "HOSTNAME", fqdn, quote=True))
+        else:
+            if distro not in ("coreos", "arch", "debian"):
+                ctx.warning(f"Unknown Linux distribution ({distro or 'no marker found'}); writing {HOSTNAME}")
+            _write(ctx, HOSTNAME, lambda _: line)
+    network = _unix.read_optional(root, SYSCONFIG_NETWORK)
+    if network is not None and has_variable(network, "HOSTNAME"):
+        _write(ctx, SYSCONFIG_NETWORK, lambda t: set_variable(t, "HOSTNAME", fqdn))
+
+
+def apply(ctx: Context, fqdn: str) -> None:
+    """Hostname files and /etc/hosts (Linux)."""
+    hostname_files(ctx, fqdn)
+    hosts = _unix.read_optional(ctx.target, HOSTS)
+    if hosts is None:
+        ctx.warning(f"The image has no {HOSTS}; creating one")
+        hosts = DEFAULT_HOSTS
+    fsutil.write_text(ctx.target, HOSTS, set_hosts(hosts, fqdn))
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {"linux": apply}
+
+
+def run(ctx: Context) -> None:
+    """Set the hostname from rules["instance_name"], or hand it to cloud-init."""
+    fqdn = check_hostname(str(ctx.rules.get("instance_name") or ""))
+    if ctx.cloud_init:
+        hook = _unix.cloud_init_hook("set_hostname")
+        if hook is not None:
+            hook(ctx, fqdn)
+        else:
+            ctx.warning("cloud-init hostname configuration is not available; only the image's files are edited")
+    FAMILY_HANDLERS[ctx.osfamily](ctx, fqdn)
