@@ -1,0 +1,65 @@
+"""ChangeMachineId: give the instance its own systemd/D-Bus machine id.
+
+Images are copies of one installation, and ``/etc/machine-id`` identifies
+the installation (journal, DHCP DUIDs derived from it, ...). When the image
+has ``/etc/machine-id`` it gets a fresh random id (128 random bits in the
+systemd form, 32 lower-case hex digits and a newline); likewise
+``/var/lib/dbus/machine-id`` when present -- unless it is a symlink, which
+stays a symlink (to ``/etc/machine-id``, normally). A missing file is a
+warning: systemd creates one at first boot.
+
+Runs under ``CLOUD_INIT`` too. Properties: none.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import PurePosixPath
+
+from helper import fsutil
+from helper.framework import LINUX, Context, Task
+
+TASK = Task(
+    name="ChangeMachineId",
+    order=50,
+    families=LINUX,
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
+
+MACHINE_ID = "/etc/machine-id"
+DBUS_MACHINE_ID = "/var/lib/dbus/machine-id"
+
+
+def new_machine_id() -> str:
+    """A random machine id as systemd writes it (a version 4 UUID without dashes, newline-terminated)."""
+    return uuid.uuid4().hex + "\n"
+
+
+def apply(ctx: Context) -> None:
+    """Write a fresh id into the image's machine-id files (Linux); the D-Bus one only if it is a real file."""
+    machine_id = new_machine_id()
+    if fsutil.resolve(ctx.target, MACHINE_ID).is_file():
+        fsutil.write_text(ctx.target, MACHINE_ID, machine_id)
+    else:
+        ctx.warning(f"The image has no {MACHINE_ID}; systemd will create one at first boot")
+    dbus = PurePosixPath(DBUS_MACHINE_ID)
+    host = fsutil.resolve(ctx.target, str(dbus.parent)) / dbus.name
+    if host.is_symlink():
+        return
+    if host.is_file():
+        fsutil.write_text(ctx.target, DBUS_MACHINE_ID, machine_id)
+    else:
+        ctx.warning(f"The image has no {DBUS_MACHINE_ID}; not changing it")
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {"linux": apply}
+
+
+def run(ctx: Context) -> None:
+    """Change the machine id."""
+    FAMILY_HANDLERS[ctx.osfamily](ctx)
