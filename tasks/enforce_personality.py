@@ -1,0 +1,108 @@
+"""EnforcePersonality: inject the files of img_personality into the image.
+
+Each entry of the personality (OpenStack's server personality: ``path``,
+base64 ``contents``, ``owner``, ``group``, ``mode``) becomes a file at
+``path`` with that content, owner and group (names looked up in the
+image's ``/etc/passwd`` and ``/etc/group``, or numeric ids; empty or absent
+means root; an unknown name is an error) and mode (a decimal number in the
+JSON, default 288 = 0440). An existing file is replaced; a symlink at the
+path is replaced, not followed. Missing parent directories are created
+with mode 0750 and the file's owner and group, as the original did; an
+existing parent that is not a directory is an error. Nothing is ever
+written outside the image's root, whatever symlinks the image holds.
+
+This is the last mounted task before RunCustomTask (order 60), so that no
+other task overwrites what the user injected. Without entries it warns
+"This image has no personality (0 files to inject)". Under ``CLOUD_INIT``
+the files are handed to the cloud-init configuration
+(``tasks/_cloud_init.py``: ``inject_files``, which can resolve owners
+cloud-init creates at first boot) when it exists.
+
+Properties: CLOUD_INIT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from helper.framework import LINUX, Context, Task, TaskError
+
+from . import _unix
+
+TASK = Task(
+    name="EnforcePersonality",
+    order=60,
+    families=LINUX,
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
+
+DEFAULT_MODE = 0o440
+PARENT_MODE = 0o750
+NO_PERSONALITY = "This image has no personality (0 files to inject)"
+
+
+@dataclass(frozen=True)
+class File:
+    """One personality entry, decoded and checked."""
+
+    path: str
+    contents: bytes
+    owner: str
+    group: str
+    mode: int
+
+
+def parse_entry(entry: dict[str, Any]) -> File:
+    """A personality entry as a :class:`File`; TaskError for a bad path, bad base64 or a bad mode."""
+    path = entry.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise TaskError(f"Personality: invalid path {path!r} (must be absolute)")
+    guest = PurePosixPath(path)
+    if ".." in guest.parts or guest.name in ("", ".", ".."):
+        raise TaskError(f"Personality: invalid path {path!r}")
+    try:
+        contents = base64.b64decode(entry.get("contents") or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise TaskError(f"Personality: contents of {path} are not valid base64") from exc
+    mode = entry.get("mode", DEFAULT_MODE)
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise TaskError(f"Personality: invalid mode {mode!r} for {path}")
+    return File(str(guest), contents, str(entry.get("owner") or ""), str(entry.get("group") or ""), mode)
+
+
+def inject(ctx: Context, files: list[File]) -> None:
+    """Write ``files`` into the guest with resolved ownership (Linux and other Unix roots)."""
+    users = {name: user.uid for name, user in _unix.read_passwd(ctx.target).items()}
+    groups = _unix.read_group(ctx.target)
+    for f in files:
+        uid = _unix.owner_id(f.owner, users, "File owner")
+        gid = _unix.owner_id(f.group, groups, "Group")
+        _unix.make_dirs(ctx.target, str(PurePosixPath(f.path).parent), mode=PARENT_MODE, uid=uid, gid=gid)
+        _unix.write_file(ctx.target, f.path, f.contents, mode=f.mode, uid=uid, gid=gid)
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context, list[File]], None]] = {"linux": inject}
+
+
+def run(ctx: Context) -> None:
+    """Inject the personality files."""
+    files = [parse_entry(e) for e in ctx.rules.get("personality") or []]
+    if not files:
+        ctx.warning(NO_PERSONALITY)
+        return
+    if ctx.cloud_init:
+        hook = _unix.cloud_init_hook("inject_files")
+        if hook is not None:
+            hook(ctx, files)
+            return
+        ctx.warning("cloud-init file injection is not available; writing the files into the image directly")
+    FAMILY_HANDLERS[ctx.osfamily](ctx, files)
