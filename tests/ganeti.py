@@ -33,6 +33,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 STATE_DIR = Path(os.environ.get("SNF_IMAGE_GANETI_STATE", "/var/tmp/snf-image-gnt"))
 NET = "198.51.100"
 NODE = "node1.gnt.test"
@@ -508,6 +510,154 @@ class Cluster:
     def os_logs(self, kind: str, instance: str) -> list[Path]:
         """The OS script logs of one instance (``add``, ``rename``, ``import``, ``export``), oldest first."""
         return sorted(OS_LOG_DIR.glob(f"{kind}-*-{instance}-*.log"), key=lambda p: p.stat().st_mtime)
+
+
+
+# --------------------------------------------------------------------------- pytest fixtures
+
+REPO = Path(__file__).resolve().parent.parent
+OS_INSTALL_DIR = Path("/usr/share/ganeti/os/snf-image")
+SNF_CONFIG = Path("/etc/snf-image/snf-image.conf")
+SNF_VARIANT = Path("/etc/ganeti/snf-image/variants/default.conf")
+SNF_COMMAND = Path("/usr/local/bin/snf-image")
+MONITOR_TEXT = """#!/usr/bin/python3
+# PROGRESS_MONITOR of the e2e tests: appends its stdin to monitor/<instance>.jsonl, line by line.
+import pathlib
+import sys
+
+out = pathlib.Path(__file__).resolve().parent / "monitor" / (sys.argv[1] + ".jsonl")
+with open(out, "ab") as f:
+    for line in sys.stdin.buffer:
+        f.write(line)
+        f.flush()
+"""
+
+
+def ensure_ganeti() -> None:
+    """Install Debian's ganeti package if missing (a fresh CI machine has only what the suite installs)."""
+    if shutil.which("gnt-cluster"):
+        return
+    log("installing ganeti (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "-o", "DPkg::Lock::Timeout=1200", "install", "-y", "--no-install-recommends", "ganeti"],
+        env=env, timeout=1800)
+
+
+@dataclass
+class Deployment:
+    """The cluster plus an installed, configured snf-image: where tests put images and read progress."""
+
+    cluster: Cluster
+    image_dir: Path
+    monitor_dir: Path
+    helper_dir: Path
+    settings: dict[str, str]
+
+    def configure(self, **extra: str) -> None:
+        """Write /etc/snf-image/snf-image.conf (Ganeti resets the environment: settings live in files)."""
+        values = {**self.settings, **extra}
+        text = "# written by snf-image's e2e tests; restored afterwards\n"
+        text += "".join(f'{key}="{value}"\n' for key, value in values.items())
+        self.cluster.replace_file(SNF_CONFIG, text)
+
+    def monitor_messages(self, instance: str) -> list[dict]:
+        path = self.monitor_dir / f"{instance}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def reset_monitor(self, instance: str) -> None:
+        (self.monitor_dir / f"{instance}.jsonl").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def ganeti_cluster() -> Iterator[Cluster]:
+    """One cluster (fake and kvm hypervisors) for the session; torn down even when tests fail."""
+    if os.geteuid() != 0:
+        pytest.skip("a Ganeti cluster needs root")
+    ensure_ganeti()
+    cluster = Cluster(kvm=True)
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def snf_image_installed() -> Iterator[Path]:
+    """scripts/install for real; what was not installed before the session is removed after it."""
+    before = {path: path.exists() for path in (OS_INSTALL_DIR, SNF_CONFIG, SNF_VARIANT, SNF_COMMAND)}
+    run(["/usr/bin/python3", REPO / "scripts" / "install"], timeout=300)
+    try:
+        yield OS_INSTALL_DIR
+    finally:
+        if not before[OS_INSTALL_DIR]:
+            run(["/usr/bin/python3", REPO / "scripts" / "install", "--uninstall"], check=False)
+        for path in (SNF_CONFIG, SNF_VARIANT):
+            if not before[path]:
+                path.unlink(missing_ok=True)
+                for parent in (path.parent, path.parent.parent):
+                    with contextlib.suppress(OSError):
+                        if parent.name in ("snf-image", "variants"):
+                            parent.rmdir()
+
+
+@pytest.fixture(scope="session")
+def snf_deployment(ganeti_cluster: Cluster, snf_image_installed: Path) -> Deployment:
+    """snf-image installed and configured for the cluster: image dir, monitor, TCG helper, settings file."""
+    base = ganeti_cluster.state_dir
+    deployment = Deployment(ganeti_cluster, base / "images", base / "monitor", base / "helper", {})
+    for directory in (deployment.image_dir, deployment.monitor_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    monitor = base / "progress-monitor"
+    monitor.write_text(MONITOR_TEXT)
+    monitor.chmod(0o755)
+    deployment.settings = {
+        "IMAGE_DIR": str(deployment.image_dir),
+        "HELPER_DIR": str(deployment.helper_dir),
+        # KVM here is nested and broken; "auto" would probe it (seconds) in every create process.
+        "HELPER_ACCEL": "tcg",
+        "PROGRESS_MONITOR": str(monitor),
+    }
+    deployment.configure()
+    return deployment
+
+
+@pytest.fixture(scope="session")
+def snf_helper(snf_deployment: Deployment) -> Path:
+    """The test helper image (tests/helpervm.py) installed as the cluster's HELPER_DIR.
+
+    The big files are symlinked from the test cache; the *installed* snf-image then
+    brings the code layer up to date, so the helper matches the code Ganeti runs.
+    """
+    from tests import helpervm
+
+    built = helpervm.ensure_helper()
+    target = snf_deployment.helper_dir
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("image", "kernel", "initrd-base", "packages", ".base-key"):
+        link = target / name
+        if not link.exists():
+            link.symlink_to(built / name)
+    for name in ("initrd", "version"):
+        shutil.copyfile(built / name, target / name)
+    run([SNF_COMMAND, "helper", "build", "--code-only", "--helper-dir", target,
+         "--cache-dir", target.parent / "helper-build"], env=NS_ENV, timeout=600)
+    return target
+
+
+@pytest.fixture(scope="session")
+def debian_image(snf_deployment: Deployment):
+    """tests/guests.py's real Debian image (ext4 on msdos), linked into IMAGE_DIR as debian.img."""
+    from tests import guests
+
+    image = guests.guest_image("ext4-msdos")
+    target = snf_deployment.image_dir / "debian.img"
+    if not target.exists():
+        try:
+            os.link(image.path, target)
+        except OSError:
+            run(["cp", "--sparse=always", image.path, target])
+    return image
 
 
 def main(argv: list[str] | None = None) -> int:
