@@ -1,0 +1,561 @@
+"""Network configuration as pure functions: the per-NIC plan and the renderers of every format.
+
+One decision function (:func:`plan_nics`) turns the rules' NIC list and
+settings into a :class:`NicPlan` per NIC; every renderer (ifupdown,
+ifcfg, NetworkManager keyfiles, netplan, systemd-networkd, cloud-init's
+network-config) is text/data in, text/data out, so each is tested without
+an image. ConfigureNetwork and InitializeDatasource only do the I/O.
+
+Interface names. Current distributions name NICs after their bus position
+(ens3, enp0s3), which the jail cannot know. Formats that can match a NIC by
+MAC do so (netplan ``match: macaddress``, networkd ``[Match] MACAddress=``,
+NetworkManager ``mac-address``, ifcfg ``HWADDR``); and because ifupdown can
+only name interfaces, every Linux renderer also pins the name by MAC with a
+udev rule (:func:`render_udev_rules`) so that Ganeti NIC ``N`` is ``nicN``
+on every image whatever its renderer. The prefix is deliberately not
+``eth``: renaming into the kernel's own ``ethN`` namespace races with the
+kernel's names when the probe order differs from Ganeti's order
+(systemd.link(5) warns against it), and a lost race leaves a NIC
+unconfigured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from helper.framework import TaskError
+
+from ._unix import join_lines, newline_of, split_lines
+
+IPV4_MODES = ("dhcp", "static")
+IPV6_MODES = ("dhcp", "slaac", "slaac_dhcp")
+DEFAULT_NIC_CONFIGS = ("", "dhcp", "dhcpv6", "slaac", "slaac_dhcp", "dhcp+dhcpv6", "dhcp+slaac", "dhcp+slaac_dhcp")
+NAME_PREFIX = "nic"
+METRIC_BASE = 100  # default route metric of NIC N: METRIC_BASE + N, so two gateways never collide
+MARK = "snf-image"
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class NicPlan:
+    """What one NIC gets.
+
+    ipv4: None, "dhcp" or "static" (then ``address`` is set, ``gateway`` maybe).
+    ipv6: None, "dhcp" (stateful DHCPv6), "slaac", or "slaac_dhcp" (SLAAC plus
+        stateless DHCPv6 for the other options). No static IPv6 address: the
+        network's routers advertise the prefix and the address is EUI-64.
+    metric: the metric of this NIC's IPv4 default route.
+    """
+
+    index: int
+    mac: str
+    name: str
+    ipv4: str | None = None
+    ipv6: str | None = None
+    address: ipaddress.IPv4Interface | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    frontend_type: str | None = None
+
+    @property
+    def metric(self) -> int:
+        return METRIC_BASE + self.index
+
+    @property
+    def configured(self) -> bool:
+        """Whether anything is configured on this NIC."""
+        return self.ipv4 is not None or self.ipv6 is not None
+
+
+def linux_name(index: int) -> str:
+    """The interface name Ganeti NIC ``index`` gets on Linux (pinned by MAC, see the module docstring)."""
+    return f"{NAME_PREFIX}{index}"
+
+
+def _text(nic: Mapping[str, Any], key: str) -> str:
+    value = nic.get(key)
+    return "" if value is None else str(value).strip()
+
+
+def _mac(nic: Mapping[str, Any], label: str) -> str:
+    mac = _text(nic, "mac").lower().replace("-", ":")
+    if not MAC_RE.match(mac):
+        raise TaskError(f"{label}: invalid MAC address {nic.get('mac')!r}")
+    return mac
+
+
+def _ipv4(value: str, what: str, label: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise TaskError(f"{label}: invalid {what} {value!r} (expected an IPv4 address)") from exc
+
+
+def _network(value: str, version: int, what: str, label: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise TaskError(f"{label}: invalid {what} {value!r} (expected a network in CIDR notation)") from exc
+    if net.version != version or "/" not in value:
+        raise TaskError(f"{label}: invalid {what} {value!r} (expected an IPv{version} network in CIDR notation)")
+    return net
+
+
+def parse_default_nic_config(value: str) -> tuple[str | None, str | None]:
+    """(ipv4, ipv6) modes of a DEFAULT_NIC_CONFIG value: ``dhcp``, ``slaac``, ``dhcp+slaac_dhcp``, ..."""
+    word = value.strip().lower()
+    if word not in DEFAULT_NIC_CONFIGS:
+        raise TaskError(f"Invalid DEFAULT_NIC_CONFIG {value!r} (expected one of {', '.join(DEFAULT_NIC_CONFIGS[1:])})")
+    ipv4 = ipv6 = None
+    for part in filter(None, word.split("+")):
+        if part == "dhcp":
+            ipv4 = "dhcp"
+        else:
+            ipv6 = "dhcp" if part == "dhcpv6" else part
+    return ipv4, ipv6
+
+
+def plan_nics(
+    nics: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    namer: Callable[[int], str] = linux_name,
+) -> tuple[list[NicPlan], list[str]]:
+    """The plan for every NIC, in index order, and the warnings for the operator.
+
+    The original's rules (50ConfigureNetwork), addresses checked:
+
+    - IPv4 is configured when the NIC has an IP: DHCP when the network has a
+      tag of ``dhcp_tags`` or no subnet, else static with the subnet's prefix
+      (the IP must lie in the subnet) and the gateway if any (in the subnet too).
+    - IPv6 is configured when the network has ``gateway6`` or ``subnet6``:
+      stateful DHCPv6 with a ``stateful_dhcpv6_tags`` tag, SLAAC plus
+      stateless DHCPv6 with a ``stateless_dhcpv6_tags`` tag, else SLAAC.
+    - A single NIC with neither gets ``default_nic_config`` (with a warning).
+
+    Anything malformed (MAC, IP, subnet, gateway, duplicate index or MAC) is
+    a TaskError naming the NIC: better no deployment than a guest that is
+    unreachable for a reason nobody sees.
+    """
+    dhcp_tags = set(settings.get("dhcp_tags") or ())
+    stateful_tags = set(settings.get("stateful_dhcpv6_tags") or ())
+    stateless_tags = set(settings.get("stateless_dhcpv6_tags") or ())
+    plans: list[NicPlan] = []
+    warnings: list[str] = []
+    seen_index: set[int] = set()
+    seen_mac: set[str] = set()
+    for position, nic in enumerate(sorted(nics, key=lambda n: n.get("index", 0))):
+        index = nic.get("index", position)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise TaskError(f"NIC {position}: invalid index {index!r}")
+        label = f"NIC {index}"
+        if index in seen_index:
+            raise TaskError(f"{label}: duplicate NIC index")
+        seen_index.add(index)
+        mac = _mac(nic, label)
+        if mac in seen_mac:
+            raise TaskError(f"{label}: MAC address {mac} is used by another NIC too")
+        seen_mac.add(mac)
+        tags = set(nic.get("tags") or ())
+        ip, subnet, gateway = _text(nic, "ip"), _text(nic, "subnet"), _text(nic, "gateway")
+        subnet6, gateway6 = _text(nic, "subnet6"), _text(nic, "gateway6")
+
+        net = _network(subnet, 4, "subnet", label) if subnet else None
+        gw = _ipv4(gateway, "gateway", label) if gateway else None
+        if net is not None and gw is not None and gw not in net:
+            raise TaskError(f"{label}: gateway {gw} is not in subnet {net}")
+        fields: dict[str, Any] = {}
+        if ip:
+            address = _ipv4(ip, "IP", label)
+            if tags & dhcp_tags or net is None:
+                fields["ipv4"] = "dhcp"
+            else:
+                if address not in net:
+                    raise TaskError(f"{label}: IP {address} is not in subnet {net}")
+                fields["ipv4"] = "static"
+                fields["address"] = ipaddress.IPv4Interface(f"{address}/{net.prefixlen}")
+                fields["gateway"] = gw
+        if subnet6 or gateway6:
+            if subnet6:
+                fields["subnet6"] = _network(subnet6, 6, "subnet6", label)
+            if gateway6:
+                try:
+                    fields["gateway6"] = ipaddress.IPv6Address(gateway6)
+                except ValueError as exc:
+                    raise TaskError(f"{label}: invalid gateway6 {gateway6!r} (expected an IPv6 address)") from exc
+            if tags & stateful_tags:
+                fields["ipv6"] = "dhcp"
+            elif tags & stateless_tags:
+                fields["ipv6"] = "slaac_dhcp"
+            else:
+                fields["ipv6"] = "slaac"
+        name = namer(index)
+        if not IFNAME_RE.match(name):
+            raise TaskError(f"{label}: invalid interface name {name!r}")
+        plans.append(
+            NicPlan(index=index, mac=mac, name=name, frontend_type=_text(nic, "frontend_type") or None, **fields)
+        )
+
+    if len(plans) == 1 and not plans[0].configured:
+        default = str(settings.get("default_nic_config") or "")
+        ipv4, ipv6 = parse_default_nic_config(default)
+        if ipv4 or ipv6:
+            only = plans[0]
+            plans[0] = NicPlan(
+                index=only.index, mac=only.mac, name=only.name, ipv4=ipv4, ipv6=ipv6, frontend_type=only.frontend_type
+            )
+            warnings.append(
+                f"No network information for the only NIC ({only.name}, {only.mac}); "
+                f"applying DEFAULT_NIC_CONFIG={default.strip()}"
+            )
+        else:
+            warnings.append(
+                f"No network information for the only NIC ({plans[0].name}, {plans[0].mac}) and "
+                "DEFAULT_NIC_CONFIG is empty; leaving it unconfigured"
+            )
+    for plan in plans:
+        if not plan.configured and len(plans) > 1:
+            warnings.append(
+                f"NIC {plan.index} ({plan.name}, {plan.mac}) has no IPv4 or IPv6 information; leaving it unconfigured"
+            )
+    return plans, warnings
+
+
+HEADER = f"Written by {MARK} (ConfigureNetwork); a new deployment rewrites it."
+
+
+# --- udev: the names --------------------------------------------------------
+
+
+def render_udev_rules(plans: Sequence[NicPlan]) -> str:
+    """udev rules naming each NIC by its MAC (works with systemd-udevd and eudev alike).
+
+    ``DRIVERS=="?*"`` and ``ATTR{type}=="1"`` restrict the match to the
+    physical Ethernet device, not VLANs or bridges that inherit its MAC.
+    The file sorts before 80-net-setup-link.rules, which only names a NIC
+    whose NAME is still unset.
+    """
+    lines = [f"# {HEADER}", "# Ganeti NIC N is named nicN by its MAC address."]
+    for p in plans:
+        lines.append(
+            f'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{{address}}=="{p.mac}", '
+            f'ATTR{{type}}=="1", NAME="{p.name}"'
+        )
+    return join_lines(lines)
+
+
+# --- ifupdown ---------------------------------------------------------------
+
+BEGIN = f"# BEGIN {MARK} ConfigureNetwork"
+END = f"# END {MARK} ConfigureNetwork"
+STANZA_WORDS = ("iface", "mapping", "auto", "source", "source-directory", "rename", "no-auto-down", "no-scripts")
+PHYSICAL_ETHERNET = ("eth*", "en*")
+
+
+def _is_stanza(word: str) -> bool:
+    return word in STANZA_WORDS or word.startswith("allow-")
+
+
+def interfaces_sources(text: str) -> list[tuple[str, str]]:
+    """The ``source``/``source-directory`` lines of an interfaces file: (keyword, pattern)."""
+    found = []
+    for line in split_lines(text):
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("source", "source-directory"):
+            found.extend((words[0], pattern) for pattern in words[1:])
+    return found
+
+
+def replaced_name(name: str, names: Iterable[str], patterns: Sequence[str] = PHYSICAL_ETHERNET) -> bool:
+    """Whether the image's configuration for interface ``name`` is replaced by ours.
+
+    It is when ``name`` is one of ours, or a physical Ethernet name (eth0,
+    ens3, enp0s3, and their aliases eth0:1) -- the NIC the image was built
+    with. VLANs (eth0.100), bridges, bonds and loopback are kept.
+    """
+    base = name.split(":")[0]
+    if base in set(names):
+        return True
+    return "." not in base and any(fnmatch.fnmatchcase(base, p) for p in patterns)
+
+
+def strip_interfaces(text: str, names: Iterable[str], patterns: Sequence[str] = PHYSICAL_ETHERNET) -> str:
+    """``text`` without our marked block and without the stanzas of ``names`` or physical Ethernet names.
+
+    The image's own lines for its NIC (``allow-hotplug ens3`` /
+    ``iface ens3 inet dhcp``) are what ConfigureNetwork replaces; they
+    would otherwise race with ours for the same device or, once it is
+    renamed, make ``ifup -a`` fail on a device that no longer exists.
+    Loopback, bridges, bonds, VLANs, comments and ``source`` lines stay.
+    Line continuations are honoured; the file's line endings are kept.
+    """
+    newline = newline_of(text)
+    wanted = set(names)
+
+    def ours(name: str) -> bool:
+        return replaced_name(name, wanted, patterns)
+
+    lines = split_lines(text)
+    out: list[str] = []
+    skipping = False  # inside an iface/mapping stanza we drop
+    in_block = False
+    i = 0
+    while i < len(lines):
+        # a logical line may span several physical ones (trailing backslash)
+        j = i
+        while lines[j].endswith("\\") and j + 1 < len(lines):
+            j += 1
+        physical = lines[i : j + 1]
+        logical = " ".join(part[:-1] if part.endswith("\\") else part for part in physical)
+        i = j + 1
+        stripped = logical.strip()
+        if stripped == BEGIN:
+            in_block = True
+            continue
+        if in_block:
+            if stripped == END:
+                in_block = False
+            continue
+        words = stripped.split()
+        if not words or stripped.startswith("#"):
+            out.extend(physical)
+            continue
+        if _is_stanza(words[0]):
+            skipping = False
+            if words[0] in ("iface", "mapping") and len(words) >= 2 and ours(words[1]):
+                skipping = True
+                continue
+            if words[0] == "auto" or words[0].startswith("allow-"):
+                keep = [w for w in words[1:] if not ours(w)]
+                if not keep:
+                    continue
+                if len(keep) != len(words) - 1:
+                    indent = logical[: len(logical) - len(logical.lstrip())]
+                    out.append(indent + " ".join([words[0], *keep]))
+                    continue
+            out.extend(physical)
+            continue
+        if not skipping:
+            out.extend(physical)
+    return join_lines(out, newline)
+
+
+def _prefix_mask(address: ipaddress.IPv4Interface) -> str:
+    return str(address.network.netmask)
+
+
+def render_interfaces_block(plans: Sequence[NicPlan]) -> list[str]:
+    """The marked block of /etc/network/interfaces stanzas for ``plans`` (lines)."""
+    lines = [BEGIN, f"# {HEADER}", "# Names are pinned by MAC in /etc/udev/rules.d/70-snf-image-net.rules."]
+    for p in plans:
+        if not p.configured:
+            lines.append(f"# {p.name} ({p.mac}): no IPv4/IPv6 information, left unconfigured")
+            continue
+        lines += [f"auto {p.name}", f"allow-hotplug {p.name}"]
+        if p.ipv4 == "dhcp":
+            lines.append(f"iface {p.name} inet dhcp")
+        elif p.ipv4 == "static" and p.address is not None:
+            lines += [
+                f"iface {p.name} inet static",
+                f"    address {p.address.ip}",
+                f"    netmask {_prefix_mask(p.address)}",
+            ]
+            if p.gateway is not None:
+                # a metric per NIC: a second plain "gateway" would fail ifup with "File exists"
+                lines += [f"    gateway {p.gateway}", f"    metric {p.metric}"]
+        if p.ipv6 == "dhcp":
+            lines.append(f"iface {p.name} inet6 dhcp")
+        elif p.ipv6 in ("slaac", "slaac_dhcp"):
+            lines += [f"iface {p.name} inet6 auto", "    privext 0"]
+            if p.ipv6 == "slaac_dhcp":
+                lines.append("    dhcp 1")
+    lines.append(END)
+    return lines
+
+
+def render_interfaces(text: str, plans: Sequence[NicPlan]) -> str:
+    """/etc/network/interfaces with our stanzas replacing the NICs' old ones; ``lo`` ensured.
+
+    Idempotent: a second run replaces the marked block instead of adding one.
+    """
+    newline = newline_of(text) if text else "\n"
+    stripped = strip_interfaces(text, [p.name for p in plans])
+    lines = split_lines(stripped)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    has_lo = any(ln.split()[:2] == ["iface", "lo"] for ln in lines)
+    if not has_lo:
+        if lines:
+            lines.append("")
+        lines += ["# The loopback network interface", "auto lo", "iface lo inet loopback"]
+    if lines:
+        lines.append("")
+    lines += render_interfaces_block(plans)
+    return join_lines(lines, newline)
+
+
+# --- ifcfg (Red Hat) ----------------------------------------------------------
+
+
+def render_ifcfg(plan: NicPlan) -> str:
+    """/etc/sysconfig/network-scripts/ifcfg-<name> for one NIC (initscripts and NetworkManager's ifcfg-rh)."""
+    lines = [
+        f"# {HEADER}",
+        f"DEVICE={plan.name}",
+        f"NAME={plan.name}",
+        f"HWADDR={plan.mac}",
+        "TYPE=Ethernet",
+        "ONBOOT=yes",
+        "NM_CONTROLLED=yes",
+    ]
+    if plan.ipv4 == "static" and plan.address is not None:
+        lines += [
+            "BOOTPROTO=none",
+            f"IPADDR={plan.address.ip}",
+            f"PREFIX={plan.address.network.prefixlen}",
+            f"NETMASK={_prefix_mask(plan.address)}",
+        ]
+        if plan.gateway is not None:
+            lines += [f"GATEWAY={plan.gateway}", f"METRIC={plan.metric}", f"IPV4_ROUTE_METRIC={plan.metric}"]
+    elif plan.ipv4 == "dhcp":
+        lines.append("BOOTPROTO=dhcp")
+    else:
+        lines += ["BOOTPROTO=none", "IPV4_FAILURE_FATAL=no"]
+    if plan.ipv6 is None:
+        lines += ["IPV6INIT=no", "IPV6_FAILURE_FATAL=no"]
+    else:
+        lines += ["IPV6INIT=yes", "IPV6_FAILURE_FATAL=no"]
+        if plan.ipv6 == "dhcp":
+            lines += ["IPV6_AUTOCONF=no", "DHCPV6C=yes"]
+        elif plan.ipv6 == "slaac":
+            lines += ["IPV6_AUTOCONF=yes", "IPV6_PRIVACY=no"]
+        else:
+            lines += ["IPV6_AUTOCONF=yes", "IPV6_PRIVACY=no", "DHCPV6C=yes", 'DHCPV6C_OPTIONS="-S"']
+    return join_lines(lines)
+
+
+SYSCONFIG_DROP = ("NETWORKING", "NETWORKING_IPV6", "GATEWAY", "GATEWAYDEV")
+
+
+def render_sysconfig_network(text: str, plans: Sequence[NicPlan]) -> str:
+    """/etc/sysconfig/network: NETWORKING=yes (and _IPV6), the global GATEWAY/GATEWAYDEV dropped.
+
+    The gateways live in each ifcfg file with a metric per NIC; a global
+    GATEWAY left from the image would route through a network this
+    instance may not even have. Other lines (HOSTNAME, ...) stay.
+    """
+    newline = newline_of(text) if text else "\n"
+    lines = [ln for ln in split_lines(text) if ln.split("=", 1)[0].strip() not in SYSCONFIG_DROP]
+    lines = [ln for ln in lines if ln.strip() != f"# {MARK}: networking"]
+    lines.append(f"# {MARK}: networking")
+    lines.append("NETWORKING=yes")
+    if any(p.ipv6 for p in plans):
+        lines.append("NETWORKING_IPV6=yes")
+    return join_lines(lines, newline)
+
+
+# --- NetworkManager keyfiles ---------------------------------------------------
+
+
+def connection_uuid(mac: str) -> str:
+    """A stable connection UUID per MAC, so a re-run writes the same file."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"snf-image:nic:{mac}"))
+
+
+def render_nmconnection(plan: NicPlan) -> str:
+    """A NetworkManager keyfile for one NIC, bound to its MAC.
+
+    ``autoconnect-priority`` beats the image's stock profiles (priority 0)
+    for the same device; ``addr-gen-mode=eui64`` keeps the SLAAC address
+    the one the cloud computes from the MAC. A NIC with nothing to
+    configure still gets a profile (IPv4 disabled) so NetworkManager does
+    not start DHCP on it by itself.
+    """
+    lines = [
+        "[connection]",
+        f"id={plan.name}",
+        f"uuid={connection_uuid(plan.mac)}",
+        "type=ethernet",
+        "autoconnect=true",
+        "autoconnect-priority=10",
+        "",
+        "[ethernet]",
+        f"mac-address={plan.mac.upper()}",
+        "",
+        "[ipv4]",
+    ]
+    if plan.ipv4 == "static" and plan.address is not None:
+        gateway = f",{plan.gateway}" if plan.gateway is not None else ""
+        lines += ["method=manual", f"address1={plan.address.with_prefixlen}{gateway}"]
+        if plan.gateway is not None:
+            lines.append(f"route-metric={plan.metric}")
+    elif plan.ipv4 == "dhcp":
+        lines.append("method=auto")
+    else:
+        lines.append("method=disabled")
+    lines += ["", "[ipv6]", "addr-gen-mode=eui64", "ip6-privacy=0"]
+    # "auto" follows the router advertisement's M/O flags: SLAAC, stateless or stateful DHCPv6.
+    # "ignore" rather than "disabled", which NetworkManager < 1.20 does not know.
+    lines.append("method=auto" if plan.ipv6 else "method=ignore")
+    return f"# {HEADER}\n" + join_lines(lines)
+
+
+# --- netplan / cloud-init network-config v2 -------------------------------------
+
+
+def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
+    """The network config version 2 (netplan's schema, also cloud-init's network-config) for ``plans``.
+
+    Default routes are explicit ``routes`` with a metric per NIC (valid in
+    every netplan version, unlike ``to: default``); IPv6 comes from router
+    advertisements (``accept-ra``) and DHCPv6 (``dhcp6``).
+    """
+    ethernets: dict[str, Any] = {}
+    for p in plans:
+        entry: dict[str, Any] = {
+            "match": {"macaddress": p.mac},
+            "set-name": p.name,
+            "dhcp4": p.ipv4 == "dhcp",
+            "dhcp6": p.ipv6 in ("dhcp", "slaac_dhcp"),
+        }
+        if p.ipv4 == "static" and p.address is not None:
+            entry["addresses"] = [p.address.with_prefixlen]
+            if p.gateway is not None:
+                entry["routes"] = [{"to": "0.0.0.0/0", "via": str(p.gateway), "metric": p.metric}]
+        if p.ipv6 in ("slaac", "slaac_dhcp"):
+            entry["accept-ra"] = True
+        ethernets[p.name] = entry
+    return {"version": 2, "ethernets": ethernets}
+
+
+def render_netplan(plans: Sequence[NicPlan]) -> dict[str, Any]:
+    """The content of /etc/netplan/<ours>.yaml (to be dumped with yaml.safe_dump)."""
+    return {"network": network_config_v2(plans)}
+
+
+# --- systemd-networkd -----------------------------------------------------------
+
+
+def render_networkd(plan: NicPlan) -> str:
+    """/etc/systemd/network/10-snf-image-<name>.network for one NIC, matched by MAC."""
+    dhcp = {(True, True): "yes", (True, False): "ipv4", (False, True): "ipv6", (False, False): "no"}[
+        (plan.ipv4 == "dhcp", plan.ipv6 == "dhcp")
+    ]
+    lines = [f"# {HEADER}", "[Match]", f"MACAddress={plan.mac}", "", "[Network]", f"DHCP={dhcp}"]
+    if plan.ipv4 == "static" and plan.address is not None:
+        lines.append(f"Address={plan.address.with_prefixlen}")
+    if plan.ipv6:
+        # SLAAC; networkd also runs DHCPv6 when the advertisement sets the M or O flag.
+        lines += ["IPv6AcceptRA=yes", "IPv6PrivacyExtensions=no"]
+    else:
+        lines.append("IPv6AcceptRA=no")
+    if plan.ipv4 == "static" and plan.gateway is not None:
+        lines += ["", "[Route]", f"Gateway={plan.gateway}", f"Metric={plan.metric}"]
+    return join_lines(lines)
