@@ -1,0 +1,362 @@
+"""ConfigureNetwork: configure the instance's NICs the way the image's own network stack reads it.
+
+Each NIC gets IPv4 by DHCP or statically and IPv6 by SLAAC, SLAAC plus
+stateless DHCPv6, or stateful DHCPv6, from the NIC's IP, its network's
+subnets, gateways and tags and the DHCP tag settings; a single NIC without
+any of this gets DEFAULT_NIC_CONFIG (see ``tasks/_network.py``:
+``plan_nics``). Malformed addresses in the rules fail the task.
+
+The configuration is written in the format the image actually uses, the
+first that applies: NM_NETWORKING property -> NetworkManager keyfiles;
+netplan installed -> ``/etc/netplan/60-snf-image.yaml``; NetworkManager
+enabled -> keyfiles in ``/etc/NetworkManager/system-connections``;
+systemd-networkd enabled -> ``/etc/systemd/network/10-snf-image-*.network``;
+ifupdown -> ``/etc/network/interfaces``; Red Hat -> ifcfg files. Every
+format matches the NIC by MAC where it can, and Ganeti NIC N is named
+``nicN`` by a udev rule (``/etc/udev/rules.d/70-snf-image-net.rules``).
+The image's stanzas/profiles for its old NIC names (eth*, en*) and for the
+same MACs are replaced; everything else is kept. Files replaced or
+removed are first copied to ``/var/backups/snf-image/<time>/``. A second
+run gives the same files.
+
+When the image has none of these, the network is left to cloud-init's
+network-config under CLOUD_INIT (InitializeDatasource writes it), else a
+warning. When a native configuration was written and cloud-init is in the
+image, ``network: {config: disabled}`` keeps cloud-init from replacing it.
+
+Linux for now; the BSD formats slot into ``BACKENDS``.
+
+Properties: NM_NETWORKING, CLOUD_INIT. Settings: dhcp_tags,
+stateful_dhcpv6_tags, stateless_dhcpv6_tags, default_nic_config.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from helper import fsutil
+from helper.framework import LINUX, Context, Task
+
+from . import _cloud_init, _network, _unix
+from ._network import NicPlan
+
+TASK = Task(
+    name="ConfigureNetwork",
+    order=50,
+    families=LINUX,
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
+
+log = logging.getLogger(__name__)
+
+BACKUP_ROOT = "/var/backups/snf-image"
+UDEV_RULES = "/etc/udev/rules.d/70-snf-image-net.rules"
+INTERFACES = "/etc/network/interfaces"
+NETPLAN_FILE = "/etc/netplan/60-snf-image.yaml"
+NM_DIR = "/etc/NetworkManager/system-connections"
+NETWORKD_DIR = "/etc/systemd/network"
+IFCFG_DIR = "/etc/sysconfig/network-scripts"
+SYSCONFIG_NETWORK = "/etc/sysconfig/network"
+WANTS = "/etc/systemd/system/multi-user.target.wants"
+SOURCE_DIRECTORY_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")  # what ifupdown's source-directory reads
+
+
+# --- guest I/O ---------------------------------------------------------------------
+
+
+def _state(ctx: Context) -> dict[str, object]:
+    return ctx.state.setdefault("configure_network", {"backed_up": set()})
+
+
+def backup(ctx: Context, path: str) -> str | None:
+    """Copy guest file ``path`` under /var/backups/snf-image/<time>/ (once per run); the copy's guest path.
+
+    Backups live outside the configuration directories on purpose:
+    ``source interfaces.d/*``, NetworkManager and the ifcfg readers would
+    read a backup left next to the original as configuration.
+    """
+    state = _state(ctx)
+    done: set[str] = state["backed_up"]  # type: ignore[assignment]
+    if path in done:
+        return None
+    text = _unix.read_optional(ctx.target, path)
+    if text is None:
+        return None
+    stamp = state.setdefault("stamp", datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
+    copy = f"{BACKUP_ROOT}/{stamp}{path}"
+    _unix.make_dirs(ctx.target, str(PurePosixPath(BACKUP_ROOT).parent), mode=0o755)
+    _unix.make_dirs(ctx.target, BACKUP_ROOT, mode=0o700)
+    _unix.make_dirs(ctx.target, str(PurePosixPath(copy).parent), mode=0o700)
+    st = fsutil.resolve(ctx.target, path).stat()
+    _unix.write_file(
+        ctx.target,
+        copy,
+        text.encode("utf-8", "surrogateescape"),
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+    )
+    done.add(path)
+    log.info("backed up %s to %s", path, copy)
+    return copy
+
+
+def install(ctx: Context, path: str, text: str, mode: int = 0o644) -> bool:
+    """Write guest file ``path`` (root-owned, ``mode``) unless it already holds ``text``; back up what it held."""
+    old = _unix.read_optional(ctx.target, path)
+    host = fsutil.resolve(ctx.target, path)
+    if old == text and host.is_file() and (host.stat().st_mode & 0o7777) == mode and host.stat().st_uid == 0:
+        return False
+    if old is not None and not _is_ours(old):
+        backup(ctx, path)
+    _unix.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
+    _unix.write_file(ctx.target, path, text.encode("utf-8", "surrogateescape"), mode=mode)
+    log.info("wrote %s", path)
+    return True
+
+
+def discard(ctx: Context, path: str) -> None:
+    """Back up and remove guest file ``path``."""
+    backup(ctx, path)
+    if _unix.remove(ctx.target, path):
+        log.info("removed %s", path)
+
+
+def _is_ours(text: str) -> bool:
+    return _network.HEADER in text.split("\n", 2)[0] or text.startswith(_network.BEGIN)
+
+
+def listdir(ctx: Context, directory: str) -> list[str]:
+    """Names of the regular files in guest ``directory`` (sorted; empty when it does not exist)."""
+    host = fsutil.resolve(ctx.target, directory)
+    if not host.is_dir():
+        return []
+    return sorted(e.name for e in host.iterdir() if e.is_file() and not e.is_symlink())
+
+
+def enabled(ctx: Context, unit: str) -> bool:
+    """Whether systemd unit ``unit`` is enabled for boot (its symlink in multi-user.target.wants)."""
+    return os.path.lexists(fsutil.resolve(ctx.target, WANTS) / unit)
+
+
+def installed(ctx: Context, *programs: str) -> bool:
+    """Whether any of the guest paths ``programs`` exists (resolved in the guest: /sbin may link to usr/sbin)."""
+    return any(fsutil.resolve(ctx.target, p).is_file() for p in programs)
+
+
+def remove_stale(ctx: Context, directory: str, pattern: str, keep: set[str]) -> None:
+    """Remove our own earlier files in ``directory`` matching ``pattern`` that this run does not write."""
+    for name in listdir(ctx, directory):
+        if fnmatch.fnmatchcase(name, pattern) and name not in keep:
+            _unix.remove(ctx.target, f"{directory}/{name}")
+
+
+# --- backends ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A network configuration format: when the image uses it, and how to write it."""
+
+    name: str
+    families: frozenset[str]
+    detect: Callable[[Context], bool]
+    apply: Callable[[Context, Sequence[NicPlan]], None]
+
+
+def write_udev_names(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    """Pin Ganeti NIC N to the name nicN by MAC (the names every Linux backend writes)."""
+    install(ctx, UDEV_RULES, _network.render_udev_rules(plans))
+
+
+def apply_netplan(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    write_udev_names(ctx, plans)
+    text = f"# {_network.HEADER}\n" + _cloud_init.dump(_network.render_netplan(plans))
+    install(ctx, NETPLAN_FILE, text, mode=0o600)
+
+
+def nm_profile_mac(text: str) -> str | None:
+    """The MAC address a NetworkManager keyfile binds to (lower case), or None."""
+    section = ""
+    for line in _unix.split_lines(text):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.strip("[]").strip()
+        elif section in ("ethernet", "802-3-ethernet") and stripped.startswith("mac-address="):
+            return stripped.partition("=")[2].strip().lower() or None
+    return None
+
+
+def apply_networkmanager(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    write_udev_names(ctx, plans)
+    _unix.make_dirs(ctx.target, str(PurePosixPath(NM_DIR).parent), mode=0o755)
+    _unix.make_dirs(ctx.target, NM_DIR, mode=0o700)
+    ours = {f"snf-image-{p.name}.nmconnection" for p in plans}
+    macs = {p.mac for p in plans}
+    for name in listdir(ctx, NM_DIR):
+        if name in ours or name.startswith("snf-image-"):
+            continue
+        text = _unix.read_optional(ctx.target, f"{NM_DIR}/{name}") or ""
+        if nm_profile_mac(text) in macs:
+            discard(ctx, f"{NM_DIR}/{name}")
+    remove_stale(ctx, NM_DIR, "snf-image-*.nmconnection", ours)
+    for p in plans:
+        path = f"{NM_DIR}/snf-image-{p.name}.nmconnection"
+        install(ctx, path, _network.render_nmconnection(p), mode=0o600)
+
+
+def apply_networkd(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    write_udev_names(ctx, plans)
+    ours = {f"10-snf-image-{p.name}.network" for p in plans}
+    remove_stale(ctx, NETWORKD_DIR, "10-snf-image-*.network", ours)
+    for p in plans:
+        install(ctx, f"{NETWORKD_DIR}/10-snf-image-{p.name}.network", _network.render_networkd(p))
+
+
+def _source_files(ctx: Context, text: str) -> list[str]:
+    """Guest paths of the files /etc/network/interfaces sources (one level)."""
+    found: list[str] = []
+    for keyword, pattern in _network.interfaces_sources(text):
+        path = PurePosixPath(pattern if pattern.startswith("/") else f"/etc/network/{pattern}")
+        if keyword == "source-directory":
+            names = [n for n in listdir(ctx, str(path)) if SOURCE_DIRECTORY_NAME.match(n)]
+            found += [str(path / n) for n in names]
+        elif any(c in path.name for c in "*?["):
+            found += [str(path.parent / n) for n in listdir(ctx, str(path.parent)) if fnmatch.fnmatch(n, path.name)]
+        elif fsutil.resolve(ctx.target, str(path)).is_file():
+            found.append(str(path))
+    return [p for p in dict.fromkeys(found) if p != INTERFACES]
+
+
+def apply_ifupdown(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    write_udev_names(ctx, plans)
+    text = _unix.read_optional(ctx.target, INTERFACES) or ""
+    names = [p.name for p in plans]
+    for path in _source_files(ctx, text):
+        old = _unix.read_optional(ctx.target, path) or ""
+        new = _network.strip_interfaces(old, names)
+        if new != old:
+            backup(ctx, path)
+            _unix.write_file(
+                ctx.target,
+                path,
+                new.encode("utf-8", "surrogateescape"),
+                mode=fsutil.resolve(ctx.target, path).stat().st_mode & 0o7777,
+            )
+    install(ctx, INTERFACES, _network.render_interfaces(text, plans))
+
+
+def ifcfg_values(text: str) -> dict[str, str]:
+    """KEY=value pairs of an ifcfg file, quotes removed."""
+    values = {}
+    for line in _unix.split_lines(text):
+        if _unix.is_comment(line) or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip("\"'")
+    return values
+
+
+def apply_ifcfg(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    write_udev_names(ctx, plans)
+    _unix.make_dirs(ctx.target, IFCFG_DIR, mode=0o755)
+    names = {p.name for p in plans}
+    macs = {p.mac for p in plans}
+    ours = {f"ifcfg-{n}" for n in names}
+    for name in listdir(ctx, IFCFG_DIR):
+        if not name.startswith("ifcfg-") or name in ours or name == "ifcfg-lo":
+            continue
+        text = _unix.read_optional(ctx.target, f"{IFCFG_DIR}/{name}") or ""
+        values = ifcfg_values(text)
+        device = values.get("DEVICE") or name[len("ifcfg-") :]
+        if values.get("HWADDR", "").lower() in macs or _network.replaced_name(device, names):
+            discard(ctx, f"{IFCFG_DIR}/{name}")
+    for p in plans:
+        install(ctx, f"{IFCFG_DIR}/ifcfg-{p.name}", _network.render_ifcfg(p))
+    old = _unix.read_optional(ctx.target, SYSCONFIG_NETWORK) or ""
+    install(ctx, SYSCONFIG_NETWORK, _network.render_sysconfig_network(old, plans))
+
+
+def _nm_enabled(ctx: Context) -> bool:
+    return enabled(ctx, "NetworkManager.service")
+
+
+def _netplan(ctx: Context) -> bool:
+    return fsutil.is_dir(ctx.target, "/etc/netplan") and installed(ctx, "/usr/sbin/netplan", "/sbin/netplan")
+
+
+def _networkd(ctx: Context) -> bool:
+    return enabled(ctx, "systemd-networkd.service")
+
+
+def _ifupdown(ctx: Context) -> bool:
+    return fsutil.resolve(ctx.target, INTERFACES).is_file() and installed(ctx, "/sbin/ifup", "/usr/sbin/ifup")
+
+
+def _redhat(ctx: Context) -> bool:
+    return fsutil.is_dir(ctx.target, IFCFG_DIR) or _unix.base_distro(ctx.target) == "redhat"
+
+
+NETWORKMANAGER = Backend("NetworkManager keyfiles", LINUX, _nm_enabled, apply_networkmanager)
+
+# In priority order: the first whose detect() is true configures the image.
+BACKENDS: list[Backend] = [
+    Backend("netplan", LINUX, _netplan, apply_netplan),
+    NETWORKMANAGER,
+    Backend("systemd-networkd", LINUX, _networkd, apply_networkd),
+    Backend("ifupdown", LINUX, _ifupdown, apply_ifupdown),
+    Backend("ifcfg", LINUX, _redhat, apply_ifcfg),
+]
+
+
+def choose_backend(ctx: Context) -> Backend | None:
+    """The format this image uses (NM_NETWORKING forces NetworkManager on Linux), or None if unknown."""
+    if ctx.osfamily in NETWORKMANAGER.families and ctx.properties.flag("NM_NETWORKING"):
+        return NETWORKMANAGER
+    for backend in BACKENDS:
+        if ctx.osfamily in backend.families and backend.detect(ctx):
+            return backend
+    return None
+
+
+def plan(ctx: Context) -> list[NicPlan]:
+    """The NIC plans of this deployment; their warnings reach the operator once per run."""
+    plans, warnings = _network.plan_nics(ctx.rules.get("nics") or [], ctx.rules.get("settings") or {})
+    warned: set[str] = ctx.state.setdefault("network_warnings", set())
+    for message in warnings:
+        if message not in warned:
+            warned.add(message)
+            ctx.warning(message)
+    return plans
+
+
+def run(ctx: Context) -> None:
+    """Plan the NICs, pick the image's format, write it (or leave it to cloud-init)."""
+    plans = plan(ctx)
+    if not plans:
+        log.info("The instance has no NICs; nothing to configure")
+        return
+    backend = choose_backend(ctx)
+    if backend is None:
+        if ctx.cloud_init:
+            if not fsutil.exists(ctx.target, f"{_cloud_init.SEED_DIR}/network-config"):
+                _cloud_init.write_network_config(ctx, plans)
+            log.info("No known network configuration in the image; cloud-init applies the seed's network-config")
+            return
+        ctx.warning("Don't know how to configure the network for this OS")
+        return
+    log.info("Configuring the network with %s", backend.name)
+    backend.apply(ctx, plans)
+    if ctx.cloud_init or _cloud_init.has_cloud_init(ctx.target):
+        _cloud_init.disable_network(ctx)
