@@ -34,6 +34,11 @@ class OsDefinition:
     def image_dir(self) -> Path:
         return self.root / "images"
 
+    @property
+    def tmpdir(self) -> Path:
+        """The scripts' TMPDIR, so a test can check that a run left no temporary file behind."""
+        return self.root / "tmp"
+
     def configure(self, **settings: str) -> None:
         lines = [f'{key}="{value}"' for key, value in {"IMAGE_DIR": str(self.image_dir), **settings}.items()]
         (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
@@ -45,6 +50,7 @@ class OsDefinition:
             "PATH": GANETI_PATH,
             "SNF_IMAGE_CONFIG_DIR": str(self.config_dir),
             "SNF_IMAGE_VARIANTS_DIR": str(self.variants_dir),
+            "TMPDIR": str(self.tmpdir),
             **env,
         }
         return subprocess.run(
@@ -64,7 +70,7 @@ def install(root: Path) -> OsDefinition:
     definition = OsDefinition(root)
     definition.os_dir.parent.mkdir(parents=True)
     os.symlink(REPO, definition.os_dir)
-    for path in (definition.config_dir, definition.variants_dir, definition.image_dir):
+    for path in (definition.config_dir, definition.variants_dir, definition.image_dir, definition.tmpdir):
         path.mkdir()
     (definition.variants_dir / "default.conf").write_text("# default variant\n")
     definition.configure()
@@ -89,3 +95,20 @@ def create_env(name: str, disk: Path | str, **extra: str) -> dict[str, str]:
         "NIC_COUNT": "0",
         **extra,
     }
+
+
+def monitor_messages(stderr: bytes) -> list[dict]:
+    """The progress messages a create without PROGRESS_MONITOR wrote to its log."""
+    import json
+
+    prefix = "[MONITOR] "
+    return [json.loads(line[len(prefix) :]) for line in stderr.decode().splitlines() if line.startswith(prefix)]
+
+
+def task_events(messages: list[dict]) -> list[tuple[str, str]]:
+    """(subtype, task) of every task-start/task-end, in order."""
+    return [
+        (m["subtype"], m["task"])
+        for m in messages
+        if m["type"] == "image-helper" and m["subtype"] in ("task-start", "task-end")
+    ]
