@@ -247,7 +247,7 @@ def test_unreachable_image_fails_the_job_with_its_reason(ganeti_cluster: Cluster
     log_text = last_log(ganeti_cluster, "add", name)
     errors = [line for line in log_text.splitlines() if line.startswith("ERROR: ")]
     assert errors, log_text
-    assert NODE_IP in errors[-1] or "connect" in errors[-1].lower(), errors
+    assert f"{NODE_IP}:9" in errors[-1] and "refused" in errors[-1], errors
     assert errors[-1] in result.output  # the operator sees the reason in the job's output
     monitor = snf_deployment.monitor_messages(name)
     assert [m["type"] for m in monitor].count(constants.MSG_ERROR) == 1, monitor
@@ -347,7 +347,10 @@ def test_reinstall_rename_export_import(ganeti_cluster: Cluster, deploy: Deploym
                                 "--src-dir", str(EXPORT_DIR / renamed), renamed)
     assert "not imported successfully" not in result.output, result.output  # a failed import only warns
     assert "Failed to run rename script" not in result.output, result.output
-    assert _same_bytes(ganeti_cluster.disk_path(renamed), exported[0])
+    assert _same_bytes(ganeti_cluster.disk_path(renamed), exported[0]), (
+        "the imported disk differs from the export: the rename Ganeti runs after the import "
+        f"(OLD_INSTANCE_NAME = INSTANCE_NAME = {renamed}) must leave the disk alone"
+    )
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
