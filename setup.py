@@ -1,8 +1,10 @@
-"""Installs snf-image: the host package, the jail's code, the `snf-image` command and the OS definition.
+"""Packages snf-image: the host package, the jail's code and the `snf-image` command.
 
-The OS definition (entry scripts and Ganeti's files) goes to
-/usr/share/ganeti/os/snf-image, default settings to /etc/snf-image and the
-variant files to /etc/ganeti/snf-image/variants, as `scripts/install` does.
+The OS definition (entry scripts and Ganeti's files), the default settings
+and the variants directory are installed by `scripts/install`, which puts them
+where Ganeti and operators look (/usr/share/ganeti/os/snf-image, /etc/snf-image,
+/etc/ganeti/snf-image/variants); pip would put absolute data_files inside
+site-packages instead.
 """
 
 import re
@@ -11,7 +13,6 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 VERSION = re.search(r'__version__ = "([^"]+)"', Path("snf_image/__init__.py").read_text()).group(1)
-OS_FILES = ["create", "import", "export", "rename", "verify", "ganeti_api_version", "variants.list", "parameters.list"]
 
 setup(
     name="snf-image",
@@ -21,12 +22,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["snf_image", "snf_image.*", "helper", "helper.*", "tasks", "tasks.*"]),
     package_data={"snf_image": ["schemas/*.json"], "helper": ["init", "*.list"]},
-    install_requires=["requests", "jsonschema>=4.10", "python-magic", "PyYAML", "passlib", "pyparted"],
-    extras_require={"zstd": ["zstandard"], "nbd": []},
+    install_requires=["requests", "jsonschema>=4.10", "python-magic", "PyYAML", "passlib", "pyparted", "zstandard"],
     entry_points={"console_scripts": ["snf-image = snf_image.cli:main"]},
-    data_files=[
-        ("/usr/share/ganeti/os/snf-image", OS_FILES),
-        ("/etc/snf-image", ["etc/snf-image.conf"]),
-        ("/etc/ganeti/snf-image/variants", ["etc/variants/default.conf"]),
-    ],
 )

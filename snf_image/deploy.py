@@ -269,7 +269,15 @@ def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, 
 
 
 def rename(instance: Instance, osparams: Mapping[str, str], settings: Settings, progress: Progress) -> None:
-    """Ganeti's rename: run the name-dependent tasks on the instance's disks."""
+    """Ganeti's rename: run the name-dependent tasks on the instance's disks.
+
+    Ganeti also calls rename after every backup import, with the old name when
+    the instance keeps it: then there is nothing to change and the disk stays
+    byte-identical to the export.
+    """
+    if instance.old_name == instance.name:
+        progress.info(f"The instance keeps its name {instance.name}; nothing to rename.")
+        return
     merged = params.merge_sources(settings.param_defaults, osparams)
     props = {k: v for k, v in merged.items() if k in ("img_properties", "inst_properties")}
     decoded = params.validate({"img_id": "null", "img_format": FORMAT_DISKDUMP, **props})
