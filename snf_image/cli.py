@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import __version__, deploy
-from .constants import HELPER_TASK_END, HELPER_TASK_START, IMAGE_FORMATS, MSG_COPY_PROGRESS, MSG_HELPER
+from .constants import HELPER_TASK_END, HELPER_TASK_START, IMAGE_FORMATS, MSG_COPY_PROGRESS, MSG_ERROR, MSG_HELPER
 from .errors import OperatorError, SnfImageError
 from .ganeti import parse_environment
 from .oscripts import setup_logging
@@ -36,6 +36,8 @@ class TerminalDisplay:
 
     def __call__(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        if kind == MSG_ERROR:
+            return  # main() prints the error itself, once
         if kind == MSG_COPY_PROGRESS:
             self._copy(message)
             return
@@ -49,8 +51,7 @@ class TerminalDisplay:
             else:
                 text = f"  {subtype}: " + " ".join(message.get("messages", [message.get("stderr", "")]))
         else:
-            prefix = "error: " if kind == "image-error" else ""
-            text = prefix + " ".join(message.get("messages", []))
+            text = " ".join(message.get("messages", []))
         print(text, file=self.out, flush=True)
 
     def _copy(self, message: dict[str, Any]) -> None:
