@@ -53,7 +53,7 @@ DEFAULT_CACHE = Path("/var/cache/snf-image-tests")
 # Bump when the base build steps change (rebuilds the base and every kind).
 BASE_RECIPE_VERSION = 1
 # Bump when the per-kind customization or assembly changes (rebuilds the kinds only).
-KIND_RECIPE_VERSION = 1
+KIND_RECIPE_VERSION = 3
 
 # What a small bootable, SSH-reachable Debian guest needs on top of minbase.
 BASE_PACKAGES: tuple[str, ...] = (
@@ -420,14 +420,20 @@ def in_chroot(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def apt_install(root: Path, packages: Sequence[str], purge: Sequence[str] = ()) -> None:
-    """Install (without recommends) and purge packages in the tree, then drop apt's caches."""
+    """Install (without recommends) and purge packages, rebuild the initramfs, drop apt's caches.
+
+    The initramfs is rebuilt even without packages: the one debootstrap made
+    predates /etc/fstab, so it lacks fsck for the root filesystem.
+    """
     with chroot_session(root):
-        in_chroot(root, "apt-get", "update", "-qq")
+        if packages or purge:
+            in_chroot(root, "apt-get", "update", "-qq")
         if packages:
             in_chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages)
         if purge:
             in_chroot(root, "apt-get", "purge", "-y", "-qq", *purge)
             in_chroot(root, "apt-get", "autoremove", "--purge", "-y", "-qq")
+        in_chroot(root, "update-initramfs", "-u", "-k", "all")
         in_chroot(root, "apt-get", "clean")
     _drop_apt_lists(root)
 
@@ -556,16 +562,18 @@ def hosts_text(hostname: str) -> str:
 def customize_tree(root: Path, spec: KindSpec) -> None:
     """Install the kind's packages and write its configuration into the copied base tree."""
     tree = spec.tree_of or spec.name
-    if spec.packages or spec.purge:
-        log(f"{spec.name}: apt-get install {' '.join(spec.packages) or '-'}"
-            f"{' ; purge ' + ' '.join(spec.purge) if spec.purge else ''}")
-        apt_install(root, spec.packages, spec.purge)
     etc = root / "etc"
     (etc / "fstab").write_text(fstab_text(layout(spec)))
     (etc / "hostname").write_text(HOSTNAME + "\n")
     (etc / "hosts").write_text(hosts_text(HOSTNAME))
     for name in ("fstab", "hostname", "hosts"):
         (etc / name).chmod(0o644)
+    # initramfs-tools finds the root fs type (for fsck in the initrd) by probing the
+    # fstab's device, which doesn't exist while building: name the type instead.
+    (etc / "initramfs-tools/conf.d/snf-guest-fstype").write_text(f"FSTYPE={spec.root_fs}\n")
+    log(f"{spec.name}: apt-get install {' '.join(spec.packages) or '-'}"
+        f"{' ; purge ' + ' '.join(spec.purge) if spec.purge else ''}; update-initramfs")
+    apt_install(root, spec.packages, spec.purge)
     (etc / "machine-id").write_text(uuid.UUID(kind_uuid(tree, "machine-id")).hex + "\n")
     dbus_id = root / "var/lib/dbus/machine-id"
     if dbus_id.parent.is_dir():
@@ -813,6 +821,9 @@ def _load(stem: Path) -> GuestImage | None:
     if not (image.exists() and meta.exists()):
         return None
     data = json.loads(meta.read_text())
+    # Paths beside the image, wherever the cache directory now is.
+    data["kernel_file"] = str(stem.with_suffix(".vmlinuz"))
+    data["initrd_file"] = str(stem.with_suffix(".initrd"))
     if not (Path(data["kernel_file"]).exists() and Path(data["initrd_file"]).exists()):
         return None
     return GuestImage(image, data)
