@@ -4,6 +4,8 @@ import os
 import pty
 import subprocess
 
+import pytest
+
 from tests.osenv import REPO
 
 MiB = 1024 * 1024
@@ -15,7 +17,9 @@ def snf_image(*args, **kwargs):
     )
 
 
-def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(tmp_path):
+@pytest.fixture
+def setup(tmp_path):
+    """An 8 MiB partitioned image in IMAGE_DIR, a 16 MiB disk of old data, and a settings dir."""
     image, disk = tmp_path / "img.raw", tmp_path / "disk.raw"
     subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
     subprocess.run(["parted", "-s", str(image), "mklabel", "msdos", "mkpart", "primary", "1MiB", "100%"], check=True)
@@ -23,6 +27,26 @@ def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(tmp_path):
     conf = tmp_path / "etc"
     conf.mkdir()
     (conf / "snf-image.conf").write_text(f"IMAGE_DIR={tmp_path}\n")
+    return image, disk, conf
+
+
+def deploy_args(disk, conf):
+    return [
+        "--config-dir",
+        str(conf),
+        "deploy",
+        "--disk",
+        str(disk),
+        "--image",
+        "local://img.raw",
+        "--format",
+        "diskdump",
+        "--no-customize",
+    ]
+
+
+def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(setup):
+    image, disk, conf = setup
     result = snf_image(
         "--config-dir",
         str(conf),
@@ -41,14 +65,8 @@ def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(tmp_path):
     assert disk.read_bytes()[: 8 * MiB] == image.read_bytes()
 
 
-def test_progress_bar_on_a_terminal(tmp_path):
-    image, disk = tmp_path / "img.raw", tmp_path / "disk.raw"
-    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
-    subprocess.run(["parted", "-s", str(image), "mklabel", "msdos", "mkpart", "primary", "1MiB", "100%"], check=True)
-    disk.write_bytes(b"\xa5" * (16 * MiB))
-    conf = tmp_path / "etc"
-    conf.mkdir()
-    (conf / "snf-image.conf").write_text(f"IMAGE_DIR={tmp_path}\n")
+def test_progress_bar_on_a_terminal(setup):
+    _, disk, conf = setup
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(REPO)
