@@ -47,18 +47,7 @@ def deploy_args(disk, conf):
 
 def test_copy_only_deploy_prints_plain_lines_when_not_a_terminal(setup):
     image, disk, conf = setup
-    result = snf_image(
-        "--config-dir",
-        str(conf),
-        "deploy",
-        "--disk",
-        str(disk),
-        "--image",
-        "local://img.raw",
-        "--format",
-        "diskdump",
-        "--no-customize",
-    )
+    result = snf_image(*deploy_args(disk, conf))
     assert result.returncode == 0, result.stderr
     assert "Starting image copy..." in result.stdout and "copied 8.0 MiB (100.0%)" in result.stdout
     assert "\r" not in result.stdout
@@ -70,24 +59,7 @@ def test_progress_bar_on_a_terminal(setup):
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(REPO)
-        os.execv(
-            "/usr/bin/python3",
-            [
-                "python3",
-                "-m",
-                "snf_image",
-                "--config-dir",
-                str(conf),
-                "deploy",
-                "--disk",
-                str(disk),
-                "--image",
-                "local://img.raw",
-                "--format",
-                "diskdump",
-                "--no-customize",
-            ],
-        )
+        os.execv("/usr/bin/python3", ["python3", "-m", "snf_image", *deploy_args(disk, conf)])
     output = b""
     while True:
         try:
