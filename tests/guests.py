@@ -279,6 +279,14 @@ def log(msg: str) -> None:
     print(f"[guests {time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """CalledProcessError whose message carries the command's last output: a build log is the only clue."""
+
+    def __str__(self) -> str:
+        tail = "\n".join(str(x).rstrip() for x in (self.output, self.stderr) if x)
+        return f"{super().__str__()}\n{tail[-3000:]}" if tail else super().__str__()
+
+
 def run(args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None,
         input: bytes | None = None, capture: bool = False) -> subprocess.CompletedProcess[bytes]:
     """The one subprocess helper: argument lists, check=True, output kept for the error message."""
@@ -288,7 +296,7 @@ def run(args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = 
     if proc.returncode != 0:
         out = (proc.stdout or b"").decode(errors="replace")[-4000:]
         err = (proc.stderr or b"").decode(errors="replace")[-4000:] if capture else ""
-        raise subprocess.CalledProcessError(proc.returncode, argv, output=out, stderr=err)
+        raise CommandFailed(proc.returncode, argv, output=out, stderr=err)
     return proc
 
 

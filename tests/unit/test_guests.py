@@ -152,3 +152,21 @@ def test_stale_temporaries_are_removed(tmp_path) -> None:
 def test_unknown_kind_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown guest kind"):
         guests.guest_image("windows")
+
+
+def test_failed_commands_show_their_output() -> None:
+    with pytest.raises(guests.CommandFailed, match="boom"):
+        guests.run(["sh", "-c", "echo boom; exit 3"])
+
+
+def test_guest_paths_map_to_the_partition_that_holds_them(tmp_path) -> None:
+    spec = guests.KINDS["xfs-gpt"]
+    meta = {"fs_type": "xfs", "partitions": [dataclasses.asdict(p) for p in guests.layout(spec)]}
+    image = guests.GuestImage(tmp_path / "x.img", meta)
+    boot, root = guests.layout(spec)
+    assert image._locate("/boot/vmlinuz-6") == (boot.start, boot.size, "ext4", "/vmlinuz-6")
+    assert image._locate("/boot") == (boot.start, boot.size, "ext4", "/")
+    assert image._locate("/bootx/y") == (root.start, root.size, "xfs", "/bootx/y")
+    assert image._locate("/etc/fstab") == (root.start, root.size, "xfs", "/etc/fstab")
+    bare = guests.GuestImage(tmp_path / "e.img", {"fs_type": "ext4", "partitions": []})
+    assert bare._locate("/etc/fstab") == (0, None, "ext4", "/etc/fstab")
