@@ -11,7 +11,9 @@ read-only.
 Detection (as the original's ``detect_image_properties``): partitions in
 order, first hit wins. msdos a5/a6/a9 are FreeBSD/OpenBSD/NetBSD slices;
 07 (NTFS) with ``windows/system32`` is Windows; 83 with ``/etc/fstab`` is
-Linux. GPT: the FreeBSD UFS GUID with ``/etc/fstab`` is FreeBSD, the
+Linux; for the BSD slices the root is the ``a`` partition of the slice's
+disklabel, numbered as the kernel numbers it (after the logical partitions).
+GPT: the FreeBSD UFS GUID with ``/etc/fstab`` is FreeBSD, the
 Microsoft basic data GUID with ``windows/system32`` is Windows, anything
 else is checked for Linux.
 """
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import disks, fsutil
+from . import disklabel, disks, fsutil
 from .framework import CommandError, TaskError
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,10 @@ class Partition:
     number: int
     start: int
     size: int
-    type: str  # msdos: two lower-case hex digits ("83"); gpt: upper-case type GUID
-    kind: str = "primary"  # "primary", "extended" or "logical"
+    type: str  # msdos: two lower-case hex digits ("83"); gpt: upper-case type GUID; bsd: "4.2BSD", "swap"...
+    kind: str = "primary"  # "primary", "extended", "logical" or "bsd" (in a BSD slice's disklabel)
+    letter: str = ""  # bsd: the disklabel letter
+    parent: int = 0  # bsd: the number of the MBR slice holding the label
 
     @property
     def end(self) -> int:
@@ -111,7 +115,36 @@ def parse_table(read: Reader, sector_size: int = 512) -> Table:
             partitions.extend(_parse_logical(read, sector_size, start, size))
         else:
             partitions.append(Partition(index, start, size, f"{ptype:02x}"))
+    partitions.extend(_parse_bsd_slices(read, sector_size, partitions))
     return Table("msdos", sector_size, tuple(sorted(partitions, key=lambda p: p.number)))
+
+
+def read_label(read: Reader, sector_size: int, slice_: Partition) -> disklabel.DiskLabel | None:
+    """The disklabel of a BSD slice, or None (no label, bad checksum: the kernel ignores it too)."""
+    flavour = disklabel.FLAVOURS.get(slice_.type)
+    if flavour is None or sector_size != disklabel.SECTOR:
+        return None
+    sector = read((slice_.start + disklabel.LABEL_SECTOR) * sector_size, disklabel.SECTOR)
+    try:
+        return disklabel.parse(sector, flavour, slice_.start)
+    except disklabel.LabelError as exc:
+        log.info("partition %d: %s", slice_.number, exc)
+        return None
+
+
+def _parse_bsd_slices(read: Reader, sector_size: int, partitions: list[Partition]) -> list[Partition]:
+    """The disklabel partitions of the BSD slices, numbered after the logical ones as Linux does."""
+    found = []
+    number = max([p.number + 1 for p in partitions if p.kind == "logical"], default=5)
+    for slice_ in sorted((p for p in partitions if p.kind == "primary"), key=lambda p: p.number):
+        label = read_label(read, sector_size, slice_)
+        if label is None:
+            continue
+        for letter, (n, start, size) in disklabel.kernel_partitions(label, slice_.start, slice_.size, number).items():
+            fstype = label.get(letter).fstype_name  # type: ignore[union-attr]
+            found.append(Partition(n, start, size, fstype, "bsd", letter, slice_.number))
+            number = n + 1
+    return found
 
 
 def _parse_logical(read: Reader, sector_size: int, ext_start: int, ext_size: int) -> list[Partition]:
@@ -173,10 +206,13 @@ def partition_to_resize(table: Table) -> int | None:
     By position rather than by number (the original took the highest
     number): only the partition at the end of the disk can grow.
     """
-    outer = [p for p in table.partitions if p.kind != "logical"]
+    outer = [p for p in table.partitions if p.kind in ("primary", "extended")]
     if not outer:
         return None
     last = max(outer, key=lambda p: p.end)
+    inner = [p for p in table.partitions if p.kind == "bsd" and p.parent == last.number]
+    if inner:  # a BSD slice: the disklabel partition that ends last in it
+        return max(inner, key=lambda p: (p.end, p.start)).number
     if last.kind == "extended":
         logical = [p for p in table.partitions if p.kind == "logical"]
         return max(logical, key=lambda p: p.end).number if logical else None
@@ -195,11 +231,12 @@ def candidates(table: Table) -> list[tuple[Partition, str | None, str | None]]:
     """(partition, family if decided by type alone, check to run otherwise), in detection order."""
     found: list[tuple[Partition, str | None, str | None]] = []
     for p in table.partitions:
-        if p.kind == "extended":
+        if p.kind in ("extended", "bsd"):
             continue
         if table.label == "msdos":
             if p.type in MBR_FAMILIES:
-                found.append((p, MBR_FAMILIES[p.type], None))
+                root = next((q for q in table.partitions if q.parent == p.number and q.letter == "a"), p)
+                found.append((root, MBR_FAMILIES[p.type], None))
             elif p.type == MBR_NTFS:
                 found.append((p, None, CHECK_WINDOWS))
             elif p.type == MBR_LINUX:
