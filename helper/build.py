@@ -4,9 +4,11 @@ Layout of HELPER_DIR after a build::
 
     image        ext4 root filesystem (made with ``mke2fs -d``, never mounted on the host),
                  attached read-only with serial ``snf-helper-root``
-    kernel       the Debian cloud kernel from the rootfs
+    kernel       the Debian cloud kernel from the rootfs (``--kernel debian``, the default), or
+                 our own build of Debian's linux-source from ``helper/kernel.config``
+                 (``--kernel custom``: the only one that writes UFS, see below)
     initrd-base  newc cpio: busybox-static, /dev/console, the few kernel modules needed to
-                 find and mount the root disk (depends only on the rootfs)
+                 find and mount the root disk (none with the custom kernel: all built in)
     initrd       initrd-base followed by the code layer cpio (what qemu boots)
     packages     ``dpkg-query -W`` of the rootfs
     version      snf_image.__version__ + hash of the code layer (see snf_image.jail.helper_version)
@@ -24,6 +26,14 @@ only the bytes used on the host.
 
 The slow part, ``debootstrap``, is cached in CACHE_DIR keyed by a hash of the
 package list, suite, mirror and this recipe's version.
+
+The custom kernel exists because Debian's kernels mount UFS read-only
+(CONFIG_UFS_FS_WRITE is off) and the BSD tasks must write the guest's UFS. It is
+``make allnoconfig`` plus the fragment ``helper/kernel.config``, everything built
+in, compiled from Debian's ``linux-source-6.1`` package (``apt-get install
+linux-source-6.1 flex bison bc libelf-dev``). It is cached in CACHE_DIR as
+``kernel-<key>/`` keyed by the fragment, the source package's version and
+KERNEL_RECIPE_VERSION; to rebuild it, change one of those or pass ``--force``.
 """
 
 from __future__ import annotations
@@ -55,6 +65,15 @@ HERE = Path(__file__).resolve().parent
 PACKAGES_LIST = HERE / "packages.list"
 DEFAULT_HELPER_DIR = Path("/var/lib/snf-image/helper")
 DEFAULT_CACHE_DIR = Path("/var/cache/snf-image/helper-build")
+
+#: The custom kernel: config fragment, source tarball and the package that ships it.
+KERNEL_CONFIG = HERE / "kernel.config"
+KERNEL_SOURCE_PACKAGE = "linux-source-6.1"
+KERNEL_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
+#: Bump when the kernel recipe (make targets, flags) changes: it is part of the cache key.
+KERNEL_RECIPE_VERSION = "1"
+KERNEL_BUILD_DEPS = "build-essential flex bison bc libelf-dev libssl-dev"
+KERNEL_FLAVOURS = ("debian", "custom")
 
 #: Modules /init loads (dependencies are added from modules.dep). Built-in ones are skipped.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
@@ -93,6 +112,30 @@ def rootfs_key(packages: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- rootfs
 
 
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, innermost first."""
+    prefix = str(path.resolve())
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that first unmounts what a failed or killed debootstrap left mounted inside (its /proc).
+
+    Without it, rmtree walks into the host's /proc through the chroot's mount.
+    """
+    if path.is_dir() and not path.is_symlink():
+        for point in _mounts_under(path):
+            subprocess.run(["umount", "--lazy", point], check=False)
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def ensure_rootfs(cache_dir: Path, packages: list[str], force: bool = False) -> Path:
     """The debootstrapped, trimmed rootfs for ``packages``, built if not cached."""
     key = rootfs_key(packages)
@@ -103,20 +146,24 @@ def ensure_rootfs(cache_dir: Path, packages: list[str], force: bool = False) -> 
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob("rootfs-*"):  # other keys, half-built leftovers
         _log(f"removing stale {old}")
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+        remove_tree(old)
     tmp = cache_dir / f"rootfs-{key}.tmp"
     debs = cache_dir / "debs"
     debs.mkdir(exist_ok=True)
     _log(f"debootstrap {SUITE} into {tmp} ({len(packages)} packages)")
     start = time.monotonic()
-    subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
-         f"--cache-dir={debs}", SUITE, str(tmp), MIRROR],
-        check=True, stdout=subprocess.DEVNULL,
-    )
+    try:
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
+             f"--cache-dir={debs}", SUITE, str(tmp), MIRROR],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    except BaseException:
+        log = tmp / "debootstrap" / "debootstrap.log"
+        if log.exists():
+            _log("debootstrap failed; the end of its log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+        remove_tree(tmp)
+        raise
     _log(f"debootstrap took {time.monotonic() - start:.0f} s")
     _tweak_rootfs(tmp)
     tmp.rename(root)
@@ -259,9 +306,12 @@ def _module_bytes(path: Path) -> bytes:
     return data
 
 
-def build_initrd_base(root: Path) -> bytes:
-    """busybox, /dev/console and the root-disk modules with their load order in /etc/snf-modules."""
-    release = kernel_release(root)
+def build_initrd_base(root: Path, custom_release: str | None = None) -> bytes:
+    """busybox, /dev/console and the root-disk modules with their load order in /etc/snf-modules.
+
+    With ``custom_release`` (our own kernel, everything built in) no module is loaded.
+    """
+    release = custom_release or kernel_release(root)
     modules_dir = root / "lib/modules" / release
     cpio = Cpio()
     for d in ("bin", "dev", "etc", "lib/modules", "proc", "sys", "newroot", "run", "tmp"):
@@ -271,7 +321,7 @@ def build_initrd_base(root: Path) -> bytes:
     cpio.file("bin/busybox", (root / "bin/busybox").read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     names = []
-    for rel in _module_order(modules_dir, INITRD_MODULES):
+    for rel in [] if custom_release else _module_order(modules_dir, INITRD_MODULES):
         name = _modname(rel)
         cpio.file(f"lib/modules/{name}.ko", _module_bytes(modules_dir / rel))
         names.append(name)
@@ -308,6 +358,90 @@ def build_code_layer() -> bytes:
     return cpio.getvalue()
 
 
+# --------------------------------------------------------------------------- custom kernel
+
+
+def config_fragment(path: Path = KERNEL_CONFIG) -> dict[str, str]:
+    """``CONFIG_X`` -> value of the fragment's active lines (comments ignored)."""
+    wanted = {}
+    for line in path.read_text("utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            if not sep or not name.startswith("CONFIG_"):
+                raise ValueError(f"{path}: not a CONFIG_X=value line: {line!r}")
+            wanted[name] = value
+    return wanted
+
+
+def missing_options(fragment: dict[str, str], config_text: str) -> list[str]:
+    """The fragment's lines that did not survive into the final .config (unmet dependencies, typos)."""
+    have = {}
+    for line in config_text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.startswith("CONFIG_"):
+            have[name] = value
+    return sorted(f"{k}={v}" for k, v in fragment.items() if have.get(k) != v)
+
+
+def _source_version() -> str:
+    return subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", KERNEL_SOURCE_PACKAGE],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def kernel_key(source_version: str, config_text: str) -> str:
+    """Cache key of the custom kernel: recipe, source version and the config fragment."""
+    text = "\n".join([KERNEL_RECIPE_VERSION, KERNEL_SOURCE_PACKAGE, source_version, config_text])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None = None) -> Path:
+    """``cache_dir/kernel-<key>`` holding ``bzImage``, ``config`` and ``release``, built if not cached.
+
+    The source is unpacked into a scratch directory under ``cache_dir`` and removed
+    after the build (about 1.5 GiB while it lasts); only the ~3 MiB result is kept.
+    """
+    if not KERNEL_SOURCE.exists():
+        raise SystemExit(f"{KERNEL_SOURCE} is missing: apt-get install {KERNEL_SOURCE_PACKAGE} {KERNEL_BUILD_DEPS}")
+    config_text = KERNEL_CONFIG.read_text("utf-8")
+    key = kernel_key(_source_version(), config_text)
+    out = cache_dir / f"kernel-{key}"
+    if (out / "bzImage").exists() and (out / "release").exists() and not force:
+        return out
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for old in cache_dir.glob("kernel-*"):  # other keys, half-built leftovers
+        _log(f"removing stale {old}")
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    work = cache_dir / f"kernel-{key}.tmp"
+    work.mkdir()
+    jobs = jobs or os.cpu_count() or 1
+    start = time.monotonic()
+    _log(f"unpacking {KERNEL_SOURCE}")
+    subprocess.run(["tar", "-C", str(work), "--strip-components=1", "-xf", str(KERNEL_SOURCE)], check=True)
+    make = ["make", "-C", str(work), "-s", f"-j{jobs}", "ARCH=x86_64"]
+    subprocess.run([*make, f"KCONFIG_ALLCONFIG={KERNEL_CONFIG}", "allnoconfig"], check=True)
+    missing = missing_options(config_fragment(), (work / ".config").read_text())
+    if missing:
+        raise RuntimeError(f"{KERNEL_CONFIG}: not in the final .config (unmet dependency?): {' '.join(missing)}")
+    _log(f"compiling the kernel with {jobs} jobs")
+    subprocess.run([*make, "bzImage"], check=True, stdout=subprocess.DEVNULL)
+    release = subprocess.run([*make, "kernelrelease"], check=True, capture_output=True, text=True).stdout.strip()
+    result = cache_dir / f"kernel-{key}.result"
+    result.mkdir()
+    shutil.copyfile(work / "arch/x86/boot/bzImage", result / "bzImage")
+    shutil.copyfile(work / ".config", result / "config")
+    (result / "release").write_text(release + "\n")
+    shutil.rmtree(work)
+    result.rename(out)
+    _log(f"custom kernel {release} built in {time.monotonic() - start:.0f} s")
+    return out
+
+
 # --------------------------------------------------------------------------- image
 
 
@@ -342,17 +476,30 @@ def _write(path: Path, data: bytes | str) -> None:
     tmp.rename(path)
 
 
-def build(helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False) -> bool:
+def base_key(packages: Iterable[str], kernel: str = "debian") -> str:
+    """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used."""
+    key = rootfs_key(packages)
+    if kernel == "custom":
+        key += "+kernel-" + kernel_key(_source_version(), KERNEL_CONFIG.read_text("utf-8"))
+    return key
+
+
+def build(
+    helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = "debian"
+) -> bool:
     """Bring ``helper_dir`` up to date; return True if anything was rebuilt.
 
     Idempotent: with nothing changed it only hashes the code. ``code_only`` never
-    runs debootstrap: it needs a previous full build in ``helper_dir``.
+    runs debootstrap: it needs a previous full build in ``helper_dir``. ``kernel``
+    is ``debian`` (the rootfs' cloud kernel) or ``custom`` (see the module docstring).
     """
+    if kernel not in KERNEL_FLAVOURS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNEL_FLAVOURS)}, not {kernel!r}")
     helper_dir = Path(helper_dir)
     cache_dir = Path(cache_dir)
     version = jail.helper_version()
     packages = read_package_list()
-    key = rootfs_key(packages)
+    key = base_key(packages, kernel)
     base_stamp = helper_dir / ".base-key"
     base_files = [helper_dir / n for n in ("image", "kernel", "initrd-base", "packages")]
     base_ok = base_stamp.exists() and all(p.exists() for p in base_files)
@@ -378,10 +525,16 @@ def build(helper_dir: Path, cache_dir: Path, code_only: bool = False, force: boo
         start = time.monotonic()
         build_root_image(root, helper_dir / "image")
         _log(f"root image built in {time.monotonic() - start:.1f} s")
-        kernel = root / "boot" / f"vmlinuz-{kernel_release(root)}"
-        shutil.copyfile(kernel, helper_dir / "kernel.tmp")
+        custom_release = None
+        if kernel == "custom":
+            built = ensure_custom_kernel(cache_dir, force=force)
+            kernel_file = built / "bzImage"
+            custom_release = (built / "release").read_text().strip()
+        else:
+            kernel_file = root / "boot" / f"vmlinuz-{kernel_release(root)}"
+        shutil.copyfile(kernel_file, helper_dir / "kernel.tmp")
         (helper_dir / "kernel.tmp").rename(helper_dir / "kernel")
-        _write(helper_dir / "initrd-base", build_initrd_base(root))
+        _write(helper_dir / "initrd-base", build_initrd_base(root, custom_release))
         listing = subprocess.run(
             ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"],
             check=True, capture_output=True, text=True,
@@ -403,9 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--code-only", action="store_true", help="rebuild only the code layer")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--kernel", choices=KERNEL_FLAVOURS, default="debian",
+                        help="debian: the rootfs' cloud kernel; custom: our own, writes UFS [%(default)s]")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    build(args.helper_dir, args.cache_dir, code_only=args.code_only, force=args.force)
+    build(args.helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
     _log(f"done in {time.monotonic() - start:.1f} s")
     return 0
 
