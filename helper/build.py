@@ -161,7 +161,8 @@ def ensure_rootfs(cache_dir: Path, packages: list[str], force: bool = False) -> 
     except BaseException:
         log = tmp / "debootstrap" / "debootstrap.log"
         if log.exists():
-            _log("debootstrap failed; the end of its log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            _log("debootstrap failed; the end of its log:\n" + "\n".join(tail))
         remove_tree(tmp)
         raise
     _log(f"debootstrap took {time.monotonic() - start:.0f} s")
