@@ -11,29 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 SYS_BLOCK = Path("/sys/block")
-
-
-def usable() -> str | None:
-    """Why loop-device tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("losetup", "partx", "sfdisk", "mount"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
-    return None
-
-
-requires_loop = pytest.mark.skipif(usable() is not None, reason=str(usable()))
 
 
 def sh(*argv: str | os.PathLike[str], input: str | None = None) -> str:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import time
@@ -155,7 +154,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("qemu-nbd") is None, reason="needs qemu-nbd")
 def test_nbd_uri_disk(probe_dir, tmp_path):
     disk = tmp_path / "nbd.img"
     disk.write_bytes(b"\0" * (1 << 20))

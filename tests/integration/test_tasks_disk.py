@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,7 @@ import pytest
 
 from helper import disks, framework, fsutil, runner
 from helper.framework import Context, LoadedTask, Task, TaskError
-from tests.loopdev import attach, grow, make_image, mounted, requires_loop, sh
-
-pytestmark = requires_loop
+from tests.loopdev import attach, grow, make_image, mounted, sh
 
 MiB = 1024 * 1024
 DISK_TASKS = [
@@ -33,11 +30,6 @@ DISK_TASKS = [
     "RecordMounts",
     "UmountImage",
 ]
-
-
-def needs(*tools: str) -> pytest.MarkDecorator:
-    missing = [t for t in tools if shutil.which(t) is None]
-    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
 
 
 def rules_for(properties: dict[str, str], size: int) -> dict[str, Any]:
@@ -66,7 +58,8 @@ def deploy(device: Path, properties: dict[str, str], tmp_path: Path) -> list[dic
     target = tmp_path / "target"
     target.mkdir()
     size = int(sh("blockdev", "--getsize64", device))
-    tasks = [*framework.discover(), LoadedTask(Task(name="RecordMounts", order=60), _record_mounts)]
+    disk_tasks = [t for t in framework.discover() if t.name in DISK_TASKS]
+    tasks = [*disk_tasks, LoadedTask(Task(name="RecordMounts", order=60), _record_mounts)]
     tasks.sort(key=lambda t: (t.task.order, t.name))
     SEEN_MOUNTS.clear()
     try:
@@ -117,7 +110,6 @@ def fsck_clean(part: Path) -> None:
     sh("e2fsck", "-f", "-n", part)
 
 
-@needs("mkfs.ext4", "resize2fs")
 def test_msdos_logical_ext4_with_swap(tmp_path: Path) -> None:
     image = tmp_path / "msdos.img"
     make_image(image, 200, "label: dos\n,64MiB,83\n,,5\n,,83\n")
@@ -156,7 +148,6 @@ def test_msdos_logical_ext4_with_swap(tmp_path: Path) -> None:
         assert loop.cleanup() == []  # nothing left mounted by the helper
 
 
-@needs("mkfs.ext4", "mkfs.xfs", "xfs_growfs", "sgdisk")
 def test_gpt_xfs_backup_header_and_swap(tmp_path: Path) -> None:
     image = tmp_path / "gpt.img"
     make_image(image, 420, "label: gpt\n,64MiB,L\n,,L\n")
@@ -188,7 +179,6 @@ def test_gpt_xfs_backup_header_and_swap(tmp_path: Path) -> None:
         fsck_clean(loop.part(1))
 
 
-@needs("mkfs.ext4", "mkfs.btrfs", "btrfs")
 def test_msdos_btrfs_grows_mounted(tmp_path: Path) -> None:
     image = tmp_path / "btrfs.img"
     make_image(image, 400, "label: dos\n,64MiB,83\n,,83\n")
@@ -207,7 +197,6 @@ def test_msdos_btrfs_grows_mounted(tmp_path: Path) -> None:
         assert SEEN_MOUNTS == ["/", "/home"]
 
 
-@needs("mkfs.ext4", "debugfs")
 def test_unclean_ext4_is_refused(tmp_path: Path) -> None:
     image = tmp_path / "dirty.img"
     make_image(image, 100, "label: dos\n,,83\n")
@@ -220,7 +209,6 @@ def test_unclean_ext4_is_refused(tmp_path: Path) -> None:
         deploy(loop.path, {"OSFAMILY": "linux", "ROOT_PARTITION": "1"}, tmp_path)
 
 
-@needs("mkfs.ext4")
 def test_non_persistent_fstab_fails_and_unmounts(tmp_path: Path) -> None:
     image = tmp_path / "sda.img"
     make_image(image, 100, "label: dos\n,40MiB,83\n,,83\n")
