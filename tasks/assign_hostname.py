@@ -14,6 +14,11 @@ In ``/etc/hosts`` the ``127.0.1.1`` line becomes ``127.0.1.1 <fqdn>
 <short name>`` (added after the localhost line when missing; duplicates
 removed); the other lines are kept.
 
+BSDs: FreeBSD ``hostname="<fqdn>"`` in ``/etc/rc.conf``; OpenBSD
+``/etc/myname``; NetBSD ``/etc/myname`` and an existing ``hostname=`` in
+``/etc/rc.conf`` (which would win over myname). ``/etc/hosts`` is left as
+it is on the BSDs (they resolve their own name without a 127.0.1.1 line).
+
 This is also what ``gnt-instance rename`` runs. Under ``CLOUD_INIT`` the
 name also goes to the cloud-init configuration (``tasks/_cloud_init.py``:
 ``set_hostname``, the seed's ``local-hostname``); the files are written
@@ -30,14 +35,14 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from helper import fsutil
-from helper.framework import LINUX, Context, Task, TaskError
+from helper.framework import UNIX, Context, Task, TaskError
 
-from . import _unix
+from . import _bsd, _unix
 
 TASK = Task(
     name="AssignHostname",
     order=50,
-    families=LINUX,
+    families=UNIX,
     excludable=True,
     mounted=True,
     resize=False,
@@ -164,7 +169,26 @@ def apply(ctx: Context, fqdn: str) -> None:
     fsutil.write_text(ctx.target, HOSTS, set_hosts(hosts, fqdn))
 
 
-FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {"linux": apply}
+def apply_freebsd(ctx: Context, fqdn: str) -> None:
+    """FreeBSD: ``hostname=`` in rc.conf."""
+    _bsd.edit_rc_conf(ctx, {"hostname": fqdn})
+
+
+def apply_myname(ctx: Context, fqdn: str) -> None:
+    """OpenBSD and NetBSD: /etc/myname; NetBSD also an rc.conf ``hostname=`` the image already sets."""
+    _write(ctx, _bsd.MYNAME, lambda _: fqdn + "\n")
+    if ctx.osfamily == "netbsd":
+        rc_conf = _unix.read_optional(ctx.target, _bsd.RC_CONF)
+        if rc_conf is not None and _bsd.rc_get(rc_conf, "hostname") is not None:
+            _bsd.edit_rc_conf(ctx, {"hostname": fqdn})
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {
+    "linux": apply,
+    "freebsd": apply_freebsd,
+    "openbsd": apply_myname,
+    "netbsd": apply_myname,
+}
 
 
 def run(ctx: Context) -> None:

@@ -20,6 +20,15 @@ For every user in the ``USERS`` property (space-separated, default
   warning). The file is owned by the user, mode 0600; its directory, when
   under the home directory, is owned by the user with mode 0700.
 
+BSDs: the hash (default method: ``sha512`` FreeBSD, ``blowfish`` OpenBSD,
+``sha1`` NetBSD) goes into ``/etc/master.passwd`` (the user's other fields
+kept, the change time cleared). The BSDs read passwords from ``spwd.db``,
+which only their ``pwd_mkdb`` writes: ``spwd.db`` is removed (so the
+image's old password stops working) and the guest runs ``pwd_mkdb -p
+/etc/master.passwd`` once at first boot -- from ``/etc/rc.firsttime`` on
+OpenBSD, from a one-shot ``/etc/rc.local`` on FreeBSD and NetBSD that then
+puts the image's own ``rc.local`` back. Keys as on Linux.
+
 A user missing from ``/etc/passwd`` is an error. With neither a password
 nor keys there is nothing to do. Under ``CLOUD_INIT`` the work is handed to
 the cloud-init configuration (``tasks/_cloud_init.py``: ``change_password``)
@@ -39,14 +48,14 @@ from passlib import hash as passlib_hash
 from passlib.exc import MissingBackendError
 
 from helper import fsutil
-from helper.framework import LINUX, Context, Task, TaskError
+from helper.framework import UNIX, Context, Task, TaskError
 
-from . import _unix
+from . import _bsd, _unix
 
 TASK = Task(
     name="ChangePassword",
     order=50,
-    families=LINUX,
+    families=UNIX,
     excludable=True,
     mounted=True,
     resize=False,
@@ -248,7 +257,37 @@ def apply(ctx: Context, creds: Credentials) -> None:
             install_keys(ctx, passwd[user], creds.keys, setting)
 
 
-FAMILY_HANDLERS = {"linux": apply}
+#: Left over by an interrupted pwd_mkdb (NetBSD); stale copies of the old passwords.
+BSD_DB_FILES = ("/etc/spwd.db", "/etc/pwd.db.tmp", "/etc/spwd.db.tmp")
+
+
+def apply_bsd(ctx: Context, creds: Credentials) -> None:
+    """Edit /etc/master.passwd and the authorized keys; the guest rebuilds its databases at first boot."""
+    if creds.hashed is not None:
+        text = _unix.read_optional(ctx.target, _bsd.MASTER_PASSWD)
+        if text is None:
+            raise TaskError(f"Unable to find {_bsd.MASTER_PASSWD} in the image")
+        missing = [u for u in creds.users if u not in _bsd.master_passwd_users(text)]
+        if missing:
+            raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's {_bsd.MASTER_PASSWD}")
+        for user in creds.users:
+            text, _ = _bsd.set_master_password(text, user, creds.hashed)
+        fsutil.write_text(ctx.target, _bsd.MASTER_PASSWD, text, mode=0o600)
+        for path in BSD_DB_FILES:
+            _unix.remove(ctx.target, path)
+        _bsd.add_firstboot(ctx, _bsd.PWD_MKDB)
+    if creds.keys:
+        passwd = _unix.read_passwd(ctx.target)
+        missing = [u for u in creds.users if u not in passwd]
+        if missing:
+            raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's /etc/passwd")
+        options = _unix.sshd_options(ctx.target)
+        setting = None if options is None else _unix.sshd_first(options, "authorizedkeysfile")
+        for user in creds.users:
+            install_keys(ctx, passwd[user], creds.keys, setting)
+
+
+FAMILY_HANDLERS = {"linux": apply, "freebsd": apply_bsd, "netbsd": apply_bsd, "openbsd": apply_bsd}
 
 
 def run(ctx: Context) -> None:

@@ -24,7 +24,18 @@ network-config under CLOUD_INIT (InitializeDatasource writes it), else a
 warning. When a native configuration was written and cloud-init is in the
 image, ``network: {config: disabled}`` keeps cloud-init from replacing it.
 
-Linux for now; the BSD formats slot into ``BACKENDS``.
+BSDs: the NIC of Ganeti frontend type T is named after the driver that
+family's kernel attaches to qemu's model (paravirtual: vtnet / vioif /
+vio, e1000: em / wm / em, rtl8139: re / re / rl, ...; ``tasks/_bsd.py``:
+``DRIVERS``), numbered per driver. FreeBSD: ``ifconfig_<if>="inet A netmask
+M"`` or ``"DHCP"``, ``defaultrouter``, and for IPv6 ``ifconfig_<if>_ipv6="inet6
+-ifdisabled accept_rtadv"`` with ``rtsold_enable``, in ``/etc/rc.conf``
+(the image's lines for NICs replaced). NetBSD: ``/etc/ifconfig.<if>``
+(``inet A netmask M`` or ``!dhcpcd``; ``inet6 -ifdisabled``),
+``defaultroute`` and ``ip6mode=autohost`` in rc.conf. OpenBSD:
+``/etc/hostname.<if>`` (``inet A MASK NONE`` or ``dhcp``; ``inet6
+autoconf``) and ``/etc/mygate``. Stateful DHCPv6 is configured as SLAAC on
+the BSDs (no DHCPv6 client in their base systems), with a warning.
 
 Properties: NM_NETWORKING, CLOUD_INIT. Settings: dhcp_tags,
 stateful_dhcpv6_tags, stateless_dhcpv6_tags, default_nic_config.
@@ -42,15 +53,15 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from helper import fsutil
-from helper.framework import LINUX, Context, Task
+from helper.framework import LINUX, UNIX, Context, Task
 
-from . import _cloud_init, _network, _unix
+from . import _bsd, _cloud_init, _network, _unix
 from ._network import NicPlan
 
 TASK = Task(
     name="ConfigureNetwork",
     order=50,
-    families=LINUX,
+    families=UNIX,
     excludable=True,
     mounted=True,
     resize=False,
@@ -308,6 +319,65 @@ def _redhat(ctx: Context) -> bool:
     return fsutil.is_dir(ctx.target, IFCFG_DIR) or _unix.base_distro(ctx.target) == "redhat"
 
 
+def _warn_dhcpv6(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    if any(p.ipv6 == "dhcp" for p in plans):
+        ctx.warning(f"DHCPv6 is not supported on {ctx.osfamily}; those NICs use SLAAC")
+
+
+def apply_freebsd(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    """ifconfig_<if> lines in /etc/rc.conf (the image's NIC lines replaced)."""
+    _warn_dhcpv6(ctx, plans)
+    names = _bsd.interface_names("freebsd", plans)
+    old = _unix.read_optional(ctx.target, _bsd.RC_CONF) or ""
+    install(ctx, _bsd.RC_CONF, _bsd.render_freebsd_rc_conf(old, plans, names))
+
+
+def _bsd_files(ctx: Context, prefix: str, keep: set[str]) -> None:
+    """Back up and remove the image's /etc/<prefix><if> files for NICs it no longer has."""
+    drivers = {d for names in _bsd.DRIVERS.values() for d in names.values()}
+    for name in listdir(ctx, "/etc"):
+        interface = name[len(prefix) :]
+        is_nic = re.fullmatch(r"[a-z]+[0-9]+", interface) and interface.rstrip("0123456789") in drivers
+        if name.startswith(prefix) and name not in keep and is_nic:  # a NIC, not lo0, a bridge or a tunnel
+            discard(ctx, f"/etc/{name}")
+
+
+def apply_netbsd(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    """/etc/ifconfig.<if> per NIC; defaultroute and ip6mode in rc.conf."""
+    _warn_dhcpv6(ctx, plans)
+    names = _bsd.interface_names("netbsd", plans)
+    _bsd_files(ctx, "ifconfig.", {f"ifconfig.{n}" for n in names})
+    for p, name in zip(plans, names, strict=True):
+        install(ctx, f"/etc/ifconfig.{name}", _bsd.render_netbsd_ifconfig(p))
+    values = {}
+    gateway = _bsd.default_gateway(plans)
+    if gateway is not None:
+        values["defaultroute"] = gateway
+    if any(p.ipv6 is not None for p in plans):
+        values["ip6mode"] = "autohost"
+    if values:
+        backup(ctx, _bsd.RC_CONF)
+        _bsd.edit_rc_conf(ctx, values)
+
+
+def apply_openbsd(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    """/etc/hostname.<if> per NIC and /etc/mygate."""
+    _warn_dhcpv6(ctx, plans)
+    names = _bsd.interface_names("openbsd", plans)
+    _bsd_files(ctx, "hostname.", {f"hostname.{n}" for n in names})
+    for p, name in zip(plans, names, strict=True):
+        install(ctx, f"/etc/hostname.{name}", _bsd.render_openbsd_hostname_if(p), mode=0o640)
+    gateway = _bsd.default_gateway(plans)
+    if gateway is not None:
+        install(ctx, _bsd.MYGATE, f"{_bsd.FILE_HEADER}\n{gateway}\n")
+    elif fsutil.exists(ctx.target, _bsd.MYGATE):
+        discard(ctx, _bsd.MYGATE)
+
+
+def _always(ctx: Context) -> bool:
+    return True
+
+
 NETWORKMANAGER = Backend("NetworkManager keyfiles", LINUX, _nm_enabled, apply_networkmanager)
 
 # In priority order: the first whose detect() is true configures the image.
@@ -317,6 +387,9 @@ BACKENDS: list[Backend] = [
     Backend("systemd-networkd", LINUX, _networkd, apply_networkd),
     Backend("ifupdown", LINUX, _ifupdown, apply_ifupdown),
     Backend("ifcfg", LINUX, _redhat, apply_ifcfg),
+    Backend("FreeBSD rc.conf", frozenset({"freebsd"}), _always, apply_freebsd),
+    Backend("NetBSD ifconfig.if", frozenset({"netbsd"}), _always, apply_netbsd),
+    Backend("OpenBSD hostname.if", frozenset({"openbsd"}), _always, apply_openbsd),
 ]
 
 

@@ -18,6 +18,10 @@ DSA and RSA1 keys are not regenerated (sshd no longer accepts them).
 Debian's openssh-server does not regenerate keys at boot (its ``ssh``
 service fails without them), which is why this is needed.
 
+On the BSDs the keys are only deleted: their rc scripts make missing host
+keys at boot (FreeBSD and NetBSD ``rc.d/sshd``, OpenBSD ``rc``'s
+``ssh-keygen -A``).
+
 Under ``CLOUD_INIT`` deletion is handed to the cloud-init configuration
 (``tasks/_cloud_init.py``: ``delete_ssh_keys``) when it exists.
 
@@ -34,14 +38,14 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from helper import fsutil
-from helper.framework import LINUX, Context, Task
+from helper.framework import UNIX, Context, Task
 
 from . import _unix
 
 TASK = Task(
     name="DeleteSSHKeys",
     order=50,
-    families=LINUX,
+    families=UNIX,
     excludable=True,
     mounted=True,
     resize=False,
@@ -220,7 +224,20 @@ def apply(ctx: Context) -> None:
     generate(ctx, keys, key_comment(str(ctx.rules.get("instance_name") or "")))
 
 
-FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {"linux": apply}
+def apply_bsd(ctx: Context) -> None:
+    """Delete the host keys; the BSD's own rc makes new ones at boot."""
+    options = _unix.sshd_options(ctx.target)
+    if options is None:
+        ctx.warning(f"The image has no {_unix.SSHD_CONFIG}; deleting the default host keys only")
+    delete_keys(ctx, host_key_paths(options))
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {
+    "linux": apply,
+    "freebsd": apply_bsd,
+    "netbsd": apply_bsd,
+    "openbsd": apply_bsd,
+}
 
 
 def run(ctx: Context) -> None:

@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from helper.framework import LINUX, Context, Task, TaskError
+from helper.framework import UNIX, Context, Task, TaskError
 
 from . import _unix
 
 TASK = Task(
     name="EnforcePersonality",
     order=60,
-    families=LINUX,
+    families=UNIX,
     excludable=True,
     mounted=True,
     resize=False,
@@ -90,7 +90,10 @@ def inject(ctx: Context, files: list[File]) -> None:
         _unix.write_file(ctx.target, f.path, f.contents, mode=f.mode, uid=uid, gid=gid)
 
 
-FAMILY_HANDLERS: dict[str, Callable[[Context, list[File]], None]] = {"linux": inject}
+# The BSDs keep users and groups in /etc/passwd and /etc/group too.
+FAMILY_HANDLERS: dict[str, Callable[[Context, list[File]], None]] = {
+    family: inject for family in ("linux", "freebsd", "netbsd", "openbsd")
+}
 
 
 def run(ctx: Context) -> None:

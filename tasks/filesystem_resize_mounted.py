@@ -5,6 +5,13 @@ can only grow while mounted; this task finds where MountImage mounted
 RESIZE_PART and grows it there. ext2/3/4 were already grown unmounted.
 A RESIZE_PART that is not mounted (not in the image's fstab) is left as it
 is, with a warning. NTFS (Windows) is a later addition.
+
+BSDs (no UFS growfs exists for Linux): the guest grows its own UFS at
+first boot. FreeBSD: ``growfs_enable="YES"`` in ``/etc/rc.conf`` and the
+``/firstboot`` sentinel its ``rc.d/growfs`` needs (root only). NetBSD:
+``resize_root="YES"`` (root only). OpenBSD: a ``growfs`` of the (unmounted)
+filesystem from ``/etc/rc.firsttime`` -- not for root, which OpenBSD cannot
+grow while mounted. A last partition these cannot grow gets a warning.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ import logging
 import re
 from pathlib import Path
 
-from helper import disks
-from helper.framework import ALL, Context, Task
+from helper import detect, disks, fsutil, ufs
+from helper.framework import ALL, BSD, Context, Task
+
+from . import _bsd, _unix
 
 TASK = Task(
     name="FilesystemResizeMounted",
@@ -41,11 +50,59 @@ def btrfs_devid(show_output: str, device: Path) -> str | None:
     return None
 
 
+def fstab_mountpoint(fstab: str, letter: str, duid: str) -> tuple[str, str] | None:
+    """(device, mount point) of the OpenBSD fstab entry for disklabel partition ``letter`` of disk 0."""
+    for line in fstab.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        device = fields[0]
+        if (duid and device.lower() == f"{duid}.{letter}") or re.fullmatch(rf"/dev/r?[a-z]+0{letter}", device):
+            return device, fields[1]
+    return None
+
+
+def arrange_bsd_growth(ctx: Context, part: Path) -> None:
+    """Make the BSD guest grow the UFS of RESIZE_PART at its first boot."""
+    if ufs.linux_ufstype(part) is None:
+        return  # swap at the end: nothing to grow
+    is_root = ctx.resize_partition == ctx.root_partition
+    if ctx.osfamily == "freebsd":
+        if not is_root:
+            ctx.warning(f"FreeBSD grows only its root filesystem at boot; partition {ctx.resize_partition} is not")
+            return
+        _bsd.edit_rc_conf(ctx, {"growfs_enable": "YES"})
+        if not fsutil.exists(ctx.target, "/firstboot"):
+            _unix.write_file(ctx.target, "/firstboot", b"", mode=0o644)
+    elif ctx.osfamily == "netbsd":
+        if not is_root:
+            ctx.warning(f"NetBSD grows only its root filesystem at boot; partition {ctx.resize_partition} is not")
+            return
+        _bsd.edit_rc_conf(ctx, {"resize_root": "YES"})
+    else:
+        if is_root:
+            ctx.warning("OpenBSD cannot grow its mounted root filesystem; the root partition keeps its size")
+            return
+        table = detect.read_table(ctx.device)
+        entry = table.get(ctx.resize_partition)
+        fstab = _unix.read_optional(ctx.target, "/etc/fstab") or ""
+        duid = ctx.state.get("bsd_duid", "")
+        found = fstab_mountpoint(fstab, entry.letter, duid) if entry is not None and entry.letter else None
+        if found is None:
+            ctx.warning(f"Partition {ctx.resize_partition} is not in the image's fstab; its filesystem was not grown")
+            return
+        device, mountpoint = found
+        _bsd.add_firstboot(ctx, _bsd.openbsd_growfs_job(device, mountpoint))
+
+
 def run(ctx: Context) -> None:
     """Grow an xfs or btrfs filesystem on RESIZE_PART to fill its partition."""
     if ctx.resize_partition is None:
         return
     part = ctx.partition(ctx.resize_partition)
+    if ctx.osfamily in BSD:
+        arrange_bsd_growth(ctx, part)
+        return
     fstype = disks.fs_type(part)
     if fstype in DONE_UNMOUNTED:
         return

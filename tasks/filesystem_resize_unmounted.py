@@ -5,7 +5,11 @@ grown here: a filesystem not marked clean is refused (the image was not
 shut down properly and a check could lose data silently), then ``e2fsck
 -f -p`` and ``resize2fs``. XFS and btrfs grow only while mounted
 (FilesystemResizeMounted); NTFS after unmounting. Anything else is left
-alone with a warning. BSD filesystems (UFS) are not handled yet.
+alone with a warning.
+
+BSDs: UFS is grown by the guest itself at first boot (there is no UFS
+growfs for Linux; FilesystemResizeMounted arranges it while the image is
+mounted); here a swap partition at the end (disklabel ``b``) is skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
-from helper import disks
+from helper import disks, ufs
 from helper.framework import ALL, BSD, Context, Task, TaskError
 
 TASK = Task(
@@ -58,9 +62,13 @@ def run(ctx: Context) -> None:
     if ctx.resize_partition is None:
         ctx.warning("No partition to resize")
         return
-    if ctx.osfamily in BSD:
-        raise TaskError(f"FilesystemResizeUnmounted: {ctx.osfamily} filesystems are not supported yet")
     part = ctx.partition(ctx.resize_partition)
+    if ctx.osfamily in BSD:
+        if ufs.linux_ufstype(part) is None:
+            log.info("partition %d holds no UFS (swap?): nothing to grow", ctx.resize_partition)
+        else:
+            log.info("UFS on partition %d is grown by the guest at first boot", ctx.resize_partition)
+        return
     fstype = disks.fs_type(part)
     if fstype in EXT:
         resize_ext(ctx, part)

@@ -9,18 +9,30 @@ A device given by a kernel name (``/dev/sda2``) is an error: the name
 depends on the hypervisor, so the image would not boot reliably anyway.
 UUIDs and labels are looked up on the instance's own disks only.
 
-Linux only for now; Windows and the BSDs fail with a clear message.
+BSDs: the root must be UFS; it is mounted with the ``ufstype`` its
+superblock shows (``ufs2`` or ``44bsd``), read-write -- which needs the
+helper's own kernel (``snf-image helper build --kernel custom``): Debian's
+mounts UFS read-only. fstab entries of type ``ufs`` (FreeBSD) or ``ffs``
+(OpenBSD, NetBSD) are mounted too: FreeBSD devices ``/dev/<disk>0p<N>`` are
+GPT partition N; OpenBSD/NetBSD devices ``/dev/<disk>0<letter>`` and DUIDs
+``<duid>.<letter>`` (matching the image's disklabel) are the disklabel's
+partition ``<letter>``, mapped to the kernel's partition number through the
+label (:mod:`helper.disklabel`). Labels (``/dev/gpt/...``, ``/dev/ufs/...``)
+and other disks' entries are skipped with a warning.
+
+Windows fails with a clear message for now.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from helper import disks, fsutil
-from helper.framework import ALL, Context, Task, TaskError
+from helper import detect, disks, fsutil, ufs
+from helper.framework import ALL, BSD, CommandError, Context, Task, TaskError
 
 TASK = Task(
     name="MountImage",
@@ -37,6 +49,10 @@ TASK = Task(
 LINUX_FSTYPES = frozenset({"auto", "ext2", "ext3", "ext4", "msdos", "vfat", "ntfs", "btrfs", "xfs"})
 SKIP_FSTYPES = frozenset({"swap", "none", "proc", "tmpfs", "sysfs", "devpts", "nfs", "nfs4", "cifs"})
 BTRFS_OPTIONS = ("subvol=", "subvolid=")
+BSD_FSTYPES = {"freebsd": frozenset({"ufs"}), "openbsd": frozenset({"ffs"}), "netbsd": frozenset({"ffs", "ufs"})}
+FREEBSD_GPT_DEVICE = re.compile(r"^/dev/[a-z]+0p([0-9]+)$")
+BSD_LABEL_DEVICE = re.compile(r"^/dev/r?[a-z]+([0-9]+)([a-p])$")
+DUID_DEVICE = re.compile(r"^([0-9a-f]{16})\.([a-p])$")
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +122,98 @@ def instance_partitions(ctx: Context) -> list[Path]:
     return found
 
 
+def bsd_to_mount(
+    entries: list[FstabEntry], family: str, letters: dict[str, int], duid: str
+) -> tuple[list[tuple[FstabEntry, int]], list[str]]:
+    """(entry, partition number) of the BSD fstab entries to mount, sorted by mount point; and warnings.
+
+    ``letters`` maps disklabel letters to the kernel's partition numbers
+    (Open/NetBSD); ``duid`` is the label's DUID (OpenBSD, else empty).
+    """
+    chosen: list[tuple[FstabEntry, int]] = []
+    problems: list[str] = []
+    for e in entries:
+        if e.mountpoint == "/" or not e.mountpoint.startswith("/") or "noauto" in e.options or "sw" in e.options:
+            continue
+        if e.fstype not in BSD_FSTYPES[family]:
+            log.info("fstab: skipping %s (%s)", e.mountpoint, e.fstype)
+            continue
+        number = None
+        if family == "freebsd":
+            m = FREEBSD_GPT_DEVICE.match(e.device)
+            number = int(m.group(1)) if m else None
+        else:
+            m = DUID_DEVICE.match(e.device.lower())
+            letter = None
+            if m and m.group(1) == duid:
+                letter = m.group(2)
+            elif (m2 := BSD_LABEL_DEVICE.match(e.device)) and m2.group(1) == "0":
+                letter = m2.group(2)
+            number = letters.get(letter) if letter else None
+        if number is None:
+            problems.append(f"fstab: not mounting {e.mountpoint}: {e.device} is not a partition of the image's disk")
+            continue
+        chosen.append((e, number))
+    return sorted(chosen, key=lambda c: os.path.normpath(c[0].mountpoint)), problems
+
+
+def mount_ufs(ctx: Context, device: Path, mountpoint: Path) -> None:
+    """Mount a UFS read-write with the ufstype its superblock shows."""
+    ufstype = ufs.linux_ufstype(device)
+    if ufstype is None:
+        raise TaskError(f"For {ctx.osfamily} images only UFS root partitions are supported.")
+    try:
+        disks.mount(device, mountpoint, fstype="ufs", options=f"ufstype={ufstype},rw")
+    except CommandError as exc:
+        raise TaskError(
+            f"Unable to mount the {ctx.osfamily} UFS ({ufstype}) read-write: the helper's kernel must write UFS "
+            f"(snf-image helper build --kernel custom): {exc}"
+        ) from exc
+
+
+def run_bsd(ctx: Context) -> None:
+    """Mount a BSD root and its fstab's UFS filesystems from the image's disk."""
+    root = ctx.partition(ctx.root_partition)
+    ctx.target.mkdir(parents=True, exist_ok=True)
+    mount_ufs(ctx, root, ctx.target)
+    if not fsutil.is_dir(ctx.target, "/etc"):
+        raise TaskError("`/etc' is missing from the root partition; is ROOT_PARTITION right?")
+    if not fsutil.resolve(ctx.target, "/etc/fstab").is_file():
+        ctx.warning("The image has no /etc/fstab")
+        return
+    table = detect.read_table(ctx.device)
+    letters = {p.letter: p.number for p in table.partitions if p.kind == "bsd"}
+    duid = ""
+    root_part = table.get(ctx.root_partition)
+    if root_part is not None and root_part.kind == "bsd":
+        slice_ = table.get(root_part.parent)
+        with open(ctx.device, "rb") as f:
+
+            def read(offset: int, length: int) -> bytes:
+                f.seek(offset)
+                return f.read(length)
+
+            label = detect.read_label(read, table.sector_size, slice_) if slice_ else None
+        duid = label.duid if label is not None else ""
+    ctx.state["bsd_duid"] = duid  # FilesystemResizeMounted names OpenBSD devices by it
+    entries = parse_fstab(fsutil.read_text(ctx.target, "/etc/fstab"))
+    chosen, problems = bsd_to_mount(entries, ctx.osfamily, letters, duid)
+    for message in problems:
+        ctx.warning(message)
+    for entry, number in chosen:
+        if number == ctx.root_partition:
+            continue
+        mountpoint = fsutil.resolve(ctx.target, entry.mountpoint)
+        if not mountpoint.is_dir():
+            raise TaskError(f"fstab mount point {entry.mountpoint} is not a directory in the image")
+        mount_ufs(ctx, ctx.partition(number), mountpoint)
+
+
 def run(ctx: Context) -> None:
     """Mount root, check /etc, mount the fstab filesystems."""
+    if ctx.osfamily in BSD:
+        run_bsd(ctx)
+        return
     if ctx.osfamily != "linux":
         raise TaskError(f"MountImage: {ctx.osfamily} images are not supported yet")
     root = ctx.partition(ctx.root_partition)

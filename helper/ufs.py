@@ -1,0 +1,43 @@
+"""Which UFS a partition holds, from its superblock: what Linux's ``ufstype=`` mount option needs.
+
+Linux cannot guess: ``ufstype`` is mandatory and a wrong one fails or, worse,
+mounts garbage. The superblock says it: UFS1 (FreeBSD's old default, NetBSD's
+FFSv1, OpenBSD's FFS) has magic 0x011954 at 8 KiB; UFS2 (FreeBSD, NetBSD
+FFSv2, OpenBSD FFS2) 0x19540119 at 64 KiB. The magic sits 1372 bytes into
+the superblock.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+UFS1_SBLOCK = 8192
+UFS2_SBLOCK = 65536
+MAGIC_OFFSET = 1372
+UFS1_MAGIC = 0x011954
+UFS2_MAGIC = 0x19540119
+#: Linux's names for them (fs/ufs: ufstype=44bsd reads UFS1 the way the BSDs write it).
+LINUX_TYPES = {"ufs1": "44bsd", "ufs2": "ufs2"}
+
+
+def ufs_version(read: Callable[[int, int], bytes]) -> str | None:
+    """ "ufs2", "ufs1" or None, from ``read(offset, length)`` of the partition."""
+    for version, offset, magic in (("ufs2", UFS2_SBLOCK, UFS2_MAGIC), ("ufs1", UFS1_SBLOCK, UFS1_MAGIC)):
+        raw = read(offset + MAGIC_OFFSET, 4)
+        if len(raw) == 4 and struct.unpack("<I", raw)[0] == magic:
+            return version
+    return None
+
+
+def linux_ufstype(device: Path | str) -> str | None:
+    """The ``ufstype=`` for ``device`` (44bsd or ufs2), or None if it holds no UFS."""
+    with open(device, "rb") as f:
+
+        def read(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
+
+        version = ufs_version(read)
+    return LINUX_TYPES.get(version) if version else None
