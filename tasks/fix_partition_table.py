@@ -15,19 +15,26 @@ AddSwap formats it later. The ``SWAP`` form naming a whole disk (``b``,
 ``c``, ...) needs nothing here.
 
 Supported: msdos and GPT tables. FreeBSD images must use GPT. OpenBSD and
-NetBSD disklabels are not handled yet (the task fails for them).
+NetBSD images (MBR slice a6/a9 holding a disklabel): the slice grows to the
+end of the disk (when it is the last partition), and in the disklabel the
+disk size, cylinders, the raw partitions (OpenBSD ``c``, NetBSD ``c`` and
+``d``) and the last partition (unless it is swap; OpenBSD's rounded down to
+32 sectors) follow (:mod:`helper.disklabel`, checksum recomputed). SWAP
+``N:SIZE`` is Linux only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import parted
 
-from helper import detect, disks
+from helper import detect, disklabel, disks
 from helper.framework import ALL, Context, Task, TaskError
 
 TASK = Task(
@@ -174,10 +181,74 @@ def _apply(disk: parted.Disk, the_plan: Plan) -> None:
     disk.commitToDevice()
 
 
+BSD_SLICE_TYPES = {"openbsd": "a6", "netbsd": "a9"}
+
+
+def plan_bsd(
+    mbr: bytes, read_label: Callable[[int], bytes], disk_sectors: int, family: str
+) -> tuple[bytes, int, bytes] | None:
+    """(new MBR, label sector number, new label sector) for an Open/NetBSD disk, or None if nothing changes.
+
+    ``read_label(sector_number) -> bytes`` reads the label sector (pure otherwise).
+    """
+    wanted = BSD_SLICE_TYPES[family]
+    slices = disklabel.mbr_slices(mbr)
+    ours = [s for s in slices if s[1] == wanted]
+    if not ours:
+        raise TaskError(f"No {family} MBR partition (type {wanted}) found")
+    slot, _, start, size = ours[0]
+    last_end = max(s[2] + s[3] for s in slices)
+    new_size = disk_sectors - start if start + size == last_end else size
+    if start + new_size > min(disk_sectors, 1 << 32):
+        new_size = min(disk_sectors, (1 << 32) - 1) - start
+    label_lba = start + disklabel.LABEL_SECTOR
+    try:
+        label = disklabel.parse(read_label(label_lba), family, start)
+        grown = disklabel.grow(label, disk_sectors, start, max(new_size, size))
+    except disklabel.LabelError as exc:
+        raise TaskError(f"The {family} disklabel cannot be grown: {exc}") from exc
+    if grown == label and new_size <= size:
+        return None
+    return disklabel.set_mbr_entry(mbr, slot, start, max(new_size, size)), label_lba, disklabel.to_bytes(grown)
+
+
+def run_bsd(ctx: Context) -> None:
+    """Grow the Open/NetBSD MBR slice and its disklabel, then tell the kernel."""
+    if parse_swap(ctx.properties.get("SWAP")) is not None:
+        ctx.warning("SWAP partitions are created for Linux images only; ignoring SWAP")
+    device = ctx.device
+    if disks.sector_size(device) != disklabel.SECTOR:
+        raise TaskError("BSD disklabels are supported on 512-byte sector disks only")
+    disk_sectors = disks.size_bytes(device) // disklabel.SECTOR
+    with open(device, "r+b") as f:
+
+        def read(lba: int) -> bytes:
+            f.seek(lba * disklabel.SECTOR)
+            return f.read(disklabel.SECTOR)
+
+        changes = plan_bsd(read(0), read, disk_sectors, ctx.osfamily)
+        if changes is None:
+            log.info("The %s slice and disklabel already fill the disk", ctx.osfamily)
+        else:
+            mbr, label_lba, label = changes
+            f.seek(0)
+            f.write(mbr)
+            f.seek(label_lba * disklabel.SECTOR)
+            f.write(label)
+            f.flush()
+            os.fsync(f.fileno())
+    table = detect.read_table(device)
+    ss = table.sector_size
+    disks.sync_partitions(
+        device, {p.number: (p.start * ss, p.size * ss, p.kind == "extended") for p in table.partitions}
+    )
+
+
 def run(ctx: Context) -> None:
     """Grow the last partition (and create the swap partition) on the deployed disk."""
-    if ctx.osfamily in ("openbsd", "netbsd"):
-        raise TaskError(f"FixPartitionTable: {ctx.osfamily} disklabels are not supported yet")
+    if ctx.osfamily in BSD_SLICE_TYPES:
+        run_bsd(ctx)
+        return
     swap = parse_swap(ctx.properties.get("SWAP"))
     device = ctx.device
     # the type from the raw sectors: libparted must not see a misplaced GPT backup header first

@@ -8,6 +8,7 @@ import pytest
 
 from helper import detect, disklabel
 from helper.disklabel import FS_BSDFFS, FS_SWAP, FS_UNUSED, LabelError
+from helper.framework import TaskError
 from tests.unit.test_detect import Image, put_mbr
 
 GIB = 2 * 1024 * 1024  # sectors
@@ -195,3 +196,21 @@ def test_detect_bsd_slice_without_label_falls_back_to_the_slice() -> None:
     table = detect.parse_table(img.read)
     assert [p.kind for p in table.partitions] == ["primary"]
     assert detect.detect(table, lambda n, c: None) == ("netbsd", 1)
+
+
+def test_fix_partition_table_plan_bsd() -> None:
+    from tasks import fix_partition_table as fpt
+
+    img = _bsd_disk("openbsd", openbsd(), 0xA6, 64)
+    new_disk = 4 * GIB
+    mbr, lba, raw = fpt.plan_bsd(img.read(0, 512), lambda n: img.read(n * 512, 512), new_disk, "openbsd")
+    assert lba == 65
+    assert disklabel.mbr_slices(mbr)[-1] == (2, "a6", 64, new_disk - 64)
+    grown = disklabel.parse(raw, "openbsd")
+    assert grown.secperunit == new_disk and grown.get("e").end > new_disk - 32
+    # already grown: nothing to do
+    img.sector(0)[:] = mbr
+    img.sector(65)[:] = raw
+    assert fpt.plan_bsd(mbr, lambda n: img.read(n * 512, 512), new_disk, "openbsd") is None
+    with pytest.raises(TaskError, match="No netbsd MBR partition"):
+        fpt.plan_bsd(mbr, lambda n: img.read(n * 512, 512), new_disk, "netbsd")
