@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import disklabel, disks, fsutil
+from . import disklabel, disks, fsutil, registry
 from .framework import CommandError, TaskError
 
 log = logging.getLogger(__name__)
@@ -279,13 +279,23 @@ def _find_icase(root: Path, path: str) -> Path | None:
 
 
 def windows_version(root: Path) -> str:
-    """"windows" or "windows-legacy" for a mounted Windows root.
+    """The OSFAMILY of a mounted Windows root: "windows", or "windows-legacy" for NT < 6 (XP/2003).
 
-    TODO(windows tasks): read CurrentVersion from the SOFTWARE hive (NT major
-    < 6 is windows-legacy) when the hive tooling arrives; until then every
-    Windows image is reported as "windows".
+    The version is the SOFTWARE hive's (read with hivex); a missing or
+    unreadable hive leaves it "windows", and InstallUnattend reports the
+    problem with the image.
     """
-    return "windows"
+    software = _find_icase(root, "windows/system32/config/software")
+    if software is None or not software.is_file():
+        log.info("no SOFTWARE hive under windows/system32/config")
+        return "windows"
+    try:
+        with registry.opened(software) as hive:
+            major = registry.nt_major(hive)
+    except registry.HiveError as exc:
+        log.info("cannot read the Windows version: %s", exc)
+        return "windows"
+    return "windows" if major >= 6 else "windows-legacy"
 
 
 def probe_partition(device: Path, number: int, check: str) -> str | None:
