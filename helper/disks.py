@@ -29,6 +29,7 @@ SYS_BLOCK = Path("/sys/block")
 SYS_CLASS_BLOCK = Path("/sys/class/block")
 MOUNTINFO = Path("/proc/self/mountinfo")
 NODE_WAIT = 5.0
+FUSE_EXIT_WAIT = 60.0
 
 
 def partition_path(device: Path | str, number: int) -> Path:
@@ -278,13 +279,45 @@ def mount(device: Path | str, mountpoint: Path, *, fstype: str | None = None, op
 
 
 def umount_all(root: Path) -> None:
-    """Unmount everything at or below ``root``, innermost first; lazily as a last resort."""
+    """Unmount everything at or below ``root``, innermost first; lazily as a last resort.
+
+    A FUSE filesystem (ntfs-3g) is only written out when its daemon exits,
+    which happens after umount returns: wait for it, so that nothing (a
+    resize, the power-off) comes before its last writes.
+    """
     for m in reversed(mounts_under(root)):
         try:
             run_command(["umount", m.mountpoint])
         except CommandError as exc:
             log.warning("umount %s failed (%s); detaching it lazily", m.mountpoint, exc)
             run_command(["umount", "-l", m.mountpoint], check=False)
+        if m.fstype.startswith("fuse") and m.source.startswith("/"):
+            wait_for_daemon(m.source)
+
+
+def _processes_using(source: str) -> list[int]:
+    """PIDs whose command line names ``source`` (a FUSE daemon serving it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(source) in args:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for_daemon(source: str, timeout: float = FUSE_EXIT_WAIT) -> None:
+    """Wait until no FUSE daemon serves ``source`` any more."""
+    deadline = time.monotonic() + timeout
+    while _processes_using(source):
+        if time.monotonic() >= deadline:
+            log.warning("the FUSE daemon of %s is still running after %.0f s", source, timeout)
+            return
+        time.sleep(0.1)
 
 
 def mount_of(device: Path | str, root: Path) -> Mount | None:
