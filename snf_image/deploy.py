@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from . import formats, params
+from . import formats, params, windows
 from .constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
 from .copy import HashingStream, copy_stream, verify_checksum
 from .errors import ImageError, OperatorError
@@ -66,6 +66,7 @@ def verify_params(osparams: Mapping[str, str], settings: Settings) -> None:
     merged = params.merge_sources(settings.param_defaults, osparams)
     has_config_url = bool(merged.get("config_url"))
     result = params.validate(merged, require_image=not has_config_url)
+    windows.check_settings(settings)
     if result is not None:
         select_source(result.img_id, settings).check(result.img_id)
 
@@ -263,8 +264,13 @@ def _helper_log(line: str) -> None:
 def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, progress: Progress) -> None:
     """Ganeti's create (and reinstall): copy the image, then customize it."""
     os_params = collect_params(osparams, settings)
+    # before the copy: a bad WINDOWS_TIMEZONE or an unreachable os_answer_file fails fast
+    files, answer_properties = windows.answer_files(settings, os_params.os_answer_file)
     outcome = copy_image(instance, os_params, settings, progress)
-    customize(instance, settings, build_rules(instance, settings, os_params, outcome.implied_properties), progress)
+    rules = build_rules(instance, settings, os_params, outcome.implied_properties)
+    rules["files"] = files
+    rules["properties"].update(answer_properties)
+    customize(instance, settings, rules, progress)
     progress.info("Image customization finished successfully.")
 
 
