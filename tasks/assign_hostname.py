@@ -25,6 +25,10 @@ name also goes to the cloud-init configuration (``tasks/_cloud_init.py``:
 anyway, so the name holds even where the image's cloud-init is told to
 preserve the hostname.
 
+Windows: the first label of the name becomes the ComputerName (at most 15
+characters) in the answer file: unattend.xml's specialize Shell-Setup, or
+sysprep.inf's ``[UserData]``.
+
 Properties: CLOUD_INIT.
 """
 
@@ -35,14 +39,14 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from helper import fsutil
-from helper.framework import UNIX, Context, Task, TaskError
+from helper.framework import UNIX, WINDOWS, Context, Task, TaskError
 
-from . import _bsd, _unix
+from . import _bsd, _unix, _windows
 
 TASK = Task(
     name="AssignHostname",
     order=50,
-    families=UNIX,
+    families=UNIX | WINDOWS,
     excludable=True,
     mounted=True,
     resize=False,
@@ -188,6 +192,8 @@ FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {
     "freebsd": apply_freebsd,
     "openbsd": apply_myname,
     "netbsd": apply_myname,
+    "windows": _windows.assign_hostname,
+    "windows-legacy": _windows.assign_hostname,
 }
 
 

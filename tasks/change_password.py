@@ -34,6 +34,12 @@ nor keys there is nothing to do. Under ``CLOUD_INIT`` the work is handed to
 the cloud-init configuration (``tasks/_cloud_init.py``: ``change_password``)
 when it exists.
 
+Windows (``tasks/_windows.py``: ``change_password``): every user of USERS
+(default ``Administrator``) must be a local account in the image's SAM
+(whole names); the password goes into a file that a first-boot script
+reads, wipes and deletes, never onto a command line; ``img_passwd_hash`` is
+an error there.
+
 Properties: USERS, PASSWD_HASHING_METHOD, CLOUD_INIT.
 """
 
@@ -48,14 +54,14 @@ from passlib import hash as passlib_hash
 from passlib.exc import MissingBackendError
 
 from helper import fsutil
-from helper.framework import UNIX, Context, Task, TaskError
+from helper.framework import UNIX, WINDOWS, Context, Task, TaskError
 
-from . import _bsd, _unix
+from . import _bsd, _unix, _windows
 
 TASK = Task(
     name="ChangePassword",
     order=50,
-    families=UNIX,
+    families=UNIX | WINDOWS,
     excludable=True,
     mounted=True,
     resize=False,
@@ -292,6 +298,9 @@ FAMILY_HANDLERS = {"linux": apply, "freebsd": apply_bsd, "netbsd": apply_bsd, "o
 
 def run(ctx: Context) -> None:
     """Set the password and keys of the USERS, or hand them to cloud-init."""
+    if ctx.osfamily in WINDOWS:
+        _windows.change_password(ctx)
+        return
     creds = credentials(ctx)
     if creds is None:
         return

@@ -18,6 +18,10 @@ the files are handed to the cloud-init configuration
 (``tasks/_cloud_init.py``: ``inject_files``, which can resolve owners
 cloud-init creates at first boot) when it exists.
 
+Windows: each file is written as given into the NTFS (owner, group and
+mode ignored); a file it replaces is kept as ``<path>.bak.<YYYYmmdd.HHMMSS>``,
+as the original did.
+
 Properties: CLOUD_INIT.
 """
 
@@ -30,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from helper.framework import UNIX, Context, Task, TaskError
+from helper.framework import UNIX, WINDOWS, Context, Task, TaskError
 
-from . import _unix
+from . import _unix, _windows
 
 TASK = Task(
     name="EnforcePersonality",
     order=60,
-    families=UNIX,
+    families=UNIX | WINDOWS,
     excludable=True,
     mounted=True,
     resize=False,
@@ -93,7 +97,7 @@ def inject(ctx: Context, files: list[File]) -> None:
 # The BSDs keep users and groups in /etc/passwd and /etc/group too.
 FAMILY_HANDLERS: dict[str, Callable[[Context, list[File]], None]] = {
     family: inject for family in ("linux", "freebsd", "netbsd", "openbsd")
-}
+} | {"windows": _windows.inject_files, "windows-legacy": _windows.inject_files}
 
 
 def run(ctx: Context) -> None:

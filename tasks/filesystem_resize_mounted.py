@@ -23,7 +23,7 @@ from pathlib import Path
 from helper import detect, disks, fsutil, ufs
 from helper.framework import ALL, BSD, Context, Task
 
-from . import _bsd, _unix
+from . import _bsd, _unix, _windows
 
 TASK = Task(
     name="FilesystemResizeMounted",
@@ -105,6 +105,9 @@ def run(ctx: Context) -> None:
         return
     fstype = disks.fs_type(part)
     if fstype in DONE_UNMOUNTED:
+        return
+    if fstype == "ntfs":  # Windows grows it at first boot (diskpart), or offline after unmounting
+        _windows.resize_online(ctx)
         return
     if fstype not in ("xfs", "btrfs"):
         ctx.warning(f"Don't know how to resize mounted partition {ctx.resize_partition} ({fstype or 'unknown'})")

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helper import detect, disks, fsutil, ufs
-from helper.framework import ALL, BSD, CommandError, Context, Task, TaskError
+from helper.framework import ALL, BSD, WINDOWS, CommandError, Context, Task, TaskError
+
+from . import _windows
 
 TASK = Task(
     name="MountImage",
@@ -211,6 +213,9 @@ def run_bsd(ctx: Context) -> None:
 
 def run(ctx: Context) -> None:
     """Mount root, check /etc, mount the fstab filesystems."""
+    if ctx.osfamily in WINDOWS:  # NTFS with lowntfs-3g, case-insensitive; dirty refused (tasks/_windows.py)
+        _windows.mount_root(ctx)
+        return
     if ctx.osfamily in BSD:
         run_bsd(ctx)
         return
