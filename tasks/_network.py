@@ -229,6 +229,7 @@ def plan_nics(
 
 
 HEADER = f"Written by {MARK} (ConfigureNetwork); a new deployment rewrites it."
+EDITED = f"Edited by {MARK} (ConfigureNetwork): the entries for this instance's NICs are in its own file."
 
 
 # --- udev: the names --------------------------------------------------------
@@ -538,6 +539,45 @@ def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
 def render_netplan(plans: Sequence[NicPlan]) -> dict[str, Any]:
     """The content of /etc/netplan/<ours>.yaml (to be dumped with yaml.safe_dump)."""
     return {"network": network_config_v2(plans)}
+
+
+def _netplan_claims(key: str, entry: Any, names: Sequence[str], macs: set[str]) -> bool:
+    """Whether the image's netplan ethernet ``key: entry`` would also configure one of our NICs."""
+    match = entry.get("match") if isinstance(entry, dict) else None
+    if not isinstance(match, dict):
+        return replaced_name(str(key), names)
+    if str(match.get("macaddress") or "").lower() in macs:
+        return True
+    name = match.get("name")
+    return isinstance(name, str) and replaced_name(name, names)
+
+
+def strip_netplan(data: Any, plans: Sequence[NicPlan]) -> Any:
+    """The image's netplan ``data`` without the ethernets that would also claim our NICs.
+
+    netplan renders each ethernet as ``10-netplan-<id>.network`` and networkd
+    applies the first file, by name, that matches a link -- and ``Name=``
+    matches alternative names too. An image's stock ``match: {name: "en*"}``
+    (id ``all-en``) thus claims ``nic0`` through its altname ``enp0s3`` and
+    sorts before our ``nic0``: the NIC gets DHCP instead of its static
+    address. So, as for the other formats, the image's entries for its old
+    NIC names (eth*, en*) and for the same MACs go; everything else stays.
+    """
+    network = data.get("network") if isinstance(data, dict) else None
+    ethernets = network.get("ethernets") if isinstance(network, dict) else None
+    if not isinstance(ethernets, dict):
+        return data
+    names = [p.name for p in plans]
+    macs = {p.mac for p in plans}
+    kept = {k: v for k, v in ethernets.items() if not _netplan_claims(k, v, names, macs)}
+    if len(kept) == len(ethernets):
+        return data
+    network = dict(network)
+    if kept:
+        network["ethernets"] = kept
+    else:
+        del network["ethernets"]
+    return {**data, "network": network}
 
 
 # --- systemd-networkd -----------------------------------------------------------

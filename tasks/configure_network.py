@@ -52,6 +52,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import yaml
+
 from helper import fsutil
 from helper.framework import LINUX, UNIX, Context, Task
 
@@ -74,7 +76,8 @@ log = logging.getLogger(__name__)
 BACKUP_ROOT = "/var/backups/snf-image"
 UDEV_RULES = "/etc/udev/rules.d/70-snf-image-net.rules"
 INTERFACES = "/etc/network/interfaces"
-NETPLAN_FILE = "/etc/netplan/60-snf-image.yaml"
+NETPLAN_DIR = "/etc/netplan"
+NETPLAN_FILE = f"{NETPLAN_DIR}/60-snf-image.yaml"
 NM_DIR = "/etc/NetworkManager/system-connections"
 NETWORKD_DIR = "/etc/systemd/network"
 IFCFG_DIR = "/etc/sysconfig/network-scripts"
@@ -193,6 +196,23 @@ def write_udev_names(ctx: Context, plans: Sequence[NicPlan]) -> None:
 
 def apply_netplan(ctx: Context, plans: Sequence[NicPlan]) -> None:
     write_udev_names(ctx, plans)
+    for name in listdir(ctx, NETPLAN_DIR):
+        path = f"{NETPLAN_DIR}/{name}"
+        if not name.endswith(".yaml") or path == NETPLAN_FILE:
+            continue
+        text = _unix.read_optional(ctx.target, path) or ""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            ctx.warning(f"{path} is not valid YAML; left as it is")
+            continue
+        new = _network.strip_netplan(data, plans)
+        if new is not data:
+            backup(ctx, path)
+            mode = fsutil.resolve(ctx.target, path).stat().st_mode & 0o7777
+            text = f"# {_network.EDITED}\n" + _cloud_init.dump(new)
+            _unix.write_file(ctx.target, path, text.encode("utf-8"), mode=mode)
+            log.info("removed the entries for this instance's NICs from %s", path)
     text = f"# {_network.HEADER}\n" + _cloud_init.dump(_network.render_netplan(plans))
     install(ctx, NETPLAN_FILE, text, mode=0o600)
 

@@ -233,11 +233,41 @@ def test_netplan_wins_over_networkd(tmp_path: Path) -> None:
     nic0 = data["network"]["ethernets"]["nic0"]
     assert nic0["match"] == {"macaddress": MAC0} and nic0["set-name"] == "nic0"
     assert nic0["addresses"] == ["192.0.2.10/24"] and nic0["routes"][0]["via"] == "192.0.2.1"
-    assert read(tmp_path, "/etc/netplan/50-cloud-init.yaml").startswith("network:")
+    # the image's entry for its old NIC name would claim nic0 through its altname ens3: removed, backed up
+    stock = yaml.safe_load(read(tmp_path, "/etc/netplan/50-cloud-init.yaml"))
+    assert stock == {"network": {"version": 2}}
+    assert backups(tmp_path) == ["etc/netplan/50-cloud-init.yaml"]
     assert not (tmp_path / "etc/systemd/network").exists()
     # cloud-init is in the image: it must not regenerate the network config
     cfg = yaml.safe_load(read(tmp_path, "/etc/cloud/cloud.cfg.d/98_snf-image-ConfigureNetwork.cfg"))
     assert cfg == {"network": {"config": "disabled"}}
+
+
+def test_netplan_keeps_the_image_entries_for_other_devices(tmp_path: Path) -> None:
+    put(tmp_path, "/usr/sbin/netplan", "", 0o755)
+    stock = (
+        "# the image's own\nnetwork:\n  version: 2\n  renderer: networkd\n  ethernets:\n"
+        "    eth0: {dhcp4: true}\n    all-en:\n      match: {name: 'en*'}\n      dhcp4: true\n"
+        f"    by-mac:\n      match: {{macaddress: '{MAC1.upper()}'}}\n      dhcp4: true\n"
+        "    storage:\n      match: {driver: mlx5_core}\n      dhcp4: true\n"
+        "  bridges:\n    br0: {interfaces: [storage]}\n"
+    )
+    put(tmp_path, "/etc/netplan/50-image.yaml", stock, 0o600)
+    put(tmp_path, "/etc/netplan/notes.txt", "not netplan\n")
+    configure_network.run(make_ctx(tmp_path))
+    text = read(tmp_path, "/etc/netplan/50-image.yaml")
+    assert yaml.safe_load(text) == {
+        "network": {
+            "version": 2,
+            "renderer": "networkd",
+            "ethernets": {"storage": {"match": {"driver": "mlx5_core"}, "dhcp4": True}},
+            "bridges": {"br0": {"interfaces": ["storage"]}},
+        }
+    }
+    assert mode(tmp_path, "/etc/netplan/50-image.yaml") == 0o600
+    before = snapshot(tmp_path)
+    configure_network.run(make_ctx(tmp_path))
+    assert snapshot(tmp_path) == before
 
 
 def test_networkd(tmp_path: Path) -> None:
