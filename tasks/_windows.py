@@ -635,8 +635,9 @@ def backup_name(path: str, now: datetime.datetime | None = None) -> str:
 def icase(root: Path, path: str) -> str:
     """Guest ``path`` with each existing component spelt as in the image, matched without case as Windows does.
 
-    lowntfs-3g's ignore_case already does this in the jail; doing it here too
-    keeps the tasks right on any mount and on the case-sensitive fake roots of the tests.
+    The Windows tasks reach every guest path through here, so the image's own
+    spelling is kept when a file is replaced (lowntfs-3g's ignore_case would
+    list, and so rewrite, every name in lower case).
     """
     done = PurePosixPath("/")
     for part in PurePosixPath(path).parts[1:]:
@@ -786,7 +787,9 @@ def answer_file(ctx: Context) -> str:
 
 # --- what the family branches of the shared tasks call ---------------------
 
-NTFS_MOUNT_OPTIONS = "rw,ignore_case,windows_names"
+# No ignore_case: it lists every name in lower case, so a replaced file would lose the
+# image's spelling; lookups are case-insensitive through icase() instead.
+NTFS_MOUNT_OPTIONS = "rw,windows_names"
 
 
 def ntfs_dirty(ctx: Context, device: Path) -> bool:
@@ -800,7 +803,7 @@ def ntfs_dirty(ctx: Context, device: Path) -> bool:
 
 
 def mount_root(ctx: Context) -> None:
-    """MountImage for Windows: the NTFS root with lowntfs-3g, names looked up without case as Windows does.
+    """MountImage for Windows: the NTFS root with lowntfs-3g (names are looked up without case by :func:`icase`).
 
     A dirty NTFS (Windows not shut down cleanly, or a check scheduled) or an
     unclean journal (hibernation, Fast Startup) is refused unless the

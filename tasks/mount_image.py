@@ -213,7 +213,7 @@ def run_bsd(ctx: Context) -> None:
 
 def run(ctx: Context) -> None:
     """Mount root, check /etc, mount the fstab filesystems."""
-    if ctx.osfamily in WINDOWS:  # NTFS with lowntfs-3g, case-insensitive; dirty refused (tasks/_windows.py)
+    if ctx.osfamily in WINDOWS:  # NTFS with lowntfs-3g; dirty refused (tasks/_windows.py)
         _windows.mount_root(ctx)
         return
     if ctx.osfamily in BSD:
