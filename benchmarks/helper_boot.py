@@ -5,7 +5,7 @@ that reads /proc/uptime as its first statement, reports SUCCESS and powers off.
 Prints, per boot: wall time to the runner's first line, guest uptime at that
 point, and wall time until qemu exited.
 
-    /usr/bin/python3 -m benchmarks.helper_boot [--runs N] [--accel tcg|kvm|auto]
+    /usr/bin/python3 -m benchmarks.helper_boot [--runs N] [--accel tcg|kvm|auto] [--kernel debian|custom]
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--accel", default="tcg", choices=jail.ACCELERATORS)
+    parser.add_argument("--kernel", default="debian", choices=("debian", "custom"), help="the helper's kernel")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="snf-bench-") as tmp:
         runner = Path(tmp) / "bootclock.py"
         runner.write_text(RUNNER)
-        helper_dir = probe_helper_dir(ensure_helper(), Path(tmp) / "helper", {"bootclock": runner})
+        helper_dir = probe_helper_dir(ensure_helper(args.kernel), Path(tmp) / "helper", {"bootclock": runner})
         config = jail.HelperConfig(helper_dir=helper_dir, runner="bootclock", accel=args.accel)
         to_runner, uptimes, totals = [], [], []
         for i in range(args.runs):

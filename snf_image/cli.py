@@ -161,7 +161,7 @@ def cmd_helper_build(args: argparse.Namespace) -> int:
 
     settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
     helper_dir = args.helper_dir or settings.helper_dir
-    build.build(helper_dir, args.cache_dir, code_only=args.code_only, force=args.force)
+    build.build(helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
     print(f"helper image ready in {helper_dir}")
     return 0
 
@@ -206,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-dir", type=Path, default=Path("/var/cache/snf-image"), help="build cache [%(default)s]")
     build.add_argument("--code-only", action="store_true", help="rebuild only snf-image's own code layer")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.add_argument("--kernel", choices=("debian", "custom"), default="debian",
+                       help="debian: the rootfs' cloud kernel; custom: built from linux-source, writes UFS (BSD "
+                            "images need it) [%(default)s]")
     build.set_defaults(func=cmd_helper_build)
     return top
 
