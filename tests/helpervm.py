@@ -17,13 +17,18 @@ from helper import build
 CACHE = Path(os.environ.get("SNF_IMAGE_TEST_CACHE", "/var/cache/snf-image-tests"))
 
 
-def ensure_helper() -> Path:
-    """The test helper dir, built or brought up to date (locked against concurrent test runs)."""
+def ensure_helper(kernel: str = "debian") -> Path:
+    """The test helper dir, built or brought up to date (locked against concurrent test runs).
+
+    ``kernel="custom"`` is the helper with our own kernel (the one that writes UFS),
+    in its own directory; its kernel build is cached in the same build cache.
+    """
     CACHE.mkdir(parents=True, exist_ok=True)
+    helper_dir = CACHE / ("helper" if kernel == "debian" else f"helper-{kernel}")
     with open(CACHE / "helper.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        build.build(CACHE / "helper", CACHE / "helper-build")
-    return CACHE / "helper"
+        build.build(helper_dir, CACHE / "helper-build", kernel=kernel)
+    return helper_dir
 
 
 def probe_helper_dir(helper_dir: Path, target: Path, modules: dict[str, Path]) -> Path:
