@@ -237,11 +237,9 @@ def run_bsd(ctx: Context) -> None:
             f.write(label)
             f.flush()
             os.fsync(f.fileno())
-    table = detect.read_table(device)
-    ss = table.sector_size
-    disks.sync_partitions(
-        device, {p.number: (p.start * ss, p.size * ss, p.kind == "extended") for p in table.partitions}
-    )
+    # Re-read the whole table (nothing is mounted yet): BLKPG cannot resize a BSD slice or
+    # its partitions one by one, the kernel refuses ranges that overlap (the slice holds them).
+    ctx.run(["blockdev", "--rereadpt", device])
 
 
 def run(ctx: Context) -> None:
