@@ -386,10 +386,14 @@ def missing_options(fragment: dict[str, str], config_text: str) -> list[str]:
 
 
 def _source_version() -> str:
-    return subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Version}", KERNEL_SOURCE_PACKAGE],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    """The installed linux-source package's version (part of the kernel's cache key)."""
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", KERNEL_SOURCE_PACKAGE], capture_output=True, text=True
+    )
+    if proc.returncode != 0 or not proc.stdout.strip() or not KERNEL_SOURCE.exists():
+        raise SystemExit(f"the custom kernel needs {KERNEL_SOURCE}: apt-get install {KERNEL_SOURCE_PACKAGE} "
+                         f"{KERNEL_BUILD_DEPS}")
+    return proc.stdout.strip()
 
 
 def kernel_key(source_version: str, config_text: str) -> str:
