@@ -83,8 +83,14 @@ INITRD_LIB = "snf-image/lib"
 #: Removed from the rootfs before it becomes the image: documentation, apt caches, the
 #: rootfs' own initramfs (we boot our own).
 TRIM_GLOBS = (
-    "usr/share/doc/*", "usr/share/man/*", "usr/share/info/*", "usr/share/lintian/*",
-    "var/cache/apt/*", "var/lib/apt/lists/*", "var/cache/debconf/*-old", "var/log/*",
+    "usr/share/doc/*",
+    "usr/share/man/*",
+    "usr/share/info/*",
+    "usr/share/lintian/*",
+    "var/cache/apt/*",
+    "var/lib/apt/lists/*",
+    "var/cache/debconf/*-old",
+    "var/log/*",
     "boot/initrd.img*",
 )
 
@@ -154,9 +160,17 @@ def ensure_rootfs(cache_dir: Path, packages: list[str], force: bool = False) -> 
     start = time.monotonic()
     try:
         subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
-             f"--cache-dir={debs}", SUITE, str(tmp), MIRROR],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(packages)}",
+                f"--cache-dir={debs}",
+                SUITE,
+                str(tmp),
+                MIRROR,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     except BaseException:
         log = tmp / "debootstrap" / "debootstrap.log"
@@ -346,7 +360,10 @@ def build_code_layer() -> bytes:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         compileall.compile_dir(
-            staging, quiet=2, workers=1, ddir="/run/snf-image/lib",
+            staging,
+            quiet=2,
+            workers=1,
+            ddir="/run/snf-image/lib",
             invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
         )
         cpio.file("init", (staging / "helper/init").read_bytes(), 0o755)
@@ -391,8 +408,9 @@ def _source_version() -> str:
         ["dpkg-query", "-W", "-f", "${Version}", KERNEL_SOURCE_PACKAGE], capture_output=True, text=True
     )
     if proc.returncode != 0 or not proc.stdout.strip() or not KERNEL_SOURCE.exists():
-        raise SystemExit(f"the custom kernel needs {KERNEL_SOURCE}: apt-get install {KERNEL_SOURCE_PACKAGE} "
-                         f"{KERNEL_BUILD_DEPS}")
+        raise SystemExit(
+            f"the custom kernel needs {KERNEL_SOURCE}: apt-get install {KERNEL_SOURCE_PACKAGE} {KERNEL_BUILD_DEPS}"
+        )
     return proc.stdout.strip()
 
 
@@ -463,10 +481,31 @@ def build_root_image(root: Path, image: Path) -> None:
     tmp = image.with_name(image.name + ".tmp")
     tmp.unlink(missing_ok=True)
     subprocess.run(
-        ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "snf-helper-root", "-b", "4096", "-m", "0",
-         "-N", str(inodes * 5 // 4 + 4096), "-O", "^has_journal,^resize_inode",
-         "-E", "root_owner=0:0,lazy_itable_init=0", "-d", str(root), str(tmp), f"{size_kib}k"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "snf-helper-root",
+            "-b",
+            "4096",
+            "-m",
+            "0",
+            "-N",
+            str(inodes * 5 // 4 + 4096),
+            "-O",
+            "^has_journal,^resize_inode",
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0",
+            "-d",
+            str(root),
+            str(tmp),
+            f"{size_kib}k",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     tmp.rename(image)
 
@@ -542,7 +581,9 @@ def build(
         _write(helper_dir / "initrd-base", build_initrd_base(root, custom_release))
         listing = subprocess.run(
             ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         _write(helper_dir / "packages", listing)
         _write(base_stamp, key + "\n")
@@ -561,8 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--code-only", action="store_true", help="rebuild only the code layer")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    parser.add_argument("--kernel", choices=KERNEL_FLAVOURS, default="debian",
-                        help="debian: the rootfs' cloud kernel; custom: our own, writes UFS [%(default)s]")
+    parser.add_argument(
+        "--kernel",
+        choices=KERNEL_FLAVOURS,
+        default="debian",
+        help="debian: the rootfs' cloud kernel; custom: our own, writes UFS [%(default)s]",
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
     build(args.helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)

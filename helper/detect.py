@@ -322,4 +322,3 @@ def probe_partition(device: Path, number: int, check: str) -> str | None:
 def detect_device(device: Path) -> tuple[str, int] | None:
     """:func:`detect` on a real disk."""
     return detect(read_table(device), lambda number, check: probe_partition(device, number, check))
-

@@ -206,9 +206,13 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-dir", type=Path, default=Path("/var/cache/snf-image"), help="build cache [%(default)s]")
     build.add_argument("--code-only", action="store_true", help="rebuild only snf-image's own code layer")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    build.add_argument("--kernel", choices=("debian", "custom"), default="debian",
-                       help="debian: the rootfs' cloud kernel; custom: built from linux-source, writes UFS (BSD "
-                            "images need it) [%(default)s]")
+    build.add_argument(
+        "--kernel",
+        choices=("debian", "custom"),
+        default="debian",
+        help="debian: the rootfs' cloud kernel; custom: built from linux-source, writes UFS (BSD "
+        "images need it) [%(default)s]",
+    )
     build.set_defaults(func=cmd_helper_build)
     return top
 

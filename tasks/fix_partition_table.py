@@ -267,7 +267,6 @@ def run(ctx: Context) -> None:
             ctx.partition(new.number)
 
 
-
 def _update_table(device: Path, swap: tuple[int, int] | None) -> Plan:
     """Plan and write the new table with libparted; the kernel is not told here."""
     try:
@@ -282,8 +281,7 @@ def _update_table(device: Path, swap: tuple[int, int] | None) -> Plan:
         if disk.type not in ("msdos", "gpt"):
             raise TaskError(f"Unsupported partition table type: {disk.type}")
         parts = [
-            Part(p.number, _KINDS.get(p.type, "primary"), p.geometry.start, p.geometry.end)
-            for p in disk.partitions
+            Part(p.number, _KINDS.get(p.type, "primary"), p.geometry.start, p.geometry.end) for p in disk.partitions
         ]
         the_plan = plan(disk.type, pdev.length, pdev.sectorSize, parts, swap)
         if not the_plan.grow and not the_plan.create:
