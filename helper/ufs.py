@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from .framework import TaskError
+
 UFS1_SBLOCK = 8192
 UFS2_SBLOCK = 65536
 MAGIC_OFFSET = 1372
@@ -41,3 +43,24 @@ def linux_ufstype(device: Path | str) -> str | None:
 
         version = ufs_version(read)
     return LINUX_TYPES.get(version) if version else None
+
+
+PROC_FILESYSTEMS = Path("/proc/filesystems")
+
+
+def require_kernel_support(family: str, proc_filesystems: Path = PROC_FILESYSTEMS) -> None:
+    """Fail with the fix when the helper's kernel has no UFS at all (Debian's cloud kernel).
+
+    Such a kernel also ignores BSD disklabels, so without this check the first
+    symptom would be a missing /dev/vdX5. (A kernel with read-only UFS is caught
+    when MountImage mounts read-write.)
+    """
+    try:
+        names = {line.split()[-1] for line in proc_filesystems.read_text().splitlines() if line.strip()}
+    except OSError:
+        return
+    if "ufs" not in names:
+        raise TaskError(
+            f"This helper's kernel has no UFS support, which {family} images need: "
+            "rebuild the helper with 'snf-image helper build --kernel custom'"
+        )

@@ -62,6 +62,8 @@ def run(ctx: Context) -> None:
     if ctx.resize_partition is None:
         ctx.warning("No partition to resize")
         return
+    if ctx.osfamily in BSD:
+        ufs.require_kernel_support(ctx.osfamily)
     part = ctx.partition(ctx.resize_partition)
     if ctx.osfamily in BSD:
         if ufs.linux_ufstype(part) is None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import parted
 
-from helper import detect, disklabel, disks
+from helper import detect, disklabel, disks, ufs
 from helper.framework import ALL, Context, Task, TaskError
 
 TASK = Task(
@@ -214,6 +214,7 @@ def plan_bsd(
 
 def run_bsd(ctx: Context) -> None:
     """Grow the Open/NetBSD MBR slice and its disklabel, then tell the kernel."""
+    ufs.require_kernel_support(ctx.osfamily)
     if parse_swap(ctx.properties.get("SWAP")) is not None:
         ctx.warning("SWAP partitions are created for Linux images only; ignoring SWAP")
     device = ctx.device

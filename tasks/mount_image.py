@@ -175,6 +175,7 @@ def mount_ufs(ctx: Context, device: Path, mountpoint: Path) -> None:
 
 def run_bsd(ctx: Context) -> None:
     """Mount a BSD root and its fstab's UFS filesystems from the image's disk."""
+    ufs.require_kernel_support(ctx.osfamily)
     root = ctx.partition(ctx.root_partition)
     ctx.target.mkdir(parents=True, exist_ok=True)
     mount_ufs(ctx, root, ctx.target)

@@ -214,3 +214,23 @@ def test_fix_partition_table_plan_bsd() -> None:
     assert fpt.plan_bsd(mbr, lambda n: img.read(n * 512, 512), new_disk, "openbsd") is None
     with pytest.raises(TaskError, match="No netbsd MBR partition"):
         fpt.plan_bsd(mbr, lambda n: img.read(n * 512, 512), new_disk, "netbsd")
+
+
+def test_ufs_version_and_kernel_support(tmp_path) -> None:
+    from helper import ufs
+
+    data = bytearray(128 * 1024)
+    assert ufs.ufs_version(lambda o, n: bytes(data[o : o + n])) is None
+    struct.pack_into("<I", data, 8192 + 1372, ufs.UFS1_MAGIC)
+    assert ufs.ufs_version(lambda o, n: bytes(data[o : o + n])) == "ufs1"
+    struct.pack_into("<I", data, 65536 + 1372, ufs.UFS2_MAGIC)
+    assert ufs.ufs_version(lambda o, n: bytes(data[o : o + n])) == "ufs2"
+    image = tmp_path / "fs"
+    image.write_bytes(data)
+    assert ufs.linux_ufstype(image) == "ufs2"
+    proc = tmp_path / "filesystems"
+    proc.write_text("nodev\tsysfs\nnodev\ttmpfs\n\text4\n")
+    with pytest.raises(TaskError, match="--kernel custom"):
+        ufs.require_kernel_support("openbsd", proc)
+    proc.write_text("nodev\tsysfs\n\text4\n\tufs\n")
+    ufs.require_kernel_support("openbsd", proc)
