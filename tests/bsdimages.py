@@ -8,7 +8,7 @@ except the disklabel writer (which the unit tests check byte by byte):
   FFS1 filesystems (16 KiB blocks, as OpenBSD's newfs for small disks).
 - NetBSD: MBR slot 1 of type a9 from sector 2048, a NetBSD disklabel
   (``b`` swap first, ``a`` root last; ``c`` the slice, ``d`` the disk),
-  FFSv1 root.
+  FFSv2 root (NetBSD's default since 9; superblock at 64 KiB as for FreeBSD).
 - FreeBSD: GPT by sgdisk (freebsd-boot, freebsd-swap, freebsd-ufs root last,
   GPT labels as the release images), UFS2 root.
 
@@ -263,7 +263,7 @@ def build(family: str, directory: Path, cache: Path) -> BsdImage:
         parts = {"a": (10240, total - 10240, disklabel.FS_BSDFFS), "b": (2048, 8192, disklabel.FS_SWAP)}
         label = disklabel.build("netbsd", total, 2048, total - 2048, parts)
         os.truncate(path, total * SECTOR)
-        makefs(work / "a.ffs", root_tree(family), (total - 10240) * SECTOR, 1, cache)
+        makefs(work / "a.ffs", root_tree(family), (total - 10240) * SECTOR // 32768 * 32768, 2, cache)
         _put(path, 10240 * SECTOR, work / "a.ffs")
         _put(path, 0, _mbr(1, 0xA9, 2048, total - 2048))
         _put(path, 2049 * SECTOR, disklabel.to_bytes(label))

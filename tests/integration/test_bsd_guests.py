@@ -230,6 +230,7 @@ def test_netbsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
         {"partition": 5, "paths": [*COMMON_PATHS, "/etc/ifconfig.vioif0", "/etc/ifconfig.wm0"]},
     ])  # fmt: skip
     assert partitions == {1: total - 2048, 5: total - 10240, 6: 8192}
+    assert next(f["ufstype"] for f in facts if "ufstype" in f) == "ufs2"  # FFSv2 in a disklabel partition
     found = files(facts)
     check_common(found, "netbsd", "$sha1$", passlib_hash.sha1_crypt.verify)
     assert found["/etc/myname"]["text"] == "netbsd1.example.test\n"
@@ -271,6 +272,23 @@ def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     assert "/usr/sbin/pwd_mkdb -p /etc/master.passwd" in rc_local and "rm -f /etc/rc.local" in rc_local
     ssh_dir = next(f["entries"] for f in facts if f.get("dir") == "/etc/ssh")
     assert ssh_dir == ["moduli", "sshd_config"]
+
+
+def test_debian_kernel_is_a_clear_error(workdir: Path, tmp_path: Path) -> None:
+    """With Debian's kernel (no UFS, no BSD disklabels) a BSD image fails with the fix in one line."""
+    images = tmp_path / "images"
+    image = bsdimages.build("openbsd", images, helpervm.CACHE / "bsd-tools")
+    osdef = install(tmp_path / "inst")
+    osdef.configure(HELPER_DIR=str(helpervm.ensure_helper()), HELPER_SOFT_TIMEOUT="300", IMAGE_DIR=str(images))
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(DISK)
+    env = create_env("obsd.example.test", disk, OSP_IMG_ID=f"local://{image.path.name}", OSP_IMG_FORMAT="diskdump")
+    result = osdef.run("create", env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and "--kernel custom" in errors[0], errors
+    assert not list(osdef.tmpdir.iterdir())
 
 
 def test_image_files_are_left_alone(workdir: Path) -> None:
