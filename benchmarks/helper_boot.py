@@ -20,7 +20,7 @@ from pathlib import Path
 from snf_image import jail
 from tests.helpervm import ensure_helper, probe_helper_dir
 
-RUNNER = '''\
+RUNNER = """\
 import ctypes, os
 with open("/proc/uptime") as f:
     uptime = f.read().split()[0]
@@ -29,7 +29,7 @@ with open("/dev/ttyS1", "w") as r:
     r.write("SUCCESS\\n")
 os.sync()
 ctypes.CDLL(None).reboot(0x4321FEDC)
-'''
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
             to_runner.append(seen["wall"])
             uptimes.append(seen["uptime"])
             totals.append(total)
-            print(f"run {i + 1}: runner after {seen['wall']:.2f} s wall (guest uptime {seen['uptime']:.2f} s),"
-                  f" qemu gone after {total:.2f} s")
-        print(f"median ({args.accel}): runner after {statistics.median(to_runner):.2f} s,"
-              f" uptime {statistics.median(uptimes):.2f} s, total {statistics.median(totals):.2f} s")
+            print(
+                f"run {i + 1}: runner after {seen['wall']:.2f} s wall (guest uptime {seen['uptime']:.2f} s),"
+                f" qemu gone after {total:.2f} s"
+            )
+        print(
+            f"median ({args.accel}): runner after {statistics.median(to_runner):.2f} s,"
+            f" uptime {statistics.median(uptimes):.2f} s, total {statistics.median(totals):.2f} s"
+        )
     return 0
 
 

@@ -310,9 +310,7 @@ def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
 
 def _run_overwrite(script: Path, phase: str, ctx: Context, task: Task) -> int:
     try:
-        proc = run_command(
-            [script, phase], check=False, env=overwrite_env(ctx, task), timeout=OVERWRITE_TIMEOUT
-        )
+        proc = run_command([script, phase], check=False, env=overwrite_env(ctx, task), timeout=OVERWRITE_TIMEOUT)
     except CommandError as exc:
         raise TaskError(f"Task {task.name}: overwrite script {phase} failed: {exc}") from exc
     return proc.returncode

@@ -169,8 +169,10 @@ def run(
         reporter.warning("Needed image properties are missing. Autodetecting them...")
         found = detector(device)
         if found is None:
-            raise TaskError("Unable to detect the OS family and root partition of the image; "
-                            "set the OSFAMILY and ROOT_PARTITION image properties")
+            raise TaskError(
+                "Unable to detect the OS family and root partition of the image; "
+                "set the OSFAMILY and ROOT_PARTITION image properties"
+            )
         if not osfamily:
             osfamily = found[0]
             reporter.warning(f"Detected OSFAMILY: {osfamily}")
@@ -264,9 +266,7 @@ def debug_shell(tty: str = TTY_DEBUG) -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     try:
-        subprocess.run(
-            ["/bin/sh"], stdin=fd, stdout=fd, stderr=fd, preexec_fn=become_session_leader, check=False
-        )
+        subprocess.run(["/bin/sh"], stdin=fd, stdout=fd, stderr=fd, preexec_fn=become_session_leader, check=False)
     finally:
         os.close(fd)
 

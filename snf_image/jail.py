@@ -105,9 +105,7 @@ def check_helper_dir(helper_dir: Path) -> None:
     """Refuse a missing, incomplete or out-of-date helper directory, saying how to fix it."""
     for name in ("image", "kernel", "initrd", "version"):
         if not (helper_dir / name).is_file():
-            raise HelperError(
-                f"helper image is missing {helper_dir / name}; build it with: snf-image helper build"
-            )
+            raise HelperError(f"helper image is missing {helper_dir / name}; build it with: snf-image helper build")
     found = (helper_dir / "version").read_text("utf-8", "replace").strip()
     wanted = helper_version()
     if found != wanted:
@@ -173,8 +171,9 @@ def is_uri(path_or_uri: str) -> bool:
     scheme = re.match(r"([a-z][a-z0-9+.-]*):", path_or_uri)
     if scheme and scheme.group(1) in URI_SCHEMES:
         return True
-    raise HelperError(f"unsupported disk {path_or_uri[:200]!r}: expected an absolute path or a "
-                      f"{'/'.join(URI_SCHEMES)} URI")
+    raise HelperError(
+        f"unsupported disk {path_or_uri[:200]!r}: expected an absolute path or a {'/'.join(URI_SCHEMES)} URI"
+    )
 
 
 def _drive(drive_id: str, source: str, block_device: bool, readonly: bool, cache: str) -> str:
@@ -197,8 +196,17 @@ def kernel_cmdline(debug: bool = False, runner: str = DEFAULT_RUNNER, probe: boo
     shortens the boot under TCG by ~1 s (measured): no crypto self-tests, no
     timer/TSC checks, no audit, only the four UARTs we have.
     """
-    words = ["console=ttyS0", "quiet", "ro", "panic=-1", "cryptomgr.notests", "tsc=reliable",
-             "no_timer_check", "audit=0", "8250.nr_uarts=4"]
+    words = [
+        "console=ttyS0",
+        "quiet",
+        "ro",
+        "panic=-1",
+        "cryptomgr.notests",
+        "tsc=reliable",
+        "no_timer_check",
+        "audit=0",
+        "8250.nr_uarts=4",
+    ]
     if probe:
         words.append("snf_image_probe")
         return " ".join(words)
@@ -233,9 +241,25 @@ def build_qemu_command(
     helper_dir = Path(config.helper_dir)
     cmd = [
         config.qemu,
-        "-nodefaults", "-nic", "none", "-display", "none", "-vga", "none",
-        "-monitor", "none", "-parallel", "none", "-no-user-config", "-no-reboot",
-        "-machine", f"pc,accel={accel}", "-smp", "1", "-m", str(int(config.memory_mib)),
+        "-nodefaults",
+        "-nic",
+        "none",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-monitor",
+        "none",
+        "-parallel",
+        "none",
+        "-no-user-config",
+        "-no-reboot",
+        "-machine",
+        f"pc,accel={accel}",
+        "-smp",
+        "1",
+        "-m",
+        str(int(config.memory_mib)),
     ]
     if accel == "kvm":
         cmd += ["-cpu", "host"]
@@ -247,32 +271,40 @@ def build_qemu_command(
     if config.user:
         cmd += ["-runas", config.user]
     cmd += [
-        "-kernel", str(helper_dir / "kernel"),
-        "-initrd", str(helper_dir / "initrd"),
-        "-append", kernel_cmdline(config.debug, config.runner, probe=probe),
+        "-kernel",
+        str(helper_dir / "kernel"),
+        "-initrd",
+        str(helper_dir / "initrd"),
+        "-append",
+        kernel_cmdline(config.debug, config.runner, probe=probe),
     ]
     # Serial ports, in guest order ttyS0..ttyS3.
     cmd += ["-chardev", f"file,id=console,path={_escape(str(channels.console))}", "-serial", "chardev:console"]
     cmd += ["-chardev", f"file,id=result,path={_escape(str(channels.result))}", "-serial", "chardev:result"]
-    cmd += ["-chardev", f"file,id=progress,path={_escape(str(channels.progress))}",
-            "-serial", "chardev:progress"]
+    cmd += ["-chardev", f"file,id=progress,path={_escape(str(channels.progress))}", "-serial", "chardev:progress"]
     if config.debug and channels.debug is not None and not probe:
-        cmd += ["-chardev", f"socket,id=debug,path={_escape(str(channels.debug))},server=on,wait=off",
-                "-serial", "chardev:debug"]
+        cmd += [
+            "-chardev",
+            f"socket,id=debug,path={_escape(str(channels.debug))},server=on,wait=off",
+            "-serial",
+            "chardev:debug",
+        ]
     if probe:
         return cmd
 
     def blk(drive_id: str, drive: str, serial: str) -> list[str]:
         return ["-drive", drive, "-device", f"virtio-blk-pci,drive={drive_id},serial={serial}"]
 
-    cmd += blk("helper-root", _drive("helper-root", str(helper_dir / "image"), False, True, "writeback"),
-               constants.SERIAL_HELPER_ROOT)
+    cmd += blk(
+        "helper-root",
+        _drive("helper-root", str(helper_dir / "image"), False, True, "writeback"),
+        constants.SERIAL_HELPER_ROOT,
+    )
     if rules_path is not None:
         cmd += blk("rules", _drive("rules", str(rules_path), False, True, "writeback"), constants.SERIAL_RULES)
     for disk in disks:
         drive_id = f"disk{int(disk.index)}"
-        drive = _drive(drive_id, disk.path_or_uri, disk.path_or_uri in block_devices,
-                       disk.readonly, "writeback")
+        drive = _drive(drive_id, disk.path_or_uri, disk.path_or_uri in block_devices, disk.readonly, "writeback")
         cmd += blk(drive_id, drive, f"{constants.SERIAL_DISK_PREFIX}{int(disk.index)}")
     return cmd
 
@@ -474,7 +506,10 @@ def _boot(
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     except OSError as exc:
@@ -581,8 +616,9 @@ def kvm_works(config: HelperConfig, log: Callable[[str], None]) -> bool:
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
         probe_config = dataclasses.replace(config, debug=False)
         with _workdir(probe_config, None) as (_, channels, fds):
-            cmd = build_qemu_command(probe_config, "kvm", [], None, channels,
-                                     sandbox=qemu_supports_sandbox(config.qemu), probe=True)
+            cmd = build_qemu_command(
+                probe_config, "kvm", [], None, channels, sandbox=qemu_supports_sandbox(config.qemu), probe=True
+            )
             quiet: list[str] = []
             outcome = _boot(cmd, channels, fds, PROBE_TIMEOUT, 1.0, lambda _: None, quiet.append)
         first = outcome.result.split(b"\n", 1)[0].strip().decode("ascii", "replace")
@@ -648,13 +684,13 @@ def run_helper(
     for disk in disks:
         if not is_uri(disk.path_or_uri) and not os.path.exists(disk.path_or_uri):
             raise HelperError(f"disk {disk.index} does not exist: {disk.path_or_uri}")
-    block = frozenset(d.path_or_uri for d in disks if not is_uri(d.path_or_uri)
-                      and _is_block_device(d.path_or_uri))
+    block = frozenset(d.path_or_uri for d in disks if not is_uri(d.path_or_uri) and _is_block_device(d.path_or_uri))
 
     accel = choose_accel(config, log)
     with _workdir(config, rules) as (rules_path, channels, fds):
-        cmd = build_qemu_command(config, accel, disks, rules_path, channels,
-                                 sandbox=qemu_supports_sandbox(config.qemu), block_devices=block)
+        cmd = build_qemu_command(
+            config, accel, disks, rules_path, channels, sandbox=qemu_supports_sandbox(config.qemu), block_devices=block
+        )
         log(f"starting the helper VM ({accel}): {shlex.join(cmd)}")
         if channels.debug is not None:
             log(f"helper debug shell: socat -,raw,echo=0 UNIX-CONNECT:{channels.debug}")
@@ -665,7 +701,7 @@ def run_helper(
     if outcome.violation:
         raise HelperError(f"Image customization failed: the helper VM broke the protocol: {outcome.violation}")
     if first.startswith(constants.RESULT_ERROR_PREFIX):
-        message = sanitize(first[len(constants.RESULT_ERROR_PREFIX):].strip()) or "(no message)"
+        message = sanitize(first[len(constants.RESULT_ERROR_PREFIX) :].strip()) or "(no message)"
         raise HelperError(f"Image customization failed: {message}")
     if outcome.timed_out:
         raise HelperError(

@@ -86,13 +86,28 @@ class Result:
         return self.returncode == 0
 
 
-def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True, timeout: float = 900,
-        env: dict[str, str] | None = None, input: str | None = None) -> Result:
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> Result:
     """The one subprocess helper of the harness: argument list, output captured for the error message."""
     args = tuple(os.fspath(a) for a in argv)
     stdin = None if input is not None else subprocess.DEVNULL
-    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                          timeout=timeout, env=env, input=input, stdin=stdin)
+    proc = subprocess.run(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        env=env,
+        input=input,
+        stdin=stdin,
+    )
     result = Result(args, proc.returncode, proc.stdout)
     if check and not result.ok:
         raise ClusterError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
@@ -217,8 +232,9 @@ class Cluster:
         spaces = ["-n"] if net_only else ["-n", "-u", "-m"]
         return ["nsenter", "-t", str(pid), *spaces, "--", *[os.fspath(a) for a in argv]]
 
-    def exec(self, *argv: str | os.PathLike[str], check: bool = True, timeout: float = 900,
-             input: str | None = None) -> Result:
+    def exec(
+        self, *argv: str | os.PathLike[str], check: bool = True, timeout: float = 900, input: str | None = None
+    ) -> Result:
         """Run a command inside the cluster's namespaces (gnt-* commands, daemon-util, ...)."""
         pid = self._ns_pid()
         if pid is None:
@@ -236,7 +252,9 @@ class Cluster:
         """Start the holder and give its namespaces a hostname, /etc/hosts, a bridge and their own /sys."""
         holder = subprocess.Popen(
             ["setsid", "unshare", "--net", "--uts", "--mount", "--propagation", "private", "sleep", "infinity"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.state.set("holder", holder.pid)
         mine = _net_ns("self")
@@ -320,13 +338,29 @@ class Cluster:
             self._mkdir(path)
         self.replace_file(FILE_STORAGE_PATHS, f"{FILE_STORAGE}\n{SHARED_FILE_STORAGE}\n")
         self.state.set("cluster_initialised", True)
-        self.gnt("gnt-cluster", "init", "--no-ssh-init", "--no-etc-hosts",
-                 "--master-netdev", BRIDGE, "--master-netmask", "24",
-                 "--enabled-hypervisors", "fake",
-                 "--enabled-disk-templates", "file,sharedfile,blockdev",
-                 "--ipolicy-disk-templates", "file,sharedfile,blockdev",
-                 "--file-storage-dir", str(FILE_STORAGE), "--shared-file-storage-dir", str(SHARED_FILE_STORAGE),
-                 "--nic-parameters", f"mode=bridged,link={BRIDGE}", CLUSTER)
+        self.gnt(
+            "gnt-cluster",
+            "init",
+            "--no-ssh-init",
+            "--no-etc-hosts",
+            "--master-netdev",
+            BRIDGE,
+            "--master-netmask",
+            "24",
+            "--enabled-hypervisors",
+            "fake",
+            "--enabled-disk-templates",
+            "file,sharedfile,blockdev",
+            "--ipolicy-disk-templates",
+            "file,sharedfile,blockdev",
+            "--file-storage-dir",
+            str(FILE_STORAGE),
+            "--shared-file-storage-dir",
+            str(SHARED_FILE_STORAGE),
+            "--nic-parameters",
+            f"mode=bridged,link={BRIDGE}",
+            CLUSTER,
+        )
         self.gnt("gnt-cluster", "modify", "--ipolicy-bounds-specs", IPOLICY)
         if self.kvm:
             self.gnt("gnt-cluster", "modify", "--enabled-hypervisors", "fake,kvm", "-H", KVM_PARAMS)
@@ -410,8 +444,9 @@ class Cluster:
 
     # ------------------------------------------------------------------ test resources
 
-    def start_process(self, argv: Sequence[str | os.PathLike[str]], in_namespace: bool = True,
-                      **popen) -> subprocess.Popen:
+    def start_process(
+        self, argv: Sequence[str | os.PathLike[str]], in_namespace: bool = True, **popen
+    ) -> subprocess.Popen:
         """A background process (e.g. an HTTP server) that down() stops if the test does not."""
         args = [os.fspath(a) for a in argv]
         if in_namespace:
@@ -434,7 +469,9 @@ class Cluster:
         """Serve ``directory`` over HTTP on the node's address inside the namespace; yields the base URL."""
         proc = self.start_process(
             ["/usr/bin/python3", "-m", "http.server", str(port), "--bind", NODE_IP, "--directory", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         try:
             assert proc.stdout is not None
@@ -512,7 +549,6 @@ class Cluster:
         return sorted(OS_LOG_DIR.glob(f"{kind}-*-{instance}-*.log"), key=lambda p: p.stat().st_mtime)
 
 
-
 # --------------------------------------------------------------------------- pytest fixtures
 
 REPO = Path(__file__).resolve().parent.parent
@@ -539,8 +575,11 @@ def ensure_ganeti() -> None:
         return
     log("installing ganeti (apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "-o", "DPkg::Lock::Timeout=1200", "install", "-y", "--no-install-recommends", "ganeti"],
-        env=env, timeout=1800)
+    run(
+        ["apt-get", "-o", "DPkg::Lock::Timeout=1200", "install", "-y", "--no-install-recommends", "ganeti"],
+        env=env,
+        timeout=1800,
+    )
 
 
 @dataclass
@@ -639,8 +678,20 @@ def snf_helper(snf_deployment: Deployment) -> Path:
             link.symlink_to(built / name)
     for name in ("initrd", "version"):
         shutil.copyfile(built / name, target / name)
-    run([SNF_COMMAND, "helper", "build", "--code-only", "--helper-dir", target,
-         "--cache-dir", target.parent / "helper-build"], env=NS_ENV, timeout=600)
+    run(
+        [
+            SNF_COMMAND,
+            "helper",
+            "build",
+            "--code-only",
+            "--helper-dir",
+            target,
+            "--cache-dir",
+            target.parent / "helper-build",
+        ],
+        env=NS_ENV,
+        timeout=600,
+    )
     return target
 
 

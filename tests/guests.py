@@ -217,14 +217,31 @@ def layout(spec: KindSpec) -> list[Partition]:
         root_start = boot_start + BOOT_SIZE
         root_size = DISK_SIZE - root_start - 1 * MiB  # leave room for the backup GPT
         return [
-            Partition(1, boot_start, BOOT_SIZE, "ext4", "/boot", "boot",
-                      kind_uuid(tree, "boot"), kind_uuid(tree, "part-boot"), GPT_LINUX_FS),
-            Partition(2, root_start, root_size, spec.root_fs, "/", "root",
-                      kind_uuid(tree, "root"), kind_uuid(tree, "part-root"), GPT_ROOT_X86_64),
+            Partition(
+                1,
+                boot_start,
+                BOOT_SIZE,
+                "ext4",
+                "/boot",
+                "boot",
+                kind_uuid(tree, "boot"),
+                kind_uuid(tree, "part-boot"),
+                GPT_LINUX_FS,
+            ),
+            Partition(
+                2,
+                root_start,
+                root_size,
+                spec.root_fs,
+                "/",
+                "root",
+                kind_uuid(tree, "root"),
+                kind_uuid(tree, "part-root"),
+                GPT_ROOT_X86_64,
+            ),
         ]
     root_size = DISK_SIZE - 1 * MiB
-    return [Partition(1, 1 * MiB, root_size, spec.root_fs, "/", "root",
-                      kind_uuid(tree, "root"), "", None)]
+    return [Partition(1, 1 * MiB, root_size, spec.root_fs, "/", "root", kind_uuid(tree, "root"), "", None)]
 
 
 def disk_size(spec: KindSpec) -> int:
@@ -238,12 +255,14 @@ def _digest(obj: Any) -> str:
 
 def base_key() -> str:
     """Cache key of the base rootfs: suite, variant, package list and base recipe version."""
-    return _digest({
-        "suite": SUITE,
-        "variant": "minbase",
-        "packages": sorted(BASE_PACKAGES),
-        "recipe": BASE_RECIPE_VERSION,
-    })
+    return _digest(
+        {
+            "suite": SUITE,
+            "variant": "minbase",
+            "packages": sorted(BASE_PACKAGES),
+            "recipe": BASE_RECIPE_VERSION,
+        }
+    )
 
 
 def cache_key(kind: str) -> str:
@@ -259,8 +278,10 @@ def cache_key(kind: str) -> str:
     }
     if spec.tree_of:
         tree_spec = KINDS[spec.tree_of]
-        inputs["tree"] = {"spec": dataclasses.asdict(tree_spec),
-                          "layout": [dataclasses.asdict(p) for p in layout(tree_spec)]}
+        inputs["tree"] = {
+            "spec": dataclasses.asdict(tree_spec),
+            "layout": [dataclasses.asdict(p) for p in layout(tree_spec)],
+        }
     return _digest(inputs)
 
 
@@ -287,12 +308,23 @@ class CommandFailed(subprocess.CalledProcessError):
         return f"{super().__str__()}\n{tail[-3000:]}" if tail else super().__str__()
 
 
-def run(args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None,
-        input: bytes | None = None, capture: bool = False) -> subprocess.CompletedProcess[bytes]:
+def run(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    capture: bool = False,
+) -> subprocess.CompletedProcess[bytes]:
     """The one subprocess helper: argument lists, check=True, output kept for the error message."""
     argv = [os.fspath(a) for a in args]
-    proc = subprocess.run(argv, env=env, input=input, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if not capture else subprocess.PIPE, check=False)
+    proc = subprocess.run(
+        argv,
+        env=env,
+        input=input,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if not capture else subprocess.PIPE,
+        check=False,
+    )
     if proc.returncode != 0:
         out = (proc.stdout or b"").decode(errors="replace")[-4000:]
         err = (proc.stderr or b"").decode(errors="replace")[-4000:] if capture else ""
@@ -302,8 +334,13 @@ def run(args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = 
 
 def missing_host_tools() -> list[str]:
     """Debian packages to install on the host before images can be built."""
-    return sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None
-                   and not Path("/usr/sbin", tool).exists() and not Path("/sbin", tool).exists()})
+    return sorted(
+        {
+            pkg
+            for tool, pkg in HOST_TOOLS.items()
+            if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists() and not Path("/sbin", tool).exists()
+        }
+    )
 
 
 def ensure_host_tools() -> None:
@@ -458,8 +495,10 @@ def _drop_apt_lists(root: Path) -> None:
 
 def installed_versions(root: Path) -> dict[str, str]:
     """Versions of the packages of interest installed in the tree (read from its dpkg database)."""
-    out = run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
-               "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"], capture=True).stdout.decode()
+    out = run(
+        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"],
+        capture=True,
+    ).stdout.decode()
     versions = {}
     for line in out.splitlines():
         name, version, status = [*line.split("\t"), "", ""][:3]
@@ -485,8 +524,7 @@ def base_rootfs() -> Path:
         started = time.monotonic()
         try:
             log(f"debootstrap {SUITE} base -> {final.name} (a few minutes)")
-            run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                 SUITE, tmp, MIRROR])
+            run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, tmp, MIRROR])
             _configure_base(tmp)
             os.rename(tmp, final)
         finally:
@@ -503,7 +541,8 @@ def _configure_base(root: Path) -> None:
     (root / "etc/apt/sources.list").write_text(
         f"deb {MIRROR} {SUITE} main\n"
         f"deb {MIRROR} {SUITE}-updates main\n"
-        f"deb http://security.debian.org/debian-security {SUITE}-security main\n")
+        f"deb http://security.debian.org/debian-security {SUITE}-security main\n"
+    )
 
 
 # --------------------------------------------------------------------------- kinds: tree
@@ -548,8 +587,11 @@ datasource_list: [ NoCloud, ConfigDrive, None ]
 
 def fstab_text(parts: Sequence[Partition]) -> str:
     """fstab by UUID, as Debian's installer writes it."""
-    lines = ["# /etc/fstab: static file system information.", "#",
-             "# <file system> <mount point>   <type>  <options>       <dump>  <pass>"]
+    lines = [
+        "# /etc/fstab: static file system information.",
+        "#",
+        "# <file system> <mount point>   <type>  <options>       <dump>  <pass>",
+    ]
     for p in sorted(parts, key=lambda p: p.mountpoint):
         if p.mountpoint == "/":
             opts = "errors=remount-ro" if p.fs_type == "ext4" else "defaults"
@@ -561,10 +603,12 @@ def fstab_text(parts: Sequence[Partition]) -> str:
 
 
 def hosts_text(hostname: str) -> str:
-    return (f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n\n"
-            "# The following lines are desirable for IPv6 capable hosts\n"
-            "::1     localhost ip6-localhost ip6-loopback\n"
-            "ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n")
+    return (
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n\n"
+        "# The following lines are desirable for IPv6 capable hosts\n"
+        "::1     localhost ip6-localhost ip6-loopback\n"
+        "ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n"
+    )
 
 
 def customize_tree(root: Path, spec: KindSpec) -> None:
@@ -579,8 +623,10 @@ def customize_tree(root: Path, spec: KindSpec) -> None:
     # initramfs-tools finds the root fs type (for fsck in the initrd) by probing the
     # fstab's device, which doesn't exist while building: name the type instead.
     (etc / "initramfs-tools/conf.d/snf-guest-fstype").write_text(f"FSTYPE={spec.root_fs}\n")
-    log(f"{spec.name}: apt-get install {' '.join(spec.packages) or '-'}"
-        f"{' ; purge ' + ' '.join(spec.purge) if spec.purge else ''}; update-initramfs")
+    log(
+        f"{spec.name}: apt-get install {' '.join(spec.packages) or '-'}"
+        f"{' ; purge ' + ' '.join(spec.purge) if spec.purge else ''}; update-initramfs"
+    )
     apt_install(root, spec.packages, spec.purge)
     (etc / "machine-id").write_text(uuid.UUID(kind_uuid(tree, "machine-id")).hex + "\n")
     dbus_id = root / "var/lib/dbus/machine-id"
@@ -668,8 +714,24 @@ def make_ext4(tree: Path, image: Path, size: int, fs_uuid: str, label: str) -> N
     """Populated ext4 straight from a directory: no mount, no loop device."""
     with open(image, "wb") as fh:
         fh.truncate(size)
-    run([_tool("mke2fs"), "-q", "-F", "-t", "ext4", "-U", fs_uuid, "-L", label,
-         "-E", f"hash_seed={fs_uuid}", "-d", tree, image])
+    run(
+        [
+            _tool("mke2fs"),
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-U",
+            fs_uuid,
+            "-L",
+            label,
+            "-E",
+            f"hash_seed={fs_uuid}",
+            "-d",
+            tree,
+            image,
+        ]
+    )
 
 
 def make_xfs(tree: Path, image: Path, size: int, fs_uuid: str, label: str, workdir: Path) -> None:
@@ -704,13 +766,17 @@ def sfdisk_script(spec: KindSpec) -> str:
         disk_id = "0x" + uuid.UUID(kind_uuid(tree, "disk")).hex[:8]
         lines = ["label: dos", f"label-id: {disk_id}", "unit: sectors", ""]
         for p in parts:
-            lines.append(f"start={p.start // SECTOR}, size={p.size // SECTOR}, type=83"
-                         + (", bootable" if p.mountpoint == "/" else ""))
+            lines.append(
+                f"start={p.start // SECTOR}, size={p.size // SECTOR}, type=83"
+                + (", bootable" if p.mountpoint == "/" else "")
+            )
     else:
         lines = ["label: gpt", f"label-id: {kind_uuid(tree, 'disk').upper()}", "unit: sectors", ""]
         for p in parts:
-            lines.append(f"start={p.start // SECTOR}, size={p.size // SECTOR}, type={p.gpt_type}, "
-                         f"uuid={p.part_uuid.upper()}, name={p.label}")
+            lines.append(
+                f"start={p.start // SECTOR}, size={p.size // SECTOR}, type={p.gpt_type}, "
+                f"uuid={p.part_uuid.upper()}, name={p.label}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -718,14 +784,12 @@ def assemble_disk(spec: KindSpec, fs_images: dict[int, Path], image: Path) -> No
     """Sparse raw disk: partition table from a script, filesystems copied at their offsets."""
     with open(image, "wb") as fh:
         fh.truncate(DISK_SIZE)
-    run([_tool("sfdisk"), "--quiet", "--no-reread", "--no-tell-kernel", image],
-        input=sfdisk_script(spec).encode())
+    run([_tool("sfdisk"), "--quiet", "--no-reread", "--no-tell-kernel", image], input=sfdisk_script(spec).encode())
     for p in layout(spec):
         src = fs_images[p.number]
         if src.stat().st_size != p.size:
             raise RuntimeError(f"{src} is {src.stat().st_size} bytes, partition {p.number} is {p.size}")
-        run(["dd", f"if={src}", f"of={image}", "bs=1M", f"seek={p.start // MiB}",
-             "conv=notrunc,sparse", "status=none"])
+        run(["dd", f"if={src}", f"of={image}", "bs=1M", f"seek={p.start // MiB}", "conv=notrunc,sparse", "status=none"])
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -759,15 +823,19 @@ class GuestImage:
     def root_uuid(self) -> str:
         return self.meta["fs_uuids"]["/"]
 
-
     def _locate(self, path: str) -> tuple[int, int | None, str, str]:
         """(offset, size, fs type, path inside that filesystem) of a guest path."""
         if not self.meta["partitions"]:
             return 0, None, self.meta["fs_type"], path
-        best = max((p for p in self.meta["partitions"]
-                    if path == p["mountpoint"] or path.startswith(p["mountpoint"].rstrip("/") + "/")),
-                   key=lambda p: len(p["mountpoint"]))
-        inner = "/" + path[len(best["mountpoint"]):].lstrip("/")
+        best = max(
+            (
+                p
+                for p in self.meta["partitions"]
+                if path == p["mountpoint"] or path.startswith(p["mountpoint"].rstrip("/") + "/")
+            ),
+            key=lambda p: len(p["mountpoint"]),
+        )
+        inner = "/" + path[len(best["mountpoint"]) :].lstrip("/")
         return best["start"], best["size"], best["fs_type"], inner
 
     def read_file(self, path: str) -> bytes:
@@ -934,11 +1002,21 @@ def _build(spec: KindSpec, base: Path, stem: Path, work: Path) -> None:
         "disk_usage": disk_usage(image),
         "partition_table": spec.table,
         "partitions": [
-            {"number": p.number, "start": p.start, "size": p.size, "fs_type": p.fs_type,
-             "fs_uuid": p.fs_uuid, "label": p.label, "mountpoint": p.mountpoint,
-             "part_uuid": p.part_uuid or None, "gpt_type": p.gpt_type}
+            {
+                "number": p.number,
+                "start": p.start,
+                "size": p.size,
+                "fs_type": p.fs_type,
+                "fs_uuid": p.fs_uuid,
+                "label": p.label,
+                "mountpoint": p.mountpoint,
+                "part_uuid": p.part_uuid or None,
+                "gpt_type": p.gpt_type,
+            }
             for p in parts
-        ] if spec.table else [],
+        ]
+        if spec.table
+        else [],
         "root_partition": root.number if spec.table else None,
         "fs_type": root.fs_type,
         "fs_uuids": {p.mountpoint: p.fs_uuid for p in parts},
@@ -972,8 +1050,7 @@ def clean_old(keep: Sequence[str] = ()) -> list[Path]:
     removed = []
     for entry in cache_dir().iterdir():
         stem = entry.name.split(".", 1)[0] if not entry.name.startswith(".") else ""
-        if stem and stem not in current and (entry.name.startswith("base-") or
-                                             stem.rsplit("-", 1)[0] in KINDS):
+        if stem and stem not in current and (entry.name.startswith("base-") or stem.rsplit("-", 1)[0] in KINDS):
             remove_tree(entry)
             removed.append(entry)
     return removed
@@ -984,8 +1061,10 @@ def clean_old(keep: Sequence[str] = ()) -> list[Path]:
 
 def _describe(img: GuestImage) -> str:
     m = img.meta
-    return (f"{m['kind']:<11} {m['virtual_size'] / MiB:7.0f} MiB virtual, "
-            f"{disk_usage(img.path) / MiB:6.0f} MiB on disk, built in {m['build_seconds']:.0f}s  {img.path}")
+    return (
+        f"{m['kind']:<11} {m['virtual_size'] / MiB:7.0f} MiB virtual, "
+        f"{disk_usage(img.path) / MiB:6.0f} MiB on disk, built in {m['build_seconds']:.0f}s  {img.path}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

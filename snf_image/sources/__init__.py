@@ -42,6 +42,7 @@ def _builtin_classes() -> list[type[ImageSource]]:
         classes.append(getattr(importlib.import_module(f"{__name__}.{module}"), name))
     return classes
 
+
 __all__ = ["ImageSource", "ImageStream", "available_sources", "select_source"]
 
 

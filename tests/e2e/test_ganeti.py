@@ -46,8 +46,13 @@ def osparams(**params: str) -> str:
 
 
 def image_params(img_id: str, password: str, properties: dict[str, str] | None = None, **extra: str) -> str:
-    return osparams(img_id=img_id, img_format="diskdump", img_passwd=password,
-                    img_properties=json.dumps(properties or PROPERTIES), **extra)
+    return osparams(
+        img_id=img_id,
+        img_format="diskdump",
+        img_passwd=password,
+        img_properties=json.dumps(properties or PROPERTIES),
+        **extra,
+    )
 
 
 # --------------------------------------------------------------------------- reading a guest disk
@@ -180,8 +185,9 @@ def deploy(snf_deployment: Deployment, snf_helper: Path, debian_image) -> Deploy
     return snf_deployment
 
 
-def add(cluster: Cluster, name: str, params: str, *extra: str, template: str = "file",
-        check: bool = True) -> subprocess.CompletedProcess | object:
+def add(
+    cluster: Cluster, name: str, params: str, *extra: str, template: str = "file", check: bool = True
+) -> subprocess.CompletedProcess | object:
     args = ["gnt-instance", "add", "-o", OS, "-t", template]
     if template != "blockdev":
         args += ["--disk", f"0:size={DISK_MIB}M"]
@@ -221,13 +227,20 @@ def test_os_is_valid_and_lists_every_parameter(ganeti_cluster: Cluster, snf_depl
     [
         (osparams(img_id="local://debian.img", img_format="qcow9"), "img_format"),
         (osparams(img_id="local://debian.img", img_format="diskdump", img_properties="{oops"), "img_properties"),
-        (osparams(img_id="local://debian.img", img_format="diskdump",
-                  img_properties='{"OSFAMILY": "linux", "ROOT_PARTITION": }'), "img_properties"),
+        (
+            osparams(
+                img_id="local://debian.img",
+                img_format="diskdump",
+                img_properties='{"OSFAMILY": "linux", "ROOT_PARTITION": }',
+            ),
+            "img_properties",
+        ),
     ],
     ids=["bad-format", "not-json", "broken-json"],
 )
-def test_verify_refuses_bad_parameters_before_any_disk(ganeti_cluster: Cluster, snf_deployment: Deployment,
-                                                       instances: Instances, params: str, reason: str) -> None:
+def test_verify_refuses_bad_parameters_before_any_disk(
+    ganeti_cluster: Cluster, snf_deployment: Deployment, instances: Instances, params: str, reason: str
+) -> None:
     name = instances("inst9.gnt.test")
     result = add(ganeti_cluster, name, params, check=False)
     assert result.returncode != 0
@@ -237,8 +250,9 @@ def test_verify_refuses_bad_parameters_before_any_disk(ganeti_cluster: Cluster, 
     assert not (FILE_STORAGE / name).exists()
 
 
-def test_unreachable_image_fails_the_job_with_its_reason(ganeti_cluster: Cluster, snf_deployment: Deployment,
-                                                         instances: Instances) -> None:
+def test_unreachable_image_fails_the_job_with_its_reason(
+    ganeti_cluster: Cluster, snf_deployment: Deployment, instances: Instances
+) -> None:
     name = instances("inst9.gnt.test")
     params = image_params(f"http://{NODE_IP}:9/debian.img", "s3cr3t")  # nothing listens on port 9
     snf_deployment.reset_monitor(name)
@@ -258,8 +272,9 @@ def test_unreachable_image_fails_the_job_with_its_reason(ganeti_cluster: Cluster
 # --------------------------------------------------------------------------- deployments
 
 
-def test_add_from_local_image_and_progress_stream(ganeti_cluster: Cluster, deploy: Deployment,
-                                                  instances: Instances) -> None:
+def test_add_from_local_image_and_progress_stream(
+    ganeti_cluster: Cluster, deploy: Deployment, instances: Instances
+) -> None:
     name = instances("inst1.gnt.test")
     deploy.reset_monitor(name)
     add(ganeti_cluster, name, image_params("local://debian.img", "Local-pa55"))
@@ -282,8 +297,9 @@ def test_add_from_local_image_and_progress_stream(ganeti_cluster: Cluster, deplo
     assert messages[-1]["type"] == constants.MSG_INFO, messages[-1]
 
 
-def test_add_over_http_from_inside_the_cluster_network(ganeti_cluster: Cluster, deploy: Deployment,
-                                                       instances: Instances) -> None:
+def test_add_over_http_from_inside_the_cluster_network(
+    ganeti_cluster: Cluster, deploy: Deployment, instances: Instances
+) -> None:
     name = instances("inst2.gnt.test")
     with ganeti_cluster.http_server(deploy.image_dir) as url:
         add(ganeti_cluster, name, image_params(f"{url}/debian.img", "Http-pa55"))
@@ -294,12 +310,17 @@ def test_add_over_http_from_inside_the_cluster_network(ganeti_cluster: Cluster, 
 def test_blockdev_adoption_then_reinstall(ganeti_cluster: Cluster, deploy: Deployment, instances: Instances) -> None:
     name = instances("inst3.gnt.test")
     device = ganeti_cluster.loop_device("blk-e2e", DISK_MIB)
-    add(ganeti_cluster, name, image_params("local://debian.img", "Block-pa55"),
-        "--disk", f"0:adopt={device}", template="blockdev")
+    add(
+        ganeti_cluster,
+        name,
+        image_params("local://debian.img", "Block-pa55"),
+        "--disk",
+        f"0:adopt={device}",
+        template="blockdev",
+    )
     with open(device, "rb") as fh:
         assert fh.read(MiB) == bytes(MiB)  # adoption does not run create
-    ganeti_cluster.gnt("gnt-instance", "reinstall", "-f", "-O", image_params("local://debian.img", "Block-pa55"),
-                       name)
+    ganeti_cluster.gnt("gnt-instance", "reinstall", "-f", "-O", image_params("local://debian.img", "Block-pa55"), name)
     log_text = last_log(ganeti_cluster, "add", name)
     assert "DISK_0" not in log_text or "Traceback" not in log_text
     assert_deployed(read_guest(ganeti_cluster, device), name, "Block-pa55")
@@ -307,8 +328,15 @@ def test_blockdev_adoption_then_reinstall(ganeti_cluster: Cluster, deploy: Deplo
 
 def test_kvm_hypervisor(ganeti_cluster: Cluster, deploy: Deployment, instances: Instances) -> None:
     name = instances("inst4.gnt.test")
-    add(ganeti_cluster, name, image_params("local://debian.img", "Kvm-pa55"),
-        "-H", "kvm", "--net", "0:mode=bridged,link=gntbr0")
+    add(
+        ganeti_cluster,
+        name,
+        image_params("local://debian.img", "Kvm-pa55"),
+        "-H",
+        "kvm",
+        "--net",
+        "0:mode=bridged,link=gntbr0",
+    )
     assert "kvm" in ganeti_cluster.exec("gnt-instance", "list", "--no-headers", "-o", "hypervisor", name).output
     assert_deployed(read_guest(ganeti_cluster, ganeti_cluster.disk_path(name)), name, "Kvm-pa55")
 
@@ -320,8 +348,9 @@ def test_reinstall_rename_export_import(ganeti_cluster: Cluster, deploy: Deploym
 
     # reinstall: a new password, and properties that ask for a swap partition
     swap_props = {**PROPERTIES, "SWAP": "2:32"}
-    ganeti_cluster.gnt("gnt-instance", "reinstall", "-f", "-O",
-                       image_params("local://debian.img", "Second-pa55", swap_props), first)
+    ganeti_cluster.gnt(
+        "gnt-instance", "reinstall", "-f", "-O", image_params("local://debian.img", "Second-pa55", swap_props), first
+    )
     guest = read_guest(ganeti_cluster, ganeti_cluster.disk_path(first), extra_files=("/etc/fstab",))
     assert_deployed(guest, first, "Second-pa55")
     assert not password_matches("First-pa55", guest.root_hash)
@@ -343,9 +372,24 @@ def test_reinstall_rename_export_import(ganeti_cluster: Cluster, deploy: Deploym
     assert len(exported) == 1
     assert _same_bytes(exported[0], ganeti_cluster.disk_path(renamed))
     ganeti_cluster.gnt("gnt-instance", "remove", "-f", renamed)
-    result = ganeti_cluster.gnt("gnt-backup", "import", "-n", NODE, "-t", "file", "--disk", f"0:size={DISK_MIB}M",
-                                "--no-name-check", "--no-ip-check", "--no-nics", "--src-node", NODE,
-                                "--src-dir", str(EXPORT_DIR / renamed), renamed)
+    result = ganeti_cluster.gnt(
+        "gnt-backup",
+        "import",
+        "-n",
+        NODE,
+        "-t",
+        "file",
+        "--disk",
+        f"0:size={DISK_MIB}M",
+        "--no-name-check",
+        "--no-ip-check",
+        "--no-nics",
+        "--src-node",
+        NODE,
+        "--src-dir",
+        str(EXPORT_DIR / renamed),
+        renamed,
+    )
     assert "not imported successfully" not in result.output, result.output  # a failed import only warns
     assert "Failed to run rename script" not in result.output, result.output
     assert _same_bytes(ganeti_cluster.disk_path(renamed), exported[0]), (

@@ -31,14 +31,16 @@ def partitioned_image(request: pytest.FixtureRequest) -> guests.GuestImage:
 
 
 def _sfdisk_json(path) -> dict:
-    out = subprocess.run([guests._tool("sfdisk"), "--json", str(path)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [guests._tool("sfdisk"), "--json", str(path)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out)["partitiontable"]
 
 
 def _blkid(path, offset: int) -> dict[str, str]:
-    out = subprocess.run(["blkid", "-p", "-o", "export", "--offset", str(offset), str(path)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["blkid", "-p", "-o", "export", "--offset", str(offset), str(path)], check=True, capture_output=True, text=True
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -54,9 +56,24 @@ def test_metadata_matches_the_file(image: guests.GuestImage) -> None:
         while chunk := fh.read(8 * guests.MiB):
             h.update(chunk)
     assert h.hexdigest() == meta["sha256"]
-    for key in ("partition_table", "partitions", "root_partition", "fs_type", "fs_uuids", "kernel",
-                "initrd", "kernel_file", "initrd_file", "kernel_cmdline", "packages", "build_seconds",
-                "built_at", "cache_key", "ssh_host_keys", "machine_id"):
+    for key in (
+        "partition_table",
+        "partitions",
+        "root_partition",
+        "fs_type",
+        "fs_uuids",
+        "kernel",
+        "initrd",
+        "kernel_file",
+        "initrd_file",
+        "kernel_cmdline",
+        "packages",
+        "build_seconds",
+        "built_at",
+        "cache_key",
+        "ssh_host_keys",
+        "machine_id",
+    ):
         assert key in meta, key
     assert meta["cache_key"] == guests.cache_key(meta["kind"])
     assert f"root=UUID={image.root_uuid}" in meta["kernel_cmdline"]
@@ -91,8 +108,7 @@ def test_filesystems_have_the_recorded_types_and_uuids(image: guests.GuestImage)
 
 def test_fstab_names_filesystems_by_uuid(image: guests.GuestImage) -> None:
     fstab = image.read_file("/etc/fstab").decode()
-    entries = {f[1]: f[0] for f in (line.split() for line in fstab.splitlines())
-               if f and not f[0].startswith("#")}
+    entries = {f[1]: f[0] for f in (line.split() for line in fstab.splitlines()) if f and not f[0].startswith("#")}
     assert entries == {mp: f"UUID={u}" for mp, u in image.meta["fs_uuids"].items()}
 
 
@@ -100,8 +116,7 @@ def test_identity_files(image: guests.GuestImage) -> None:
     assert image.read_file("/etc/hostname").decode() == guests.HOSTNAME + "\n"
     assert re.search(rf"^127\.0\.1\.1\s+{guests.HOSTNAME}$", image.read_file("/etc/hosts").decode(), re.M)
     assert image.read_file("/etc/machine-id").decode().strip() == image.meta["machine_id"]
-    root = next(line for line in image.read_file("/etc/shadow").decode().splitlines()
-                if line.startswith("root:"))
+    root = next(line for line in image.read_file("/etc/shadow").decode().splitlines() if line.startswith("root:"))
     assert root.split(":")[1].startswith(("!", "*")), "root password locked"
     assert image.meta["ssh_host_keys"]
     for key in image.meta["ssh_host_keys"]:
@@ -174,14 +189,30 @@ def test_guest_boots_to_a_serial_login(kind: str, tmp_path) -> None:
     """The guest's own kernel and initrd boot its root (by fstab UUIDs) to a ttyS0 getty under TCG."""
     image = guests.guest_image(kind)
     console = tmp_path / "console.log"
-    argv = ["qemu-system-x86_64", "-nodefaults", "-machine", "accel=tcg", "-m", "1024", "-smp", "2",
-            "-display", "none", "-no-reboot",
-            "-kernel", str(image.kernel_file), "-initrd", str(image.initrd_file),
-            "-append", image.meta["kernel_cmdline"] + " panic=-1",
-            "-drive", f"file={image.path},format=raw,if=virtio,snapshot=on",
-            "-serial", f"file:{console}"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    argv = [
+        "qemu-system-x86_64",
+        "-nodefaults",
+        "-machine",
+        "accel=tcg",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(image.kernel_file),
+        "-initrd",
+        str(image.initrd_file),
+        "-append",
+        image.meta["kernel_cmdline"] + " panic=-1",
+        "-drive",
+        f"file={image.path},format=raw,if=virtio,snapshot=on",
+        "-serial",
+        f"file:{console}",
+    ]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         text = ""

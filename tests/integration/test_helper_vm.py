@@ -62,8 +62,13 @@ def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     progress: list[dict] = []
     log: list[str] = []
     rules = json.dumps({"probe": probe, **(rules_extra or {})}).encode()
-    cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel=config.pop("accel", "tcg"),
-                            soft_timeout=config.pop("soft_timeout", 120.0), **config)
+    cfg = jail.HelperConfig(
+        helper_dir=probe_dir,
+        runner="jailprobe",
+        accel=config.pop("accel", "tcg"),
+        soft_timeout=config.pop("soft_timeout", 120.0),
+        **config,
+    )
     start = time.monotonic()
     error = None
     try:
@@ -79,9 +84,13 @@ def test_success_with_kvm_probe_rules_disks_and_progress(probe_dir, tmp_path):
     other = tmp_path / "disk3.img"
     other.write_bytes(b"\0" * 4096)
     rules_extra = {"write_disks": ["snf-disk0"], "padding": "x" * 1000}
-    error, progress, log, _ = _run(probe_dir, "success", [jail.JailDisk(str(disk), 0),
-                                                          jail.JailDisk(str(other), 3, readonly=True)],
-                                   rules_extra, accel="auto")
+    error, progress, log, _ = _run(
+        probe_dir,
+        "success",
+        [jail.JailDisk(str(disk), 0), jail.JailDisk(str(other), 3, readonly=True)],
+        rules_extra,
+        accel="auto",
+    )
     assert error is None, "\n".join(log)
     assert any(line.startswith("KVM probe") for line in log)
     assert any(line.startswith("HELPER: jailprobe: pid 1") for line in log)
@@ -93,8 +102,7 @@ def test_success_with_kvm_probe_rules_disks_and_progress(probe_dir, tmp_path):
     assert facts["root_ro"] is True
     assert facts["pid"] == 1
     assert {"snf_image", "helper", "tasks"} <= set(facts["lib"])
-    assert facts["by_id"] == ["virtio-snf-disk0", "virtio-snf-disk3", "virtio-snf-helper-root",
-                              "virtio-snf-rules"]
+    assert facts["by_id"] == ["virtio-snf-disk0", "virtio-snf-disk3", "virtio-snf-helper-root", "virtio-snf-rules"]
     assert disk.read_bytes().startswith(b"written by jailprobe to snf-disk0\n")
     assert other.read_bytes() == b"\0" * 4096
 
@@ -116,12 +124,15 @@ def test_no_result(probe_dir, probe):
         assert any("exiting PID 1 on purpose" in line for line in log)
 
 
-@pytest.mark.parametrize(("probe", "reason"), [
-    ("garbage", "a line that is not UTF-8 JSON"),
-    ("invalid", "an invalid message"),
-    ("longline", "line longer than 4096 bytes"),
-    ("flood", "lines per second"),
-])
+@pytest.mark.parametrize(
+    ("probe", "reason"),
+    [
+        ("garbage", "a line that is not UTF-8 JSON"),
+        ("invalid", "an invalid message"),
+        ("longline", "line longer than 4096 bytes"),
+        ("flood", "lines per second"),
+    ],
+)
 def test_hostile_progress_kills_the_vm(probe_dir, probe, reason):
     error, _, log, _ = _run(probe_dir, probe)
     assert str(error).startswith("Image customization failed: the helper VM broke the protocol: progress port: ")
@@ -143,8 +154,10 @@ def test_version_mismatch_refused_before_boot(probe_dir, tmp_path):
         (stale / name).symlink_to(probe_dir / name)
     (stale / "version").write_text("0.24.0+0000000000000000\n")
     error, _, log, seconds = _run(stale, "success")
-    assert str(error) == (f"helper image version 0.24.0+0000000000000000 does not match snf-image "
-                          f"{jail.helper_version()}; rebuild it with: snf-image helper build [--code-only]")
+    assert str(error) == (
+        f"helper image version 0.24.0+0000000000000000 does not match snf-image "
+        f"{jail.helper_version()}; rebuild it with: snf-image helper build [--code-only]"
+    )
     assert log == [] and seconds < 5
 
 
@@ -158,16 +171,18 @@ def test_nbd_uri_disk(probe_dir, tmp_path):
     disk = tmp_path / "nbd.img"
     disk.write_bytes(b"\0" * (1 << 20))
     port = _free_port()
-    server = subprocess.Popen(["qemu-nbd", "-f", "raw", "-b", "127.0.0.1", "-p", str(port), "-x", "exp",
-                               "--persistent", str(disk)])
+    server = subprocess.Popen(
+        ["qemu-nbd", "-f", "raw", "-b", "127.0.0.1", "-p", str(port), "-x", "exp", "--persistent", str(disk)]
+    )
     try:
         for _ in range(50):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
-        error, _, log, _ = _run(probe_dir, "success", [jail.JailDisk(f"nbd://127.0.0.1:{port}/exp", 0)],
-                                {"write_disks": ["snf-disk0"]})
+        error, _, log, _ = _run(
+            probe_dir, "success", [jail.JailDisk(f"nbd://127.0.0.1:{port}/exp", 0)], {"write_disks": ["snf-disk0"]}
+        )
         assert error is None, "\n".join(log)
     finally:
         server.terminate()

@@ -63,9 +63,7 @@ def deploy(device: Path, properties: dict[str, str], tmp_path: Path) -> list[dic
     tasks.sort(key=lambda t: (t.task.order, t.name))
     SEEN_MOUNTS.clear()
     try:
-        runner.run(
-            rules_for(properties, size), [device], runner.ProgressReporter(stream), target=target, tasks=tasks
-        )
+        runner.run(rules_for(properties, size), [device], runner.ProgressReporter(stream), target=target, tasks=tasks)
     finally:
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         print("\n".join(json.dumps(line) for line in lines))

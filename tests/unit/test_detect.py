@@ -88,8 +88,14 @@ def put_gpt(img: Image, types: list[tuple[int, str, int, int]]) -> None:
 
 def test_gpt_types_and_numbers() -> None:
     img = Image()
-    put_gpt(img, [(0, detect.GUID_BIOS_BOOT, 34, 2047), (1, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 2048, 9999),
-                  (4, detect.GUID_MS_BASIC_DATA, 10000, 19999)])
+    put_gpt(
+        img,
+        [
+            (0, detect.GUID_BIOS_BOOT, 34, 2047),
+            (1, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 2048, 9999),
+            (4, detect.GUID_MS_BASIC_DATA, 10000, 19999),
+        ],
+    )
     table = detect.parse_table(img.read)
     assert table.label == "gpt"
     assert [(p.number, p.type, p.end) for p in table.partitions] == [
@@ -142,15 +148,22 @@ def test_detect_windows_and_linux_checks() -> None:
 
 
 def test_gpt_candidates() -> None:
-    table = Table("gpt", 512, (
-        Partition(1, 34, 2000, detect.GUID_BIOS_BOOT),
-        Partition(2, 2048, 100, detect.GUID_FREEBSD_UFS),
-        Partition(3, 4096, 100, detect.GUID_MS_BASIC_DATA),
-        Partition(4, 8192, 100, detect.GUID_LINUX_SWAP),
-        Partition(5, 9000, 100, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
-    ))
+    table = Table(
+        "gpt",
+        512,
+        (
+            Partition(1, 34, 2000, detect.GUID_BIOS_BOOT),
+            Partition(2, 2048, 100, detect.GUID_FREEBSD_UFS),
+            Partition(3, 4096, 100, detect.GUID_MS_BASIC_DATA),
+            Partition(4, 8192, 100, detect.GUID_LINUX_SWAP),
+            Partition(5, 9000, 100, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+        ),
+    )
     assert [(p.number, check) for p, _, check in detect.candidates(table)] == [
-        (2, "freebsd"), (3, "windows"), (5, "linux")]
+        (2, "freebsd"),
+        (3, "windows"),
+        (5, "linux"),
+    ]
 
 
 def test_windows_version_is_windows_for_now(tmp_path) -> None:

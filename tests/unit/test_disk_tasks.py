@@ -43,14 +43,20 @@ def test_plan_never_shrinks() -> None:
 
 
 def test_plan_extended_and_logical() -> None:
-    parts = [Part(1, "primary", 2048, 100 * MIB), Part(2, "extended", 100 * MIB + 1, 200 * MIB),
-             Part(5, "logical", 101 * MIB, 200 * MIB)]
+    parts = [
+        Part(1, "primary", 2048, 100 * MIB),
+        Part(2, "extended", 100 * MIB + 1, 200 * MIB),
+        Part(5, "logical", 101 * MIB, 200 * MIB),
+    ]
     assert plan("msdos", LENGTH, 512, parts, None).grow == {5: LIMIT, 2: LIMIT}
 
 
 def test_plan_swap_logical_in_existing_extended() -> None:
-    parts = [Part(1, "primary", 2048, 100 * MIB), Part(2, "extended", 100 * MIB + 1, 200 * MIB),
-             Part(5, "logical", 101 * MIB, 200 * MIB)]
+    parts = [
+        Part(1, "primary", 2048, 100 * MIB),
+        Part(2, "extended", 100 * MIB + 1, 200 * MIB),
+        Part(5, "logical", 101 * MIB, 200 * MIB),
+    ]
     the_plan = plan("msdos", LENGTH, 512, parts, (6, 64))
     swap_start = LIMIT + 1 - 64 * MIB
     assert the_plan.create == [Part(6, "logical", swap_start, LIMIT)]
@@ -134,9 +140,11 @@ def test_ext_header_state() -> None:
 
 
 def test_btrfs_devid() -> None:
-    show = ("Label: none  uuid: 5e0c\n\tTotal devices 2 FS bytes used 144.00KiB\n"
-            "\tdevid    1 size 335.00MiB used 16.00MiB path /dev/vdb2\n"
-            "\tdevid    2 size 1.00GiB used 0.00B path /dev/vdc\n")
+    show = (
+        "Label: none  uuid: 5e0c\n\tTotal devices 2 FS bytes used 144.00KiB\n"
+        "\tdevid    1 size 335.00MiB used 16.00MiB path /dev/vdb2\n"
+        "\tdevid    2 size 1.00GiB used 0.00B path /dev/vdc\n"
+    )
     assert filesystem_resize_mounted.btrfs_devid(show, Path("/dev/vdc")) == "2"
     assert filesystem_resize_mounted.btrfs_devid(show, Path("/dev/vdb2")) == "1"
     assert filesystem_resize_mounted.btrfs_devid(show, Path("/dev/vdd")) is None
@@ -149,8 +157,10 @@ def test_partition_path() -> None:
 
 
 def test_parse_mountinfo() -> None:
-    text = ("36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext4 /dev/vdb1 rw,errors=continue\n"
-            "37 36 0:45 / /mnt/a\\040b/home rw shared:2 - btrfs /dev/vdb2 rw\n")
+    text = (
+        "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext4 /dev/vdb1 rw,errors=continue\n"
+        "37 36 0:45 / /mnt/a\\040b/home rw shared:2 - btrfs /dev/vdb2 rw\n"
+    )
     mounts = disks.parse_mountinfo(text)
     assert [(m.mountpoint, m.fstype, m.source, m.dev) for m in mounts] == [
         (Path("/mnt/a b"), "ext4", "/dev/vdb1", (98, 0)),

@@ -207,14 +207,17 @@ def test_overwrite_replaces_the_task(tmp_path: Path) -> None:
     framework.run_tasks([task], ctx)
     assert ran == []
     assert log.read_text() == "pre-exec AssignHostname\n"
-    assert ("warning", "Task AssignHostname was overwritten by file: `/root/snf-image/helper/"
-            "Overwrite_Task_AssignHostname'") in ctx.reporter.lines
+    assert (
+        "warning",
+        "Task AssignHostname was overwritten by file: `/root/snf-image/helper/Overwrite_Task_AssignHostname'",
+    ) in ctx.reporter.lines
 
 
 def test_overwrite_101_runs_task_then_post_exec(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    write_script(tmp_path, "overwrite_task_AssignHostname",
-                 f'echo "$1" >> {log}\n[ "$1" = pre-exec ] && exit 101\nexit 0\n')
+    write_script(
+        tmp_path, "overwrite_task_AssignHostname", f'echo "$1" >> {log}\n[ "$1" = pre-exec ] && exit 101\nexit 0\n'
+    )
     ctx, ran, task = overridable_ctx(tmp_path)
     framework.run_tasks([task], ctx)
     assert ran == ["AssignHostname"]
@@ -257,8 +260,16 @@ def test_overwrite_symlink_cannot_escape_the_guest(tmp_path: Path) -> None:
 
 
 def rules(props: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {"format": 1, "instance_name": "vm1", "img_format": "diskdump", "properties": props, "nics": [],
-            "disks": [{"index": 0, "serial": "snf-disk0", "size_bytes": 1}], "settings": {}, **extra}
+    return {
+        "format": 1,
+        "instance_name": "vm1",
+        "img_format": "diskdump",
+        "properties": props,
+        "nics": [],
+        "disks": [{"index": 0, "serial": "snf-disk0", "size_bytes": 1}],
+        "settings": {},
+        **extra,
+    }
 
 
 def one_partition(_: Path) -> Any:
@@ -270,9 +281,16 @@ def one_partition(_: Path) -> Any:
 def run_runner(tmp_path: Path, props: dict[str, str], tasks: list[LoadedTask], **kw: Any) -> list[dict[str, Any]]:
     stream = io.StringIO()
     try:
-        runner.run(rules(props, **kw.pop("extra", {})), [Path("/dev/vdb")], runner.ProgressReporter(stream),
-                   tasks=tasks, target=tmp_path, table_reader=one_partition,
-                   detector=kw.pop("detector", lambda dev: ("linux", 1)), **kw)
+        runner.run(
+            rules(props, **kw.pop("extra", {})),
+            [Path("/dev/vdb")],
+            runner.ProgressReporter(stream),
+            tasks=tasks,
+            target=tmp_path,
+            table_reader=one_partition,
+            detector=kw.pop("detector", lambda dev: ("linux", 1)),
+            **kw,
+        )
     finally:
         run_runner.lines = [json.loads(line) for line in stream.getvalue().splitlines()]  # type: ignore[attr-defined]
     return run_runner.lines  # type: ignore[attr-defined]
@@ -282,8 +300,12 @@ def test_runner_exclude_all_tasks(tmp_path: Path) -> None:
     ran: list[str] = []
     lines = run_runner(tmp_path, {"EXCLUDE_ALL_TASKS": "yes"}, [fake("One", 1, ran)])
     assert ran == []
-    assert lines == [{"subtype": "warning", "messages": [
-        "EXCLUDE_ALL_TASKS is set. All configuration tasks were prevented from running."]}]
+    assert lines == [
+        {
+            "subtype": "warning",
+            "messages": ["EXCLUDE_ALL_TASKS is set. All configuration tasks were prevented from running."],
+        }
+    ]
 
 
 def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
@@ -305,8 +327,12 @@ def test_runner_uses_given_properties(tmp_path: Path) -> None:
         raise AssertionError("must not detect")
 
     seen: list[Context] = []
-    run_runner(tmp_path, {"osfamily": "linux", "root_partition": "1"},
-               [LoadedTask(Task(name="Look", order=1), seen.append)], detector=no_detection)
+    run_runner(
+        tmp_path,
+        {"osfamily": "linux", "root_partition": "1"},
+        [LoadedTask(Task(name="Look", order=1), seen.append)],
+        detector=no_detection,
+    )
     assert seen[0].osfamily == "linux"
 
 
@@ -335,8 +361,12 @@ def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:
         raise TaskError("no")
 
     with pytest.raises(TaskError):
-        run_runner(tmp_path, {"OSFAMILY": "linux", "ROOT_PARTITION": "1"},
-                   [LoadedTask(Task(name="Boom", order=1), boom)], on_failure=lambda: calls.append("hook"))
+        run_runner(
+            tmp_path,
+            {"OSFAMILY": "linux", "ROOT_PARTITION": "1"},
+            [LoadedTask(Task(name="Boom", order=1), boom)],
+            on_failure=lambda: calls.append("hook"),
+        )
     assert calls == ["hook"]
 
 
@@ -395,7 +425,8 @@ def test_main_refuses_without_activation_flag(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(runner, "PROGRESS_PORT", str(tmp_path / "progress"))
     assert runner.main() == 1
     assert (tmp_path / "result").read_text() == (
-        "ERROR: snf_image_activate_helper is missing from the kernel command line\n")
+        "ERROR: snf_image_activate_helper is missing from the kernel command line\n"
+    )
     (line,) = (tmp_path / "progress").read_text().splitlines()
     assert json.loads(line)["subtype"] == "error"
 

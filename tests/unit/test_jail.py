@@ -19,8 +19,14 @@ def _channels(tmp: Path, debug: bool = False) -> jail.Channels:
 def _cmd(tmp_path: Path, **kwargs) -> list[str]:
     config = jail.HelperConfig(helper_dir=Path("/h"), **kwargs.pop("config", {}))
     disks = kwargs.pop("disks", [jail.JailDisk("/dev/sdz", 0), jail.JailDisk("/srv/disk1.img", 1)])
-    return jail.build_qemu_command(config, kwargs.pop("accel", "tcg"), disks, Path("/w/rules.img"),
-                                   _channels(Path("/w"), kwargs.pop("debug_channel", False)), **kwargs)
+    return jail.build_qemu_command(
+        config,
+        kwargs.pop("accel", "tcg"),
+        disks,
+        Path("/w/rules.img"),
+        _channels(Path("/w"), kwargs.pop("debug_channel", False)),
+        **kwargs,
+    )
 
 
 def _values(cmd: list[str], option: str) -> list[str]:
@@ -70,8 +76,9 @@ def test_disks_by_serial_raw_and_readonly_root(tmp_path):
     drives = _values(cmd, "-drive")
     devices = _values(cmd, "-device")
     assert all("format=raw" in d for d in drives)
-    assert drives[0] == ("if=none,id=helper-root,format=raw,file.driver=file,file.filename=/h/image,"
-                         "cache=writeback,readonly=on")
+    assert drives[0] == (
+        "if=none,id=helper-root,format=raw,file.driver=file,file.filename=/h/image,cache=writeback,readonly=on"
+    )
     assert drives[1].startswith("if=none,id=rules,format=raw,file.driver=file,file.filename=/w/rules.img,")
     assert drives[1].endswith("readonly=on")
     assert "file.driver=host_device,file.filename=/dev/sdz" in drives[2]
@@ -86,15 +93,16 @@ def test_disks_by_serial_raw_and_readonly_root(tmp_path):
 
 
 def test_uri_passed_as_is_and_commas_escaped(tmp_path):
-    cmd = _cmd(tmp_path, disks=[jail.JailDisk("nbd://127.0.0.1:10809/exp", 0),
-                                jail.JailDisk("/srv/a,b.img", 3, readonly=True)])
+    cmd = _cmd(
+        tmp_path, disks=[jail.JailDisk("nbd://127.0.0.1:10809/exp", 0), jail.JailDisk("/srv/a,b.img", 3, readonly=True)]
+    )
     drives = _values(cmd, "-drive")
     assert "format=raw,file=nbd://127.0.0.1:10809/exp," in drives[2]
     assert "file.filename=/srv/a,,b.img," in drives[3] and drives[3].endswith("readonly=on")
     assert "serial=snf-disk3" in _values(cmd, "-device")[3]
 
 
-@pytest.mark.parametrize("bad", ["json:{\"driver\":\"file\"}", "relative.img", "http://x/y", "file:/etc/passwd"])
+@pytest.mark.parametrize("bad", ['json:{"driver":"file"}', "relative.img", "http://x/y", "file:/etc/passwd"])
 def test_refuses_guessable_disks(tmp_path, bad):
     with pytest.raises(HelperError, match="unsupported disk"):
         _cmd(tmp_path, disks=[jail.JailDisk(bad, 0)])
@@ -131,22 +139,27 @@ def _feed(lines: list[bytes]) -> list[dict]:
 
 
 def test_progress_valid_lines_become_helper_messages():
-    got = _feed([b'{"subtype":"task-start","task":"FixPartitionTable"}\r\n', b"\n",
-                 b'{"subtype":"warning","messages":["a"]}'])
+    got = _feed(
+        [b'{"subtype":"task-start","task":"FixPartitionTable"}\r\n', b"\n", b'{"subtype":"warning","messages":["a"]}']
+    )
     assert [m["subtype"] for m in got] == ["task-start", "warning"]
     assert all(m["type"] == constants.MSG_HELPER and isinstance(m["timestamp"], float) for m in got)
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b"not json\n", "not UTF-8 JSON"),
-    (b"[1]\n", "not a JSON object"),
-    (b'{"subtype":"task-start","task":"../x"}\n', "invalid message"),
-    (b'{"subtype":"bogus"}\n', "invalid message"),
-    (b"\xff\xfe\n", "not UTF-8 JSON"),
-    (b"{" + b" " * constants.HELPER_MAX_LINE + b"}\n", "longer than"),
-    (b" " * (constants.HELPER_MAX_LINE + 1), "longer than"),
-    (b'{"subtype":"task-end","task":"A"}\n' * (constants.HELPER_MAX_LINES_PER_SECOND + 1), "per second"),
-], ids=["garbage", "array", "bad-task", "bad-subtype", "not-utf8", "long-line", "long-partial", "rate"])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"not json\n", "not UTF-8 JSON"),
+        (b"[1]\n", "not a JSON object"),
+        (b'{"subtype":"task-start","task":"../x"}\n', "invalid message"),
+        (b'{"subtype":"bogus"}\n', "invalid message"),
+        (b"\xff\xfe\n", "not UTF-8 JSON"),
+        (b"{" + b" " * constants.HELPER_MAX_LINE + b"}\n", "longer than"),
+        (b" " * (constants.HELPER_MAX_LINE + 1), "longer than"),
+        (b'{"subtype":"task-end","task":"A"}\n' * (constants.HELPER_MAX_LINES_PER_SECOND + 1), "per second"),
+    ],
+    ids=["garbage", "array", "bad-task", "bad-subtype", "not-utf8", "long-line", "long-partial", "rate"],
+)
 def test_progress_violations(data, reason):
     """Each hostile input is refused with a reason (ids kept short: the data can be long)."""
     with pytest.raises(jail.ProtocolViolation, match=reason):
@@ -181,8 +194,11 @@ def test_version_mismatch_refused(tmp_path):
     for name in ("image", "kernel", "initrd"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "version").write_text("0.0.1+deadbeef\n")
-    with pytest.raises(HelperError, match=r"helper image version 0\.0\.1\+deadbeef does not match snf-image "
-                       r".*rebuild it with: snf-image helper build \[--code-only\]"):
+    with pytest.raises(
+        HelperError,
+        match=r"helper image version 0\.0\.1\+deadbeef does not match snf-image "
+        r".*rebuild it with: snf-image helper build \[--code-only\]",
+    ):
         jail.check_helper_dir(tmp_path)
     (tmp_path / "version").unlink()
     with pytest.raises(HelperError, match="missing"):
@@ -223,8 +239,11 @@ def test_sigterm_ignored_then_sigkill(tmp_path):
     config.soft_timeout, config.hard_timeout = 0.5, 0.5
     log: list[str] = []
     start = time.monotonic()
-    with pytest.raises(HelperError, match=r"^Image customization failed: the helper VM did not finish on time "
-                       r"\(0\.5 s\)$"):
+    with pytest.raises(
+        HelperError,
+        match=r"^Image customization failed: the helper VM did not finish on time "
+        r"\(0\.5 s\)$",
+    ):
         jail.run_helper(config, [], b"{}", print, log.append)
     assert time.monotonic() - start < 5
     assert any("sending SIGKILL" in line for line in log)
@@ -233,7 +252,10 @@ def test_sigterm_ignored_then_sigkill(tmp_path):
 def test_qemu_dies(tmp_path):
     config = _fake_qemu(tmp_path, "print('qemu: cannot set up guest memory', flush=True)\nsys.exit(3)\n")
     log: list[str] = []
-    with pytest.raises(HelperError, match=r"^Image customization failed: the helper VM died unexpectedly "
-                       r"\(exit code 3\)$"):
+    with pytest.raises(
+        HelperError,
+        match=r"^Image customization failed: the helper VM died unexpectedly "
+        r"\(exit code 3\)$",
+    ):
         jail.run_helper(config, [], b"{}", print, log.append)
     assert "QEMU: qemu: cannot set up guest memory" in log
