@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import disklabel, disks, fsutil, registry
-from .framework import CommandError, TaskError
+from .commands import CommandError, TaskError
 
 log = logging.getLogger(__name__)
 

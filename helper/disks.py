@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .framework import CommandError, TaskError, run_command
+from .commands import CommandError, TaskError, run_command
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,17 @@ import importlib
 import logging
 import os
 import pkgutil
-import shlex
 import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
 from snf_image.constants import OSFAMILIES
-from snf_image.errors import ImageError
 
-from . import fsutil
+from . import disks, fsutil
+from .commands import CommandError, TaskError, run_command
 from .properties import Properties
 
 log = logging.getLogger(__name__)
@@ -51,18 +50,6 @@ OVERWRITE_DIR = "/root/snf-image/helper"
 OVERWRITE_PREFIX = "overwrite_task_"
 OVERWRITE_RUN_TASK = 101  # the script's "now run the original task" exit code
 OVERWRITE_TIMEOUT = 600
-
-
-class TaskError(ImageError):
-    """A task failed; the message is the one-line reason the operator reads."""
-
-
-class CommandError(TaskError):
-    """An external command failed; carries its output for the console log."""
-
-    def __init__(self, message: str, output: str = "") -> None:
-        super().__init__(message)
-        self.output = output
 
 
 @dataclass(frozen=True)
@@ -111,48 +98,6 @@ class Reporter(Protocol):
     def error(self, message: str) -> None: ...
 
 
-def run_command(
-    argv: Sequence[str | os.PathLike[str]],
-    *,
-    check: bool = True,
-    input: str | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a command, log it and its output to the console, return its result.
-
-    The one way the jail runs programs: an argument list (never a shell
-    string), output captured as text. With ``check`` a non-zero exit raises
-    :class:`CommandError` whose message names the command and the last
-    line of its error output.
-    """
-    args = [os.fspath(a) for a in argv]
-    log.info("+ %s", shlex.join(args))
-    try:
-        proc = subprocess.run(
-            args,
-            input=input,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            env=None if env is None else dict(env),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(f"command not found: {args[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"{shlex.join(args)} did not finish in {timeout} s") from exc
-    output = (proc.stdout or "") + (proc.stderr or "")
-    for line in output.splitlines():
-        log.info("  %s", line)
-    if check and proc.returncode != 0:
-        last = next((ln.strip() for ln in reversed((proc.stderr or proc.stdout or "").splitlines()) if ln.strip()), "")
-        detail = f": {last}" if last else ""
-        raise CommandError(f"{Path(args[0]).name} failed with exit code {proc.returncode}{detail}", output)
-    return proc
-
-
 @dataclass
 class Context:
     """Everything a task may use; tasks read nothing else (no environment, no globals).
@@ -188,8 +133,6 @@ class Context:
 
     def partition(self, number: int) -> Path:
         """The device node of partition ``number`` of the deployed disk (created if udev is absent)."""
-        from . import disks  # disks imports this module
-
         return disks.partition_device(self.device, number)
 
     def warning(self, message: str) -> None:

@@ -50,7 +50,8 @@ from snf_image.constants import (
 from snf_image.errors import SnfImageError
 
 from . import detect, disks, framework
-from .framework import Context, LoadedTask, TaskError
+from .commands import CommandError, TaskError
+from .framework import Context, LoadedTask
 from .properties import Properties
 
 log = logging.getLogger("helper")
@@ -306,7 +307,7 @@ def main() -> int:
         run(rules, find_disks(rules), reporter, on_failure=debug_shell if debug else None)
     except SnfImageError as exc:
         log.error("ERROR: %s", exc)
-        if isinstance(exc, framework.CommandError) and exc.output:
+        if isinstance(exc, CommandError) and exc.output:
             log.error("%s", exc.output)
         reporter.error(str(exc))
         result.write(f"{RESULT_ERROR_PREFIX} {one_line(str(exc))}\n")

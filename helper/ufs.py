@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from .framework import TaskError
+from .commands import TaskError
 
 UFS1_SBLOCK = 8192
 UFS2_SBLOCK = 65536

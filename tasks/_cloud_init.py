@@ -39,7 +39,8 @@ from typing import Any
 import yaml
 
 from helper import fsutil
-from helper.framework import Context, TaskError
+from helper.commands import TaskError
+from helper.framework import Context
 
 from . import _unix
 from ._network import NicPlan, network_config_v2

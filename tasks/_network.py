@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 
 from ._unix import join_lines, newline_of, split_lines
 

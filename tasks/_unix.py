@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from helper import fsutil
-from helper.framework import TaskError
+from helper.commands import TaskError
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from helper import disks, fsutil, registry
-from helper.framework import Context, TaskError
+from helper.commands import TaskError
+from helper.framework import Context
 
 from . import _unix
 

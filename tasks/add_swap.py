@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from helper import disks, fsutil
-from helper.framework import LINUX, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import LINUX, Context, Task
 
 from . import _unix
 from .fix_partition_table import SWAP_RE

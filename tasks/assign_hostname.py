@@ -39,7 +39,8 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from helper import fsutil
-from helper.framework import UNIX, WINDOWS, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import UNIX, WINDOWS, Context, Task
 
 from . import _bsd, _unix, _windows
 

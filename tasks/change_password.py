@@ -54,7 +54,8 @@ from passlib import hash as passlib_hash
 from passlib.exc import MissingBackendError
 
 from helper import fsutil
-from helper.framework import UNIX, WINDOWS, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import UNIX, WINDOWS, Context, Task
 
 from . import _bsd, _unix, _windows
 

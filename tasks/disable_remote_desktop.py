@@ -11,7 +11,8 @@ original turned Remote Desktop on in that case).
 from __future__ import annotations
 
 from helper import registry
-from helper.framework import WINDOWS, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import WINDOWS, Context, Task
 
 from . import _windows as w
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from helper.framework import UNIX, WINDOWS, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import UNIX, WINDOWS, Context, Task
 
 from . import _unix, _windows
 

@@ -14,7 +14,8 @@ Properties: OFFLINE_NTFSRESIZE, OFFLINE_NTFSRESIZE_NOCHECK.
 from __future__ import annotations
 
 from helper import disks
-from helper.framework import WINDOWS, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import WINDOWS, Context, Task
 
 from . import _windows as w
 

@@ -18,7 +18,8 @@ import logging
 import re
 
 from helper import disks, ufs
-from helper.framework import ALL, BSD, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import ALL, BSD, Context, Task
 
 TASK = Task(
     name="FilesystemResizeUnmounted",

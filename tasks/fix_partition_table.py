@@ -35,7 +35,8 @@ from pathlib import Path
 import parted
 
 from helper import detect, disklabel, disks, ufs
-from helper.framework import ALL, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import ALL, Context, Task
 
 TASK = Task(
     name="FixPartitionTable",

@@ -32,7 +32,8 @@ import binascii
 import logging
 import uuid
 
-from helper.framework import UNIX, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import UNIX, Context, Task
 
 from . import _cloud_init, _unix, configure_network
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 from pathlib import PureWindowsPath
 
 from helper import registry
-from helper.framework import WINDOWS, Context, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import WINDOWS, Context, Task
 
 from . import _windows as w
 

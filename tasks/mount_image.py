@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helper import detect, disks, fsutil, ufs
-from helper.framework import ALL, BSD, WINDOWS, CommandError, Context, Task, TaskError
+from helper.commands import CommandError, TaskError
+from helper.framework import ALL, BSD, WINDOWS, Context, Task
 
 from . import _windows
 

@@ -22,7 +22,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from helper.framework import ALL, CommandError, Context, Task, TaskError, overwrite_env
+from helper.commands import CommandError, TaskError
+from helper.framework import ALL, Context, Task, overwrite_env
 
 TASK = Task(
     name="RunCustomTask",

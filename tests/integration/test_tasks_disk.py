@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from helper import disks, framework, fsutil, runner
-from helper.framework import Context, LoadedTask, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import Context, LoadedTask, Task
 from tests.loopdev import attach, grow, make_image, mounted, sh
 
 MiB = 1024 * 1024

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from helper import detect
+from helper.commands import TaskError
 from helper.detect import Partition, Table
-from helper.framework import TaskError
 
 SECTOR = 512
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helper import disks, fsutil
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import filesystem_resize_mounted, filesystem_resize_unmounted, mount_image
 from tasks.fix_partition_table import Part, parse_swap, plan
 

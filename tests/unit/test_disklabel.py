@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from helper import detect, disklabel
+from helper.commands import TaskError
 from helper.disklabel import FS_BSDFFS, FS_SWAP, FS_UNUSED, LabelError
-from helper.framework import TaskError
 from tests.unit.test_detect import Image, put_mbr
 
 GIB = 2 * 1024 * 1024  # sectors

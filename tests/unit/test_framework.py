@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from helper import framework, runner
-from helper.framework import ALL, LINUX, WINDOWS, Context, LoadedTask, Task, TaskError
+from helper.commands import TaskError
+from helper.framework import ALL, LINUX, WINDOWS, Context, LoadedTask, Task
 from helper.properties import Properties
 from snf_image import schemas
 

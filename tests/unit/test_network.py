@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import _network
 from tasks._network import NicPlan, plan_nics
 

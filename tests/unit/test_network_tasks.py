@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from helper.framework import Context, TaskError
+from helper.commands import TaskError
+from helper.framework import Context
 from helper.properties import Properties
 from tasks import _cloud_init, configure_network, initialize_datasource
 

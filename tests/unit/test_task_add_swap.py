@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helper import disks
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import add_swap
 from tests.fakeguest import make_ctx, make_guest
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import assign_hostname as ah
 from tests.fakeguest import HOSTS, make_ctx, make_guest, warnings
 

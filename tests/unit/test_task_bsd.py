@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from passlib import hash as passlib_hash
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import (
     _bsd,
     assign_hostname,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from passlib.hash import bcrypt, md5_crypt, sha1_crypt, sha256_crypt, sha512_crypt
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import change_password as cp
 from tasks._unix import User
 from tests.fakeguest import make_ctx, make_guest, warnings

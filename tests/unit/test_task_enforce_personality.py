@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import enforce_personality as ep
 from tests.fakeguest import make_ctx, make_guest, warnings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import run_custom_task as rc
 from tests.fakeguest import make_ctx, make_guest, warnings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helper.framework import TaskError
+from helper.commands import TaskError
 from tasks import _unix
 from tests.fakeguest import make_guest
 

@@ -14,7 +14,7 @@ import pytest
 from lxml import etree
 
 from helper import detect, registry
-from helper.framework import TaskError
+from helper.commands import TaskError
 from snf_image import windows as host_windows
 from snf_image.errors import OperatorError
 from tasks import _windows as w
