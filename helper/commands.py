@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from snf_image.errors import ImageError
+from snf_image.contract.errors import ImageError
 
 log = logging.getLogger(__name__)
 

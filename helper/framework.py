@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from snf_image.constants import OSFAMILIES
+from snf_image.contract.constants import OSFAMILIES
 
 from . import disks, fsutil
 from .commands import CommandError, TaskError, run_command

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from snf_image.constants import (
+from snf_image.contract.constants import (
     CMDLINE_ACTIVATE,
     CMDLINE_DEBUG,
     HELPER_ERROR,
@@ -47,7 +47,7 @@ from snf_image.constants import (
     TTY_PROGRESS,
     TTY_RESULT,
 )
-from snf_image.errors import SnfImageError
+from snf_image.contract.errors import SnfImageError
 
 from . import detect, disks, framework
 from .commands import CommandError, TaskError

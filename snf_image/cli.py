@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import __version__, deploy
-from .constants import HELPER_TASK_END, HELPER_TASK_START, IMAGE_FORMATS, MSG_COPY_PROGRESS, MSG_ERROR, MSG_HELPER
+from .contract.constants import (
+    HELPER_TASK_END,
+    HELPER_TASK_START,
+    IMAGE_FORMATS,
+    MSG_COPY_PROGRESS,
+    MSG_ERROR,
+    MSG_HELPER,
+)
 from .errors import OperatorError, SnfImageError
 from .ganeti import parse_environment
 from .oscripts import setup_logging

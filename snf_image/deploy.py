@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from . import formats, params, windows
-from .constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
+from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
 from .copy import HashingStream, copy_stream, verify_checksum
 from .errors import ImageError, OperatorError
 from .ganeti import Instance

@@ -1,20 +1,16 @@
-"""The few exception classes whose message is what the operator reads.
+"""The host's exception classes; the base ones are the contract's (shared with the jail).
 
 Anything else escaping to an entry point is a bug: it is logged with a
 traceback and reported as an internal error.
 """
 
+from .contract.errors import ImageError, SnfImageError
 
-class SnfImageError(Exception):
-    """Base class: the message is a one-line, user-facing reason."""
+__all__ = ["HelperError", "ImageError", "OperatorError", "SnfImageError", "SourceError"]
 
 
 class OperatorError(SnfImageError):
     """The operator (or Ganeti) gave us something wrong: a parameter, a setting, the environment."""
-
-
-class ImageError(SnfImageError):
-    """The image itself is bad: wrong format, too large, unreadable, corrupt."""
 
 
 class SourceError(SnfImageError):

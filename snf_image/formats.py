@@ -29,7 +29,7 @@ from pathlib import Path
 import magic
 import parted
 
-from .constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP, FORMAT_NTFSDUMP
+from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP, FORMAT_NTFSDUMP
 from .errors import ImageError
 from .sources.base import ImageStream
 

@@ -42,7 +42,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from snf_image import __version__, constants, schemas
+from snf_image import __version__, schemas
+from snf_image.contract import constants
 from snf_image.errors import HelperError
 
 #: Our packages that make up the jail's code layer, and the other files in it.

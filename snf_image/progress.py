@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import schemas
-from .constants import MSG_COPY_PROGRESS, MSG_ERROR, MSG_HELPER, MSG_INFO
+from .contract.constants import MSG_COPY_PROGRESS, MSG_ERROR, MSG_HELPER, MSG_INFO
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from snf_image import constants, schemas
+from snf_image import schemas
+from snf_image.contract import constants
 from tests.ganeti import (
     COMMON_ADD_ARGS,
     EXPORT_DIR,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from snf_image import constants, jail
+from snf_image import jail
+from snf_image.contract import constants
 from snf_image.errors import HelperError
 from tests.helpervm import ensure_helper, probe_helper_dir
 

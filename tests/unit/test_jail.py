@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from snf_image import constants, jail
+from snf_image import jail
+from snf_image.contract import constants
 from snf_image.errors import HelperError
 
 

@@ -1,7 +1,6 @@
 """Names of the contracts shared by the host and the jail, defined once.
 
-The host (snf_image) and the jail (helper, tasks) both import this module:
-the jail's code layer carries the snf_image package too.
+The host (snf_image) and the jail (helper, tasks) both import this module.
 """
 
 # Progress message types (the seed's JSON shapes).
