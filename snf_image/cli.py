@@ -164,11 +164,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_helper_build(args: argparse.Namespace) -> int:
-    from helper import build
+    from . import helperimage
 
     settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
     helper_dir = args.helper_dir or settings.helper_dir
-    build.build(helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
+    helperimage.build(helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
     print(f"helper image ready in {helper_dir}")
     return 0
 

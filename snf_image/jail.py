@@ -27,8 +27,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -42,14 +40,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from snf_image import __version__, schemas
+from snf_image import schemas
 from snf_image.contract import constants
 from snf_image.errors import HelperError
-
-#: Our packages that make up the jail's code layer, and the other files in it.
-CODE_PACKAGES = ("snf_image", "helper", "tasks")
-CODE_SUFFIXES = (".py", ".json")
-CODE_EXTRA = ("helper/init",)
+from snf_image.helperimage.codelayer import helper_version
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 DEFAULT_RUNNER = "helper.runner"
@@ -63,43 +57,6 @@ CONSOLE_MAX_LINE = 1024
 CONSOLE_MAX_LINES = 20000
 CONSOLE_TAIL = 20
 ERROR_MAX_CHARS = 512
-
-
-# --------------------------------------------------------------------------- version
-
-
-def code_layer_files() -> list[tuple[str, Path]]:
-    """(path inside the code layer, source file) for every file of the code layer, sorted.
-
-    The installed packages are what counts, so a host whose code changed
-    refuses a helper built from older code.
-    """
-    files: dict[str, Path] = {}
-    for package in CODE_PACKAGES:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise HelperError(f"cannot find the {package} package to build the helper's code layer")
-        top = Path(next(iter(spec.submodule_search_locations)))
-        for path in top.rglob("*"):
-            if path.is_file() and path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
-                files[f"{package}/{path.relative_to(top).as_posix()}"] = path
-    for rel in CODE_EXTRA:
-        package, _, name = rel.partition("/")
-        spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.submodule_search_locations
-        files[rel] = Path(next(iter(spec.submodule_search_locations))) / name
-    return sorted(files.items())
-
-
-@functools.cache
-def helper_version() -> str:
-    """The helper version this code needs: ``<__version__>+<hash of the code layer>``."""
-    digest = hashlib.sha256()
-    for rel, path in code_layer_files():
-        data = path.read_bytes()
-        digest.update(f"{rel}\0{len(data)}\0".encode())
-        digest.update(data)
-    return f"{__version__}+{digest.hexdigest()[:16]}"
 
 
 def check_helper_dir(helper_dir: Path) -> None:

@@ -12,7 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from helper import build
+from snf_image import helperimage
+from snf_image.helperimage.cpio import Cpio
+from snf_image.helperimage.initrd import INITRD_LIB
 
 CACHE = Path(os.environ.get("SNF_IMAGE_TEST_CACHE", "/var/cache/snf-image-tests"))
 
@@ -27,7 +29,7 @@ def ensure_helper(kernel: str = "debian") -> Path:
     helper_dir = CACHE / ("helper" if kernel == "debian" else f"helper-{kernel}")
     with open(CACHE / "helper.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        build.build(helper_dir, CACHE / "helper-build", kernel=kernel)
+        helperimage.build(helper_dir, CACHE / "helper-build", kernel=kernel)
     return helper_dir
 
 
@@ -40,9 +42,9 @@ def probe_helper_dir(helper_dir: Path, target: Path, modules: dict[str, Path]) -
     target.mkdir(parents=True, exist_ok=True)
     for name in ("image", "kernel", "packages", "version"):
         (target / name).symlink_to(helper_dir / name)
-    extra = build.Cpio()
+    extra = Cpio()
     for name, source in modules.items():
-        extra.file(f"{build.INITRD_LIB}/{name}.py", source.read_bytes())
+        extra.file(f"{INITRD_LIB}/{name}.py", source.read_bytes())
     shutil.copyfile(helper_dir / "initrd", target / "initrd")
     with open(target / "initrd", "ab") as f:
         f.write(extra.getvalue())

@@ -21,6 +21,7 @@ import pytest
 from snf_image import jail
 from snf_image.contract import constants
 from snf_image.errors import HelperError
+from snf_image.helperimage.codelayer import helper_version
 from tests.helpervm import ensure_helper, probe_helper_dir
 
 pytestmark = pytest.mark.vm
@@ -157,7 +158,7 @@ def test_version_mismatch_refused_before_boot(probe_dir, tmp_path):
     error, _, log, seconds = _run(stale, "success")
     assert str(error) == (
         f"helper image version 0.24.0+0000000000000000 does not match snf-image "
-        f"{jail.helper_version()}; rebuild it with: snf-image helper build [--code-only]"
+        f"{helper_version()}; rebuild it with: snf-image helper build [--code-only]"
     )
     assert log == [] and seconds < 5
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from helper import build
+from snf_image import helperimage
+from snf_image.helperimage import kernel as build
 
 
 def test_fragment_of_the_repository_names_what_the_jail_needs() -> None:
@@ -52,4 +53,4 @@ def test_kernel_key_follows_config_and_source() -> None:
 
 def test_unknown_kernel_flavour(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="kernel must be one of"):
-        build.build(tmp_path / "h", tmp_path / "c", kernel="vanilla")
+        helperimage.build(tmp_path / "h", tmp_path / "c", kernel="vanilla")

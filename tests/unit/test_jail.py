@@ -11,6 +11,7 @@ import pytest
 from snf_image import jail
 from snf_image.contract import constants
 from snf_image.errors import HelperError
+from snf_image.helperimage.codelayer import code_layer_files, helper_version
 
 
 def _channels(tmp: Path, debug: bool = False) -> jail.Channels:
@@ -183,11 +184,13 @@ def test_sanitize():
 
 
 def test_helper_version_is_stable_and_tracks_code():
-    version = jail.helper_version()
+    version = helper_version()
     assert version.startswith(__import__("snf_image").__version__ + "+")
-    names = [rel for rel, _ in jail.code_layer_files()]
-    assert "helper/init" in names and "snf_image/jail.py" in names
-    assert "snf_image/schemas/progress.schema.json" in names
+    names = [rel for rel, _ in code_layer_files()]
+    assert "helper/init" in names and "helper/runner.py" in names and "snf_image/contract/constants.py" in names
+    # the jail gets the contract and nothing else of the host (no sources, no HTTP client, no launcher)
+    host = [n for n in names if n.startswith("snf_image/") and not n.startswith("snf_image/contract/")]
+    assert host == ["snf_image/__init__.py"]
     assert not any("__pycache__" in n for n in names)
 
 
@@ -209,7 +212,7 @@ def test_version_mismatch_refused(tmp_path):
 def test_run_helper_validates_before_booting(tmp_path):
     for name in ("image", "kernel", "initrd"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "version").write_text(jail.helper_version())
+    (tmp_path / "version").write_text(helper_version())
     config = jail.HelperConfig(helper_dir=tmp_path, accel="tcg", qemu="/nonexistent/qemu")
     rules = json.dumps({}).encode()
     with pytest.raises(HelperError, match="rules"):
@@ -227,7 +230,7 @@ def _fake_qemu(tmp_path: Path, body: str) -> jail.HelperConfig:
     """A helper dir that passes the checks and a stand-in for qemu (a Python script)."""
     for name in ("image", "kernel", "initrd"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "version").write_text(jail.helper_version())
+    (tmp_path / "version").write_text(helper_version())
     qemu = tmp_path / "fake-qemu"
     header = '#!/usr/bin/python3\nimport signal, sys, time\nif sys.argv[1:] == ["-help"]:\n    sys.exit(0)\n'
     qemu.write_text(header + body)

@@ -1,0 +1,151 @@
+"""Build the helper VM ("jail") image: rootfs image, kernel, initrd, package list, version stamp.
+
+Layout of HELPER_DIR after a build::
+
+    image        ext4 root filesystem (made with ``mke2fs -d``, never mounted on the host),
+                 attached read-only with serial ``snf-helper-root``
+    kernel       the Debian cloud kernel from the rootfs (``--kernel debian``, the default), or
+                 our own build of Debian's linux-source from ``kernel.config``
+                 (``--kernel custom``: the only one that writes UFS, see .kernel)
+    initrd-base  newc cpio: busybox-static, /dev/console, the few kernel modules needed to
+                 find and mount the root disk (none with the custom kernel: all built in)
+    initrd       initrd-base followed by the code layer cpio (what qemu boots)
+    packages     ``dpkg-query -W`` of the rootfs
+    version      snf_image.__version__ + hash of the code layer (see snf_image.helperimage.codelayer.helper_version)
+
+Parts: :mod:`.rootfs` (debootstrap, cached by key, and the ext4 image),
+:mod:`.kernel` (the helper's own kernel), :mod:`.initrd` (the busybox base and
+the code layer), :mod:`.codelayer` (what the jail's code is and its version).
+A code change rebuilds only the code layer (``--code-only``), never the rootfs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import kernel as custom_kernel
+from .codelayer import helper_version
+from .initrd import build_code_layer, build_initrd_base
+from .kernel import KERNEL_FLAVOURS
+from .log import log
+from .rootfs import build_root_image, ensure_rootfs, kernel_release, read_package_list, rootfs_key
+
+DEFAULT_HELPER_DIR = Path("/var/lib/snf-image/helper")
+DEFAULT_CACHE_DIR = Path("/var/cache/snf-image/helper-build")
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+def base_key(packages: Iterable[str], kernel: str = "debian") -> str:
+    """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used."""
+    key = rootfs_key(packages)
+    if kernel == "custom":
+        key += "+kernel-" + custom_kernel.kernel_key(
+            custom_kernel.source_version(), custom_kernel.KERNEL_CONFIG.read_text("utf-8")
+        )
+    return key
+
+
+def build(
+    helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = "debian"
+) -> bool:
+    """Bring ``helper_dir`` up to date; return True if anything was rebuilt.
+
+    Idempotent: with nothing changed it only hashes the code. ``code_only`` never
+    runs debootstrap: it needs a previous full build in ``helper_dir``. ``kernel``
+    is ``debian`` (the rootfs' cloud kernel) or ``custom`` (see the module docstring).
+    """
+    if kernel not in KERNEL_FLAVOURS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNEL_FLAVOURS)}, not {kernel!r}")
+    helper_dir = Path(helper_dir)
+    cache_dir = Path(cache_dir)
+    version = helper_version()
+    packages = read_package_list()
+    key = base_key(packages, kernel)
+    base_stamp = helper_dir / ".base-key"
+    base_files = [helper_dir / n for n in ("image", "kernel", "initrd-base", "packages")]
+    base_ok = base_stamp.exists() and all(p.exists() for p in base_files)
+    base_current = base_ok and base_stamp.read_text().strip() == key
+    version_file = helper_dir / "version"
+    initrd = helper_dir / "initrd"
+    current = version_file.exists() and version_file.read_text().strip() == version and initrd.exists()
+
+    if code_only:
+        if not base_ok:
+            raise SystemExit(f"no helper base image in {helper_dir}: run a full build first")
+        if current and not force:
+            log(f"{helper_dir} is up to date ({version})")
+            return False
+    elif base_current and current and not force:
+        log(f"{helper_dir} is up to date ({version})")
+        return False
+
+    helper_dir.mkdir(parents=True, exist_ok=True)
+    if not code_only and (force or not base_current):
+        root = ensure_rootfs(cache_dir, packages, force=force)
+        version_file.unlink(missing_ok=True)  # a half-updated dir must not look current
+        start = time.monotonic()
+        build_root_image(root, helper_dir / "image")
+        log(f"root image built in {time.monotonic() - start:.1f} s")
+        custom_release = None
+        if kernel == "custom":
+            built = custom_kernel.ensure_custom_kernel(cache_dir, force=force)
+            kernel_file = built / "bzImage"
+            custom_release = (built / "release").read_text().strip()
+        else:
+            kernel_file = root / "boot" / f"vmlinuz-{kernel_release(root)}"
+        shutil.copyfile(kernel_file, helper_dir / "kernel.tmp")
+        (helper_dir / "kernel.tmp").rename(helper_dir / "kernel")
+        _write(helper_dir / "initrd-base", build_initrd_base(root, custom_release))
+        listing = subprocess.run(
+            ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        _write(helper_dir / "packages", listing)
+        _write(base_stamp, key + "\n")
+
+    start = time.monotonic()
+    _write(initrd, (helper_dir / "initrd-base").read_bytes() + build_code_layer())
+    _write(version_file, version + "\n")
+    log(f"code layer built in {time.monotonic() - start:.2f} s; {helper_dir} is at {version}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m snf_image.helperimage``: build or update the helper image."""
+    parser = argparse.ArgumentParser(prog="snf_image.helperimage", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--helper-dir", type=Path, default=DEFAULT_HELPER_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--code-only", action="store_true", help="rebuild only the code layer")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--kernel",
+        choices=KERNEL_FLAVOURS,
+        default="debian",
+        help="debian: the rootfs' cloud kernel; custom: our own, writes UFS [%(default)s]",
+    )
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    build(args.helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
+    log(f"done in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
