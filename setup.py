@@ -21,7 +21,10 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
     packages=find_packages(include=["snf_image", "snf_image.*", "helper", "helper.*", "tasks", "tasks.*"]),
-    package_data={"snf_image": ["schemas/*.json", "data/*", "helperimage/packages.list", "helperimage/kernel.config"], "helper": ["init"]},
+    package_data={
+        "snf_image": ["schemas/*.json", "data/*", "helperimage/packages.list", "helperimage/kernel.config"],
+        "helper": ["init"],
+    },
     install_requires=["requests", "jsonschema>=4.10", "python-magic", "PyYAML", "passlib", "pyparted", "zstandard"],
     entry_points={"console_scripts": ["snf-image = snf_image.cli:main"]},
 )

@@ -12,16 +12,19 @@ from snf_image import jail
 from snf_image.contract import constants
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import code_layer_files, helper_version
+from snf_image.jail import channels
+from snf_image.jail.command import build_qemu_command
+from snf_image.jail.config import Channels
 
 
-def _channels(tmp: Path, debug: bool = False) -> jail.Channels:
-    return jail.Channels(tmp / "console", tmp / "result", tmp / "progress", tmp / "debug.sock" if debug else None)
+def _channels(tmp: Path, debug: bool = False) -> Channels:
+    return Channels(tmp / "console", tmp / "result", tmp / "progress", tmp / "debug.sock" if debug else None)
 
 
 def _cmd(tmp_path: Path, **kwargs) -> list[str]:
     config = jail.HelperConfig(helper_dir=Path("/h"), **kwargs.pop("config", {}))
     disks = kwargs.pop("disks", [jail.JailDisk("/dev/sdz", 0), jail.JailDisk("/srv/disk1.img", 1)])
-    return jail.build_qemu_command(
+    return build_qemu_command(
         config,
         kwargs.pop("accel", "tcg"),
         disks,
@@ -134,7 +137,7 @@ def test_runner_override_and_probe(tmp_path):
 
 def _feed(lines: list[bytes]) -> list[dict]:
     got: list[dict] = []
-    progress = jail._Progress(got.append)
+    progress = channels.ProgressReader(got.append)
     progress.feed(b"".join(lines))
     progress.finish()
     return got
@@ -164,23 +167,23 @@ def test_progress_valid_lines_become_helper_messages():
 )
 def test_progress_violations(data, reason):
     """Each hostile input is refused with a reason (ids kept short: the data can be long)."""
-    with pytest.raises(jail.ProtocolViolation, match=reason):
+    with pytest.raises(channels.ProtocolViolation, match=reason):
         _feed([data])
 
 
 def test_progress_total_line_limit(monkeypatch):
     clock = iter(range(10**6))
-    monkeypatch.setattr(jail.time, "monotonic", lambda: float(next(clock)))
-    progress = jail._Progress(lambda _: None)
-    with pytest.raises(jail.ProtocolViolation, match="more than"):
+    monkeypatch.setattr(channels.time, "monotonic", lambda: float(next(clock)))
+    progress = channels.ProgressReader(lambda _: None)
+    with pytest.raises(channels.ProtocolViolation, match="more than"):
         for _ in range(constants.HELPER_MAX_LINES + 1):
             progress.feed(b'{"subtype":"task-end","task":"A"}\n')
     assert progress.count == constants.HELPER_MAX_LINES + 1
 
 
 def test_sanitize():
-    assert jail.sanitize("a\x1b[31mb\x07\tc") == "a?[31mb? c"
-    assert jail.sanitize("x" * 1000, 10) == "x" * 10 + "..."
+    assert channels.sanitize("a\x1b[31mb\x07\tc") == "a?[31mb? c"
+    assert channels.sanitize("x" * 1000, 10) == "x" * 10 + "..."
 
 
 def test_helper_version_is_stable_and_tracks_code():

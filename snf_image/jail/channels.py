@@ -1,0 +1,112 @@
+"""The host's readers of what the helper VM sends: hostile input, handled as data.
+
+The result port counts only if its first line is exactly ``SUCCESS``;
+progress lines are size-, count- and rate-limited and schema-validated, and
+the host sets the fields the guest must not choose (type, timestamp); the
+console is only logged, sanitized and bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from snf_image import schemas
+from snf_image.contract import constants
+
+#: Limits on what is merely logged (console, qemu's own output).
+CONSOLE_MAX_LINE = 1024
+CONSOLE_MAX_LINES = 20000
+CONSOLE_TAIL = 20
+ERROR_MAX_CHARS = 512
+
+
+def sanitize(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """Printable, single-line, truncated: safe to put in a log or an error message."""
+    clean = "".join(c if c.isprintable() else "?" for c in text.replace("\t", " "))
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+class ProtocolViolation(Exception):
+    """The VM broke the rules of a channel; the message names the violation."""
+
+
+class LineSplitter:
+    """Split a byte stream into lines, refusing (or cutting) lines over ``max_line`` bytes."""
+
+    def __init__(self, max_line: int, strict: bool) -> None:
+        self.max_line = max_line
+        self.strict = strict
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        out = []
+        for line in lines:
+            if len(line) > self.max_line:
+                if self.strict:
+                    raise ProtocolViolation(f"line longer than {self.max_line} bytes")
+                line = line[: self.max_line]
+            out.append(line)
+        if len(self.buf) > self.max_line:
+            if self.strict:
+                raise ProtocolViolation(f"line longer than {self.max_line} bytes")
+            out.append(self.buf[: self.max_line])
+            self.buf = b""
+        return out
+
+    def flush(self) -> list[bytes]:
+        rest, self.buf = self.buf, b""
+        return [rest] if rest else []
+
+
+class ProgressReader:
+    """The progress port: JSON lines, limited in size, number and rate, schema-checked."""
+
+    def __init__(self, on_progress: Callable[[dict], None]) -> None:
+        self.on_progress = on_progress
+        self.lines = LineSplitter(constants.HELPER_MAX_LINE, strict=True)
+        self.count = 0
+        self.tokens = float(constants.HELPER_MAX_LINES_PER_SECOND)
+        self.last = time.monotonic()
+
+    def feed(self, data: bytes) -> None:
+        """Take a chunk as read: its lines arrived together, which is what the rate limit counts."""
+        now = time.monotonic()
+        rate = constants.HELPER_MAX_LINES_PER_SECOND
+        self.tokens = min(float(rate), self.tokens + max(0.0, now - self.last) * rate)
+        self.last = now
+        for line in self.lines.feed(data):
+            self._line(line)
+
+    def finish(self) -> None:
+        for line in self.lines.flush():  # a last line without newline still counts
+            self._line(line)
+
+    def _line(self, raw: bytes) -> None:
+        """A token bucket (capacity: one second's worth) limits the rate; the count is absolute."""
+        self.count += 1
+        if self.count > constants.HELPER_MAX_LINES:
+            raise ProtocolViolation(f"more than {constants.HELPER_MAX_LINES} lines")
+        rate = constants.HELPER_MAX_LINES_PER_SECOND
+        if self.tokens < 1:
+            raise ProtocolViolation(f"more than {rate} lines per second")
+        self.tokens -= 1
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            return
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolViolation("a line that is not UTF-8 JSON") from None
+        if not isinstance(obj, dict):
+            raise ProtocolViolation("a line that is not a JSON object")
+        problem = schemas.first_error("progress", obj, "helper_line")
+        if problem:
+            raise ProtocolViolation(f"an invalid message ({sanitize(problem, 200)})")
+        message = dict(obj)
+        message["type"] = constants.MSG_HELPER
+        message["timestamp"] = time.time()
+        self.on_progress(message)

@@ -1,0 +1,176 @@
+"""The qemu command line of the helper VM, built without any I/O (unit-tested as a pure function).
+
+The VM (qemu, direct kernel boot, ``-nodefaults -nic none``, ``-runas``,
+``-sandbox``) gets these virtio-blk disks, found in the guest by serial:
+
+* ``snf-helper-root``  HELPER_DIR/image, read-only
+* ``snf-rules``        the rules JSON (UTF-8) padded with NULs to 512 bytes, read-only
+* ``snf-disk<N>``      instance disk N (Ganeti index), read-write unless told otherwise
+
+and four serial ports: ttyS0 console, ttyS1 result, ttyS2 progress (JSON
+lines), ttyS3 debug shell (only with debug).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from snf_image.contract import constants
+from snf_image.errors import HelperError
+
+from .config import DEFAULT_RUNNER, Channels, HelperConfig, JailDisk
+
+#: Disk URIs passed to qemu as they are; anything else must be an absolute path.
+URI_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix", "rbd", "iscsi", "gluster")
+
+
+def _escape(value: str) -> str:
+    """Escape a value for qemu's comma-separated option syntax."""
+    return value.replace(",", ",,")
+
+
+def is_uri(path_or_uri: str) -> bool:
+    """True if this disk is a qemu URI (passed as is), False for a local absolute path."""
+    if path_or_uri.startswith("/"):
+        return False
+    scheme = re.match(r"([a-z][a-z0-9+.-]*):", path_or_uri)
+    if scheme and scheme.group(1) in URI_SCHEMES:
+        return True
+    raise HelperError(
+        f"unsupported disk {path_or_uri[:200]!r}: expected an absolute path or a {'/'.join(URI_SCHEMES)} URI"
+    )
+
+
+def _drive(drive_id: str, source: str, block_device: bool, readonly: bool, cache: str) -> str:
+    """A -drive value with the format and protocol always explicit: qemu never guesses."""
+    if is_uri(source):
+        where = f"file={_escape(source)}"
+    else:
+        protocol = "host_device" if block_device else "file"
+        where = f"file.driver={protocol},file.filename={_escape(source)}"
+    opts = [f"if=none,id={drive_id},format=raw,{where},cache={cache}"]
+    if readonly:
+        opts.append("readonly=on")
+    return ",".join(opts)
+
+
+def kernel_cmdline(debug: bool = False, runner: str = DEFAULT_RUNNER, probe: bool = False) -> str:
+    """The helper kernel's command line.
+
+    panic=-1 with qemu's -no-reboot ends the VM at once if PID 1 dies. The rest
+    shortens the boot under TCG by ~1 s (measured): no crypto self-tests, no
+    timer/TSC checks, no audit, only the four UARTs we have.
+    """
+    words = [
+        "console=ttyS0",
+        "quiet",
+        "ro",
+        "panic=-1",
+        "cryptomgr.notests",
+        "tsc=reliable",
+        "no_timer_check",
+        "audit=0",
+        "8250.nr_uarts=4",
+    ]
+    if probe:
+        words.append("snf_image_probe")
+        return " ".join(words)
+    words.append(constants.CMDLINE_ACTIVATE)
+    if debug:
+        words.append(constants.CMDLINE_DEBUG)
+    if runner != DEFAULT_RUNNER:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", runner):
+            raise HelperError(f"invalid helper runner module {runner!r}")
+        words.append(f"snf_image_runner={runner}")
+    return " ".join(words)
+
+
+def build_qemu_command(
+    config: HelperConfig,
+    accel: str,
+    disks: Sequence[JailDisk],
+    rules_path: Path | None,
+    channels: Channels,
+    *,
+    sandbox: bool = True,
+    block_devices: frozenset[str] = frozenset(),
+    probe: bool = False,
+) -> list[str]:
+    """The qemu argument list for one helper run (pure: no I/O, unit-tested).
+
+    ``block_devices`` names the local disk paths that are block devices (they need
+    qemu's host_device protocol). ``probe`` builds the KVM probe boot (no disks).
+    """
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"accelerator must be kvm or tcg, not {accel!r}")
+    helper_dir = Path(config.helper_dir)
+    cmd = [
+        config.qemu,
+        "-nodefaults",
+        "-nic",
+        "none",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-monitor",
+        "none",
+        "-parallel",
+        "none",
+        "-no-user-config",
+        "-no-reboot",
+        "-machine",
+        f"pc,accel={accel}",
+        "-smp",
+        "1",
+        "-m",
+        str(int(config.memory_mib)),
+    ]
+    if accel == "kvm":
+        cmd += ["-cpu", "host"]
+    if sandbox:
+        # qemu installs its seccomp filter before -runas drops root, so set*uid must stay
+        # allowed when it does (nobody cannot regain root anyway); without -runas, deny it.
+        elevate = "allow" if config.user else "deny"
+        cmd += ["-sandbox", f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"]
+    if config.user:
+        cmd += ["-runas", config.user]
+    cmd += [
+        "-kernel",
+        str(helper_dir / "kernel"),
+        "-initrd",
+        str(helper_dir / "initrd"),
+        "-append",
+        kernel_cmdline(config.debug, config.runner, probe=probe),
+    ]
+    # Serial ports, in guest order ttyS0..ttyS3.
+    cmd += ["-chardev", f"file,id=console,path={_escape(str(channels.console))}", "-serial", "chardev:console"]
+    cmd += ["-chardev", f"file,id=result,path={_escape(str(channels.result))}", "-serial", "chardev:result"]
+    cmd += ["-chardev", f"file,id=progress,path={_escape(str(channels.progress))}", "-serial", "chardev:progress"]
+    if config.debug and channels.debug is not None and not probe:
+        cmd += [
+            "-chardev",
+            f"socket,id=debug,path={_escape(str(channels.debug))},server=on,wait=off",
+            "-serial",
+            "chardev:debug",
+        ]
+    if probe:
+        return cmd
+
+    def blk(drive_id: str, drive: str, serial: str) -> list[str]:
+        return ["-drive", drive, "-device", f"virtio-blk-pci,drive={drive_id},serial={serial}"]
+
+    cmd += blk(
+        "helper-root",
+        _drive("helper-root", str(helper_dir / "image"), False, True, "writeback"),
+        constants.SERIAL_HELPER_ROOT,
+    )
+    if rules_path is not None:
+        cmd += blk("rules", _drive("rules", str(rules_path), False, True, "writeback"), constants.SERIAL_RULES)
+    for disk in disks:
+        drive_id = f"disk{int(disk.index)}"
+        drive = _drive(drive_id, disk.path_or_uri, disk.path_or_uri in block_devices, disk.readonly, "writeback")
+        cmd += blk(drive_id, drive, f"{constants.SERIAL_DISK_PREFIX}{int(disk.index)}")
+    return cmd
