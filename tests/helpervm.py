@@ -26,7 +26,11 @@ def ensure_helper(kernel: str = "debian") -> Path:
     in its own directory; its kernel build is cached in the same build cache.
     """
     CACHE.mkdir(parents=True, exist_ok=True)
-    helper_dir = CACHE / ("helper" if kernel == "debian" else f"helper-{kernel}")
+    # SNF_IMAGE_TEST_HELPERS: where the helper dirs go, so that checkouts testing different code at once
+    # do not rebuild each other's code layer (the slow build cache stays shared)
+    helpers = Path(os.environ.get("SNF_IMAGE_TEST_HELPERS") or CACHE)
+    helpers.mkdir(parents=True, exist_ok=True)
+    helper_dir = helpers / ("helper" if kernel == "debian" else f"helper-{kernel}")
     with open(CACHE / "helper.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         helperimage.build(helper_dir, CACHE / "helper-build", kernel=kernel)
