@@ -26,6 +26,7 @@ from .contract.constants import (
 )
 from .errors import OperatorError, SnfImageError
 from .ganeti import parse_environment
+from .helperimage.kernel import DEFAULT_KERNEL, KERNEL_FLAVOURS
 from .oscripts import setup_logging
 from .progress import Progress
 from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, load_settings
@@ -173,6 +174,19 @@ def cmd_helper_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_helper_probe(args: argparse.Namespace) -> int:
+    from . import jail
+    from .jail.accel import verdict
+
+    settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
+    config = jail.HelperConfig.from_settings(settings)
+    jail.check_helper_dir(config.helper_dir)
+    verdict(config, print, reprobe=True)
+    if config.accel != "auto":
+        print(f"HELPER_ACCEL={config.accel} overrides the verdict: deployments use {config.accel}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="snf-image", description=__doc__.splitlines()[0])
     top.add_argument("--version", action="version", version=f"snf-image {__version__}")
@@ -215,12 +229,14 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument(
         "--kernel",
-        choices=("debian", "custom"),
-        default="debian",
-        help="debian: the rootfs' cloud kernel; custom: built from linux-source, writes UFS (BSD "
-        "images need it) [%(default)s]",
+        choices=KERNEL_FLAVOURS,
+        default=DEFAULT_KERNEL,
+        help="custom: our own, built from linux-source (faster, writes UFS: BSD images need it); "
+        "debian: the rootfs' cloud kernel, a fallback [%(default)s]",
     )
     build.set_defaults(func=cmd_helper_build)
+    probe = helper_sub.add_parser("probe", help="probe KVM again for this node and print the verdict")
+    probe.set_defaults(func=cmd_helper_probe)
     return top
 
 

@@ -4,9 +4,10 @@ Layout of HELPER_DIR after a build::
 
     image        ext4 root filesystem (made with ``mke2fs -d``, never mounted on the host),
                  attached read-only with serial ``snf-helper-root``
-    kernel       the Debian cloud kernel from the rootfs (``--kernel debian``, the default), or
-                 our own build of Debian's linux-source from ``kernel.config``
-                 (``--kernel custom``: the only one that writes UFS, see .kernel)
+    kernel       our own build of Debian's linux-source from ``kernel.config`` (``--kernel custom``,
+                 the default: faster to boot, writes UFS, see .kernel), or the rootfs' Debian
+                 cloud kernel (``--kernel debian``: the fallback where building one is not
+                 possible yet; BSD images then fail with a clear error)
     initrd-base  newc cpio: busybox-static, /dev/console, the few kernel modules needed to
                  find and mount the root disk (none with the custom kernel: all built in)
     initrd       initrd-base followed by the code layer cpio (what qemu boots)
@@ -32,7 +33,7 @@ from pathlib import Path
 from . import kernel as custom_kernel
 from .codelayer import helper_version
 from .initrd import build_code_layer, build_initrd_base
-from .kernel import KERNEL_FLAVOURS
+from .kernel import DEFAULT_KERNEL, KERNEL_FLAVOURS
 from .log import log
 from .rootfs import build_root_image, ensure_rootfs, kernel_release, read_package_list, rootfs_key
 
@@ -50,7 +51,7 @@ def _write(path: Path, data: bytes | str) -> None:
     tmp.rename(path)
 
 
-def base_key(packages: Iterable[str], kernel: str = "debian") -> str:
+def base_key(packages: Iterable[str], kernel: str = DEFAULT_KERNEL) -> str:
     """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used."""
     key = rootfs_key(packages)
     if kernel == "custom":
@@ -61,13 +62,13 @@ def base_key(packages: Iterable[str], kernel: str = "debian") -> str:
 
 
 def build(
-    helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = "debian"
+    helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = DEFAULT_KERNEL
 ) -> bool:
     """Bring ``helper_dir`` up to date; return True if anything was rebuilt.
 
     Idempotent: with nothing changed it only hashes the code. ``code_only`` never
     runs debootstrap: it needs a previous full build in ``helper_dir``. ``kernel``
-    is ``debian`` (the rootfs' cloud kernel) or ``custom`` (see the module docstring).
+    is ``custom`` (our own) or ``debian`` (the rootfs' cloud kernel; see the module docstring).
     """
     if kernel not in KERNEL_FLAVOURS:
         raise ValueError(f"kernel must be one of {', '.join(KERNEL_FLAVOURS)}, not {kernel!r}")
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kernel",
         choices=KERNEL_FLAVOURS,
-        default="debian",
-        help="debian: the rootfs' cloud kernel; custom: our own, writes UFS [%(default)s]",
+        default=DEFAULT_KERNEL,
+        help="custom: our own, built from linux-source; debian: the rootfs' cloud kernel [%(default)s]",
     )
     args = parser.parse_args(argv)
     start = time.monotonic()
