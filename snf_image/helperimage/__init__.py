@@ -104,10 +104,11 @@ def build(
     cache_dir = Path(cache_dir)
     version = helper_version()
     packages = read_package_list()
-    key = base_key(packages, kernel)
     base_stamp = helper_dir / ".base-key"
     base_files = [helper_dir / n for n in ("image", "kernel", "initrd-base", "packages")]
     base_ok = base_stamp.exists() and all(p.exists() for p in base_files)
+    # (a code-only update never needs the kernel's key, nor its source)
+    key = "" if code_only else base_key(packages, kernel)
     base_current = base_ok and base_stamp.read_text().strip() == key
     version_file = helper_dir / "version"
     initrd = helper_dir / "initrd"

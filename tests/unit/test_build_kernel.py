@@ -9,6 +9,7 @@ import pytest
 
 from snf_image import helperimage
 from snf_image.helperimage import kernel as build
+from snf_image.helperimage.codelayer import helper_version
 
 
 def test_fragment_of_the_repository_names_what_the_jail_needs() -> None:
@@ -106,3 +107,17 @@ def test_cached_kernel_finds_todays_build(tmp_path: Path) -> None:
     assert build.cached_kernel(tmp_path) is None
     built = _kernel_build(tmp_path, f"kernel-{key}", 1000)
     assert build.cached_kernel(tmp_path) == built
+
+
+def test_code_only_update_needs_no_kernel_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper built with --kernel debian on a node without linux-source still gets code updates."""
+    helper = tmp_path / "helper"
+    helper.mkdir()
+    for name in ("image", "kernel", "initrd-base", "packages"):
+        (helper / name).write_bytes(b"")
+    (helper / ".base-key").write_text("some-base\n")
+    monkeypatch.setattr(build, "KERNEL_SOURCE", tmp_path / "absent.tar.xz")
+    with pytest.raises(SystemExit, match="--kernel debian"):
+        build.source_version()
+    assert helperimage.build(helper, tmp_path / "cache", code_only=True) is True
+    assert (helper / "version").read_text().strip() == helper_version()
