@@ -81,7 +81,7 @@ class ConvertedImage(ImageStream):
         self.header = header
         self._config = config
         self._handle: nbd.NBD | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: sandbox.Sandbox | None = None
         self._position = 0
         self._extent_end = 0
         self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-convert-")
@@ -115,7 +115,7 @@ class ConvertedImage(ImageStream):
         handle.set_export_name(EXPORT)
         handle.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
         assert self._process is not None
-        watchdog = threading.Timer(START_TIMEOUT, self._process.kill)
+        watchdog = threading.Timer(START_TIMEOUT, self._process.process.kill)
         watchdog.start()
         try:
             handle.connect_unix(socket_path)
@@ -212,8 +212,7 @@ class ConvertedImage(ImageStream):
                 handle.shutdown()
         process, self._process = self._process, None
         if process is not None:
-            process.kill()  # bubblewrap's init dies with it, and the whole PID namespace with that
-            process.wait()
+            process.stop()
         if getattr(self, "_log", None) is not None:
             self._log.close()
         self._tmpdir.cleanup()

@@ -18,9 +18,11 @@ Container formats are parsed by qemu, a large C program, on bytes anyone can cra
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pwd
+import select
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ PRLIMIT = "/usr/bin/prlimit"
 SYSTEM_DIRS = ("/usr/lib", "/usr/lib64")
 #: The stderr log the sandbox may write (RLIMIT_FSIZE); a flood kills the writer.
 LOG_LIMIT = 1024 * 1024
+#: Seconds to wait for the namespace to empty once bubblewrap is killed.
+STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,19 +87,67 @@ def command(config: SandboxConfig, argv: Sequence[str], binds: Mapping[str, str]
     return [PRLIMIT, *limits, "--", BWRAP, *isolation, *mounts, "--", *argv]
 
 
+class Sandbox:
+    """A running sandbox: the bubblewrap process started here, and the init of its PID namespace.
+
+    When that init exits, the kernel has killed every other process of the namespace, so
+    :meth:`stop` returns only once nothing of the sandbox runs any more.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], init_pidfd: int | None) -> None:
+        self.process = process
+        self._init_pidfd = init_pidfd
+
+    def wait(self, timeout: float) -> int:
+        """bubblewrap's exit status (128 + N for a sandbox ended by signal N); TimeoutExpired if it runs."""
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Kill the sandbox and wait until all of it is gone."""
+        self.process.kill()  # its init gets SIGKILL too (--die-with-parent), and the namespace with it
+        self.process.wait()
+        if self._init_pidfd is not None:
+            select.select([self._init_pidfd], [], [], STOP_TIMEOUT)
+            os.close(self._init_pidfd)
+            self._init_pidfd = None
+
+
 def spawn(
     config: SandboxConfig, argv: Sequence[str], binds: Mapping[str, str], pass_fds: Sequence[int], log_fd: int
-) -> subprocess.Popen[bytes]:
+) -> Sandbox:
     """Start ``argv`` in the sandbox with exactly ``pass_fds`` (and ``log_fd`` as its stdout/stderr)."""
     uid, gid = identity(config.user)
-    return subprocess.Popen(
-        command(config, argv, binds),
-        user=uid,
-        group=gid,
-        extra_groups=[],
-        env={},
-        stdin=subprocess.DEVNULL,
-        stdout=log_fd,
-        stderr=log_fd,
-        pass_fds=tuple(pass_fds),
-    )
+    info_read, info_write = os.pipe()
+    try:
+        wrapped = command(config, argv, binds)
+        wrapped[wrapped.index(BWRAP) + 1 : wrapped.index(BWRAP) + 1] = ["--info-fd", str(info_write)]
+        process = subprocess.Popen(
+            wrapped,
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            env={},
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            pass_fds=(*pass_fds, info_write),
+        )
+        os.close(info_write)
+        info_write = -1
+        with os.fdopen(info_read, "rb") as info:
+            info_read = -1
+            started = info.read(4096)  # bubblewrap writes it once the sandbox runs, then closes it
+    finally:
+        for fd in (info_read, info_write):
+            if fd >= 0:
+                os.close(fd)
+    return Sandbox(process, _pidfd(started))
+
+
+def _pidfd(info: bytes) -> int | None:
+    """A pidfd of the namespace's init named in bubblewrap's info (None if it is already gone)."""
+    try:
+        pid = int(json.loads(info)["child-pid"])
+        return os.pidfd_open(pid)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
