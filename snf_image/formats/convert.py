@@ -36,9 +36,8 @@ from .sniff import QCOW2, VMDK
 
 QEMU_STORAGE_DAEMON = "/usr/bin/qemu-storage-daemon"
 PYTHON = "/usr/bin/python3"
+#: Run with ``python3 -c``: the sandbox need not (and cannot always) see our package's files.
 NBDSERVE = Path(__file__).with_name("nbdserve.py")
-#: Where nbdserve.py is found inside the sandbox.
-NBDSERVE_INSIDE = "/nbdserve.py"
 #: qemu's block node and NBD export name.
 EXPORT = "image"
 #: Drivers that know backing files (and take ``backing: null``); the others cannot open one.
@@ -70,7 +69,8 @@ def converter_argv(header: ContainerHeader, image_fd: int, served_fd: int, clien
         "--export",
         f"type=nbd,id={EXPORT},node-name={EXPORT},name={EXPORT},writable=off",
     ]
-    serve = [PYTHON, "-I", "-S", NBDSERVE_INSIDE, str(image_fd), str(served_fd), f"{client_fd},{listen_fd}"]
+    program = NBDSERVE.read_text("utf-8")
+    serve = [PYTHON, "-I", "-S", "-c", program, str(image_fd), str(served_fd), f"{client_fd},{listen_fd}"]
     return [*serve, "--", *daemon]
 
 
@@ -104,7 +104,7 @@ class ConvertedImage(ImageStream):
             listener.listen(1)
             fds = (fd, served.fileno(), client.fileno(), listener.fileno())
             argv = converter_argv(self.header, *fds)
-            binds = {str(NBDSERVE): NBDSERVE_INSIDE, PYTHON: PYTHON, QEMU_STORAGE_DAEMON: QEMU_STORAGE_DAEMON}
+            binds = {PYTHON: PYTHON, QEMU_STORAGE_DAEMON: QEMU_STORAGE_DAEMON}
             self._process = sandbox.spawn(self._config, argv, binds, fds, self._log.fileno())
         finally:  # the sandbox holds its own copies: once it is gone, the sockets close
             for sock in (listener, served, client):

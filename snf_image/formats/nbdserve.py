@@ -8,7 +8,7 @@ the very descriptor the host checked and hashed and answers qemu-storage-daemon'
 ``pread`` on it: never re-opened, its offset never moved. Read-only, simple replies only, one
 client on one end of a socket pair. Standard library only: the sandbox holds nothing else of ours.
 
-usage: python3 -I -S nbdserve.py IMAGE_FD SOCKET_FD COMMAND_FDS -- COMMAND...
+usage: python3 -I -S -c "$(cat nbdserve.py)" IMAGE_FD SOCKET_FD COMMAND_FDS -- COMMAND...
 
 COMMAND (qemu-storage-daemon) gets the other end of the socket pair on its command line; this
 program starts it with exactly COMMAND_FDS (comma-separated) open, closes its own copies of

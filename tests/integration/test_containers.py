@@ -265,3 +265,42 @@ def test_truncated_container_data_reads_as_zeros_as_in_qemu_img(tmp_path):
     old_data_disk(disk, 16 * MiB)
     run_copy(image, disk)
     assert disk.read_bytes() == reference.read_bytes()
+
+
+def snf_image_deploy(tmp_path: Path, image: Path, disk: Path, *settings: str) -> subprocess.CompletedProcess:
+    """``snf-image deploy --no-customize`` of ``image`` (in IMAGE_DIR) onto ``disk``: the create pipeline."""
+    conf = tmp_path / "etc"
+    conf.mkdir(exist_ok=True)
+    (conf / "snf-image.conf").write_text(f"IMAGE_DIR={image.parent}\n")
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    checksum = "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest()
+    command = ["--config-dir", conf, "deploy", "--disk", disk, "--image", f"local://{image.name}", "--format"]
+    command += ["diskdump", "--checksum", checksum, "--no-customize", *overrides]
+    return subprocess.run(
+        ["/usr/bin/python3", "-m", "snf_image", *map(str, command)],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_create_pipeline_converts_with_the_settings_converter(tmp_path):
+    image, content = container(tmp_path, "vhdx", [])
+    disk = tmp_path / "disk.raw"
+    old_data_disk(disk, 32 * MiB)
+    result = snf_image_deploy(tmp_path, image, disk, "CONVERTER_MEMORY=512", "CONVERTER_CPU_TIME=2m")
+    assert result.returncode == 0, result.stderr
+    assert "converting the VHDX image" in result.stdout and "copied 16.0 MiB (100.0%)" in result.stdout
+    assert disk.read_bytes()[: len(content)] == content
+
+
+def test_create_pipeline_refuses_a_root_converter(tmp_path):
+    image, _ = container(tmp_path, "vdi", [])
+    disk = tmp_path / "disk.raw"
+    old_data_disk(disk, 32 * MiB)
+    result = snf_image_deploy(tmp_path, image, disk, "HELPER_USER=root")
+    assert result.returncode != 0
+    reason = "setting HELPER_USER: 'root' is privileged; the image converter must not run as root"
+    assert result.stderr.strip().splitlines() == [f"snf-image: error: {reason}"]
+    assert disk.read_bytes() == b"\xa5" * (32 * MiB)
