@@ -304,3 +304,41 @@ def test_create_pipeline_refuses_a_root_converter(tmp_path):
     reason = "setting HELPER_USER: 'root' is privileged; the image converter must not run as root"
     assert result.stderr.strip().splitlines() == [f"snf-image: error: {reason}"]
     assert disk.read_bytes() == b"\xa5" * (32 * MiB)
+
+
+def vmware_footer(tmp_path: Path, footer_capacity_delta: int = 0, markers: bool = True) -> tuple[Path, bytes]:
+    """A streamOptimized VMDK as VMware writes it: the header says "grain directory at the end", a footer follows.
+
+    qemu then takes its header from the footer, which must repeat the real one.
+    """
+    image, content = container(tmp_path, "vmdk", ["-o", "subformat=streamOptimized"])
+    data = bytearray(image.read_bytes())
+    header = bytes(data[:512])
+    footer = bytearray(header)
+    capacity = struct.unpack_from("<Q", header, 12)[0]
+    struct.pack_into("<Q", footer, 12, capacity + footer_capacity_delta)
+    struct.pack_into("<Q", data, 56, 0xFFFFFFFFFFFFFFFF)  # grain directory offset: "at the end"
+    marker = struct.pack("<QII", 1, 0, 3).ljust(512, b"\0") if markers else bytes(512)
+    end_of_stream = bytes(512) if markers else b"\xff" * 512
+    image.write_bytes(bytes(data) + marker + bytes(footer) + end_of_stream)
+    return image, content
+
+
+def test_vmdk_with_a_footer_lands_byte_identical(tmp_path):
+    image, content = vmware_footer(tmp_path)
+    disk = tmp_path / "disk.raw"
+    old_data_disk(disk, 32 * MiB)
+    run_copy(image, disk)
+    assert disk.read_bytes()[: len(content)] == content
+
+
+@pytest.mark.parametrize(
+    ("delta", "markers", "message"),
+    [
+        (MiB, True, "^refusing a VMDK image whose footer disagrees with its header$"),
+        (0, False, "^the image is not a valid VMDK file: its footer markers are missing$"),
+    ],
+)
+def test_vmdk_footer_must_repeat_the_header(tmp_path, delta, markers, message):
+    image, _ = vmware_footer(tmp_path, delta // 512, markers)
+    refused(tmp_path, image, message, disk_mib=32)
