@@ -147,8 +147,8 @@ def _write_container(
         raise ImageError(f"{name} images can only be read from a local file (the local source)")
     header = headers.read_header(container, stream.local_fd)
     headers.check_fits(header, target.size)
-    _drain(stream)
-    if verify_source is not None:
+    if verify_source is not None:  # the checksum sees every byte before the converter opens the file
+        _drain(stream)
         verify_source()
     with convert.ConvertedImage(stream.local_fd, header, converter) as raw:
         size = raw.size or 0
@@ -165,7 +165,7 @@ def _write_container(
 
 
 def _drain(stream: ImageStream) -> None:
-    """Read the source to its end, so that whatever checksum wraps it has seen every byte."""
+    """Read the source to its end, so that the checksum wrapping it has seen every byte."""
     view = memoryview(bytearray(1 << 20))
     while stream.skip_hole() + stream.readinto(view):
         pass

@@ -4,8 +4,8 @@ This program runs in the sandbox (see ``sandbox.py``) as the unprivileged conver
 on the host. qemu opens images by path, and opening an inherited descriptor again through
 ``/dev/fd/N`` checks the file's permissions against the converter's user: an image only root
 may read could not be read that way, and a path would be looked up again. So this program keeps
-the very descriptor the host checked and hashed and answers qemu-storage-daemon's NBD reads with
-``pread`` on it: never re-opened, its offset never moved. Read-only, simple replies only, one
+the very descriptor the host checked and hashed and answers qemu-storage-daemon's NBD reads from
+it with ``sendfile`` at explicit offsets: never re-opened, its offset never moved. Read-only, simple replies only, one
 client on one end of a socket pair. Standard library only: the sandbox holds nothing else of ours.
 
 usage: python3 -I -S -c "$(cat nbdserve.py)" IMAGE_FD SOCKET_FD COMMAND_FDS -- COMMAND...
@@ -103,14 +103,25 @@ def transmit(conn: socket.socket, image_fd: int, size: int) -> None:
             return
         if command == CMD_WRITE:  # a read-only export; its payload is not ours to frame
             raise ClientGone
-        error, payload = EINVAL, b""
+        reply = struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, cookie)
         if command == CMD_READ and length <= MAX_READ and offset + length <= size:
-            payload = os.pread(image_fd, length, offset)
-            payload += bytes(length - len(payload))  # a file shrunk under us reads as zeros, never short
-            error = 0
+            conn.sendall(reply)
+            send_range(conn, image_fd, offset, length)
         elif command == CMD_FLUSH:
-            error = 0
-        conn.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, cookie) + payload)
+            conn.sendall(reply)
+        else:
+            conn.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, EINVAL, cookie))
+
+
+def send_range(conn: socket.socket, image_fd: int, offset: int, length: int) -> None:
+    """The file's bytes straight from the page cache to the socket (sendfile); zeros past its end."""
+    while length > 0:
+        sent = os.sendfile(conn.fileno(), image_fd, offset, length)
+        if sent == 0:  # the file shrank under us: what is gone reads as zeros, never short
+            conn.sendall(bytes(length))
+            return
+        offset += sent
+        length -= sent
 
 
 def main(argv: list[str]) -> int:
