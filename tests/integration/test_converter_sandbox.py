@@ -25,7 +25,8 @@ SECRET = b"SECRET" * 100000
 
 
 def qemu_img(*args: object) -> None:
-    subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
+    result = subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def descendants(pid: int) -> dict[int, str]:
