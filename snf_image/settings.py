@@ -18,7 +18,6 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -307,8 +306,3 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         param_defaults=param_defaults,
         raw=dict(raw),
     )
-
-
-def settings_as_dict(settings: Settings) -> dict[str, Any]:
-    """A readable view for ``snf-image settings`` and logs (no secrets live in settings)."""
-    return {k: v for k, v in sorted(settings.raw.items())}
