@@ -178,6 +178,9 @@ class Settings:
     helper_debug: bool
     helper_accel: str
     helper_qemu: str
+    #: The image converter's limits: address space in MiB, CPU time in seconds.
+    converter_memory: int
+    converter_cpu_time: float
     progress_monitor: str
     dhcp_tags: tuple[str, ...]
     stateful_dhcpv6_tags: tuple[str, ...]
@@ -226,6 +229,8 @@ DEFAULTS: dict[str, str] = {
     "HELPER_DEBUG": "no",
     "HELPER_ACCEL": "auto",
     "KVM": "qemu-system-x86_64",
+    "CONVERTER_MEMORY": "1024",
+    "CONVERTER_CPU_TIME": "30m",
     "PROGRESS_MONITOR": "",
     "DHCP_TAGS": "auto dhcp nfdhcpd",
     "STATEFUL_DHCPV6_TAGS": "dhcpv6 stateful_dhcpv6",
@@ -288,6 +293,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         helper_debug=parse_bool(raw["HELPER_DEBUG"], "HELPER_DEBUG"),
         helper_accel=accel,
         helper_qemu=raw["KVM"],
+        converter_memory=_positive_int(raw["CONVERTER_MEMORY"], "CONVERTER_MEMORY"),
+        converter_cpu_time=parse_duration(raw["CONVERTER_CPU_TIME"], "CONVERTER_CPU_TIME"),
         progress_monitor=raw["PROGRESS_MONITOR"].strip(),
         dhcp_tags=tuple(raw["DHCP_TAGS"].split()),
         stateful_dhcpv6_tags=tuple(raw["STATEFUL_DHCPV6_TAGS"].split()),
