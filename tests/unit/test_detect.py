@@ -169,15 +169,13 @@ def test_detect_windows_and_linux_checks() -> None:
     ]
 
 
-def bsd_slice(flavour: str, slot_type: int, with_label: bool = True) -> Table:
-    """An MBR disk with a Linux partition, then a BSD slice (disklabel: b swap, a root, d /home)."""
+def bsd_slice(flavour: str, slot_type: int) -> Table:
+    """An MBR disk with a Linux partition, then a BSD slice (disklabel: a root, b swap, e /home)."""
     img = Image()
     put_mbr(img, 0, [(0x83, 2048, 2048), (slot_type, 8192, 100000)])
-    if with_label:
-        parts = {"a": (8192 + 16, 50000, disklabel.FS_BSDFFS), "b": (60000, 8000, disklabel.FS_SWAP),
-                 "e": (70000, 38192, disklabel.FS_BSDFFS)}  # fmt: skip
-        label = disklabel.build(flavour, 200000, 8192, 100000, parts)
-        img.sector(8193)[:] = disklabel.to_bytes(label)
+    parts = {"a": (8192 + 16, 50000, disklabel.FS_BSDFFS), "b": (60000, 8000, disklabel.FS_SWAP),
+             "e": (70000, 38192, disklabel.FS_BSDFFS)}  # fmt: skip
+    img.sector(8193)[:] = disklabel.to_bytes(disklabel.build(flavour, 200000, 8192, 100000, parts))
     return detect.parse_table(img.read)
 
 
@@ -191,13 +189,6 @@ def test_bsd_slices_are_checked_on_their_a_partition(flavour: str, slot_type: in
     probe = Prober({5: "it holds no UFS (no UFS1 or UFS2 superblock)"})
     assert probe.detect(table) is None
     assert probe.warnings[-1] == f"Partition 5 is not a {flavour} root: it holds no UFS (no UFS1 or UFS2 superblock)"
-
-
-def test_a_bsd_slice_without_disklabel_is_checked_itself() -> None:
-    table = bsd_slice("netbsd", 0xA5, with_label=False)
-    probe = Prober({})
-    assert probe.detect(table) is None
-    assert probe.asked == [(1, "linux"), (2, "freebsd")]
 
 
 def test_gpt_candidates() -> None:
