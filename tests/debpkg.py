@@ -35,3 +35,48 @@ def previous_build(deb: Path, version: str, out: Path) -> Path:
         ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(target)], check=True, capture_output=True
     )
     return target
+
+
+# --------------------------------------------------------------------------- on this node, with apt
+
+PACKAGE = "snf-image"
+APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
+#: What snf-image itself creates on a node, besides the package's files (postinst, helper build, metrics lock).
+STATE_PATHS = (Path("/var/lib/snf-image"), Path("/var/cache/snf-image"))
+
+
+def apt(*args: str) -> str:
+    """apt-get as an operator runs it (no recommends: the test setup installs what the suite needs)."""
+    result = subprocess.run(
+        ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "--no-install-recommends", *args],
+        env=APT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, f"apt-get {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def installed_version() -> str | None:
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Version}", PACKAGE], capture_output=True, text=True
+    )
+    return result.stdout[3:] if result.returncode == 0 and result.stdout.startswith("ii ") else None
+
+
+def package_files() -> list[Path]:
+    """Every path dpkg knows as the package's (files, links and directories)."""
+    listing = subprocess.run(["dpkg-query", "-L", PACKAGE], capture_output=True, text=True, check=True).stdout
+    return [Path(line) for line in listing.splitlines() if line.startswith("/") and line != "/."]
+
+
+def leftovers(paths: list[Path]) -> list[str]:
+    """What of ``paths`` (and of snf-image's state) is still there after a purge; shared directories excepted."""
+    found = [str(p) for p in (*paths, *STATE_PATHS) if p.is_symlink() or p.is_file()]
+    for path in (*paths, *STATE_PATHS):
+        if path.is_dir() and not path.is_symlink():
+            owner = subprocess.run(["dpkg-query", "-S", str(path)], capture_output=True, text=True)
+            if owner.returncode != 0:
+                found.append(f"{path}/ (no other package owns it)")
+    return found
