@@ -58,7 +58,7 @@ def test_sdist_and_wheel_install_into_a_fresh_venv(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     wheel = next(dist.glob("snf_image-*.whl"))
-    assert next(dist.glob("snf-image-*.tar.gz"))
+    assert next(dist.glob("snf[-_]image-*.tar.gz"))
     env_dir = tmp_path / "venv"
     # the venv borrows Debian's python3-* libraries (pyparted would otherwise compile from source)
     venv.create(env_dir, with_pip=True, system_site_packages=True)
