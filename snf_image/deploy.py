@@ -18,9 +18,10 @@ import requests
 
 from . import formats, params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
+from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
 from .copy import HashingStream, copy_stream, verify_checksum
 from .errors import ImageError, OperatorError
-from .ganeti import Instance
+from .ganeti import Instance, Nic
 from .params import OsParams
 from .progress import Progress
 from .settings import Settings
@@ -172,76 +173,85 @@ def build_rules(
     instance: Instance,
     settings: Settings,
     os_params: OsParams | None,
+    *,
     implied_properties: Mapping[str, str] | None = None,
+    answer_files: Mapping[str, str] | None = None,
+    answer_properties: Mapping[str, str] | None = None,
     only_tasks: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
-    """The per-deployment rules for the jail (validated against rules.schema.json by both sides)."""
+) -> Rules:
+    """The per-deployment rules for the jail, complete.
+
+    Properties, lowest precedence first: what the image format implies
+    (``implied_properties``), the image's and the instance's, what the
+    answer file demands (``answer_properties``).
+    """
     properties = dict(implied_properties or {})
     if os_params is not None:
         properties.update(os_params.properties)
-    disks = [
-        {
-            "index": disk.index,
-            "serial": f"snf-disk{disk.index}",
-            "frontend_type": disk.frontend_type,
-            "size_bytes": (disk.size_mib or 0) * 1024 * 1024,
-        }
-        for disk in instance.disks
-    ]
-    nics = [
-        {
-            "index": nic.index,
-            "mac": nic.mac,
-            "ip": nic.ip,
-            "mode": nic.mode,
-            "link": nic.link,
-            "name": nic.name,
-            "frontend_type": nic.frontend_type,
-            "network_name": nic.network.name,
-            "subnet": nic.network.subnet,
-            "gateway": nic.network.gateway,
-            "subnet6": nic.network.subnet6,
-            "gateway6": nic.network.gateway6,
-            "tags": list(nic.network.tags),
-        }
-        for nic in instance.nics
-    ]
+    properties.update(answer_properties or {})
     p = os_params
-    return {
-        "format": 1,
-        "instance_name": instance.name,
-        "old_instance_name": instance.old_name,
-        "hypervisor": instance.hypervisor,
-        "img_format": p.img_format if p else FORMAT_DISKDUMP,
-        "properties": properties,
-        "password": p.img_passwd if p else None,
-        "password_hash": p.img_passwd_hash if p else None,
-        "auth_keys": p.auth_keys if p else None,
-        "personality": list(p.img_personality) if p else [],
-        "os_product_key": p.os_product_key if p else None,
-        "cloud_userdata": p.cloud_userdata if p else None,
-        "nics": nics,
-        "disks": disks,
-        "settings": {
-            "dhcp_tags": list(settings.dhcp_tags),
-            "stateful_dhcpv6_tags": list(settings.stateful_dhcpv6_tags),
-            "stateless_dhcpv6_tags": list(settings.stateless_dhcpv6_tags),
-            "default_nic_config": settings.default_nic_config,
-            "windows_timezone": settings.windows_timezone,
-            "cloud_init_debug": settings.cloud_init_debug,
-        },
-        "files": {},
-        "only_tasks": list(only_tasks) if only_tasks is not None else None,
-        "debug": settings.helper_debug,
-    }
+    return Rules(
+        instance_name=instance.name,
+        old_instance_name=instance.old_name,
+        hypervisor=instance.hypervisor,
+        img_format=p.img_format if p else FORMAT_DISKDUMP,
+        properties=properties,
+        password=p.img_passwd if p else None,
+        password_hash=p.img_passwd_hash if p else None,
+        auth_keys=p.auth_keys if p else None,
+        personality=tuple(_personality_file(entry) for entry in p.img_personality) if p else (),
+        os_product_key=p.os_product_key if p else None,
+        cloud_userdata=p.cloud_userdata if p else None,
+        nics=tuple(_rules_nic(nic) for nic in instance.nics),
+        disks=tuple(
+            RulesDisk(index=d.index, frontend_type=d.frontend_type, size_bytes=(d.size_mib or 0) * 1024 * 1024)
+            for d in instance.disks
+        ),
+        settings=RulesSettings(
+            dhcp_tags=tuple(settings.dhcp_tags),
+            stateful_dhcpv6_tags=tuple(settings.stateful_dhcpv6_tags),
+            stateless_dhcpv6_tags=tuple(settings.stateless_dhcpv6_tags),
+            default_nic_config=settings.default_nic_config,
+            windows_timezone=settings.windows_timezone,
+            cloud_init_debug=settings.cloud_init_debug,
+        ),
+        files=dict(answer_files or {}),
+        only_tasks=only_tasks,
+        debug=settings.helper_debug,
+    )
+
+
+def _rules_nic(nic: Nic) -> RulesNic:
+    return RulesNic(
+        index=nic.index,
+        mac=nic.mac,
+        ip=nic.ip,
+        mode=nic.mode,
+        link=nic.link,
+        name=nic.name,
+        frontend_type=nic.frontend_type,
+        network_name=nic.network.name,
+        subnet=nic.network.subnet,
+        gateway=nic.network.gateway,
+        subnet6=nic.network.subnet6,
+        gateway6=nic.network.gateway6,
+        tags=tuple(nic.network.tags),
+    )
+
+
+def _personality_file(entry: Mapping[str, Any]) -> PersonalityFile:
+    """An img_personality entry (already checked against params.schema.json) as the jail gets it."""
+    optional = {key: entry[key] for key in ("owner", "group", "mode") if key in entry}
+    return PersonalityFile(path=entry["path"], contents=entry["contents"], **optional)
 
 
 @summary.timed(summary.PHASE_HELPER)
-def customize(instance: Instance, settings: Settings, rules: dict[str, Any], progress: Progress) -> None:
+def customize(instance: Instance, settings: Settings, rules: Rules, progress: Progress) -> None:
     """Hand the disks and the rules to the helper VM and wait for its verdict."""
     from . import jail, schemas
 
-    problem = schemas.first_error("rules", rules)
+    data = rules.to_json()
+    problem = schemas.first_error("rules", json.loads(data))
     if problem is not None:
         raise AssertionError(f"built invalid rules: {problem}")
     config = jail.HelperConfig(
@@ -256,7 +266,7 @@ def customize(instance: Instance, settings: Settings, rules: dict[str, Any], pro
     )
     disks = [jail.JailDisk(disk.target, disk.index, readonly=disk.access == "ro") for disk in instance.disks]
     progress.info("Starting customization VM...")
-    jail.run_helper(config, disks, json.dumps(rules).encode("utf-8"), progress.helper, log=_helper_log)
+    jail.run_helper(config, disks, data, progress.helper, log=_helper_log)
     progress.info("Customization VM exited normally.")
 
 
@@ -270,9 +280,14 @@ def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, 
     # before the copy: a bad WINDOWS_TIMEZONE or an unreachable os_answer_file fails fast
     files, answer_properties = windows.answer_files(settings, os_params.os_answer_file)
     outcome = copy_image(instance, os_params, settings, progress)
-    rules = build_rules(instance, settings, os_params, outcome.implied_properties)
-    rules["files"] = files
-    rules["properties"].update(answer_properties)
+    rules = build_rules(
+        instance,
+        settings,
+        os_params,
+        implied_properties=outcome.implied_properties,
+        answer_files=files,
+        answer_properties=answer_properties,
+    )
     customize(instance, settings, rules, progress)
     progress.info("Image customization finished successfully.")
 

@@ -18,7 +18,6 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -317,8 +316,3 @@ def _metrics_file(value: str) -> Path | None:
     if not path.is_absolute() or not path.name.endswith(".prom"):
         raise OperatorError(f"setting METRICS_FILE must be an absolute path ending in .prom, got {value!r}")
     return path
-
-
-def settings_as_dict(settings: Settings) -> dict[str, Any]:
-    """A readable view for ``snf-image settings`` and logs (no secrets live in settings)."""
-    return {k: v for k, v in sorted(settings.raw.items())}
