@@ -234,7 +234,7 @@ def cmd_helper_status(args: argparse.Namespace) -> int:
         return 0
     print(f"snf-image: the helper VM image is not ready: {problem}")
     print(
-        "snf-image: build it with: snf-image helper build (minutes the first time, seconds after an upgrade);"
+        "snf-image: the first build takes minutes, one after an upgrade seconds;"
         " until then gnt-os diagnose reports snf-image invalid."
     )
     return 1

@@ -23,6 +23,7 @@ def built_deb() -> Path:
 
 def previous_build(deb: Path, version: str, out: Path) -> Path:
     """The same package under a lower version: what an upgrade to ``deb`` starts from."""
+    out.mkdir(parents=True, exist_ok=True)
     tree = out / "tree"
     subprocess.run(["dpkg-deb", "--raw-extract", str(deb), str(tree)], check=True)
     control = tree / "DEBIAN" / "control"

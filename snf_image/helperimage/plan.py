@@ -15,7 +15,7 @@ from . import kernel as custom_kernel
 from .rootfs import MIRROR, SUITE, cached_rootfs, read_package_list
 
 #: What each step usually takes here; said to the operator, never relied upon.
-ESTIMATE_DEBOOTSTRAP = "about 2-3 minutes"
+ESTIMATE_DEBOOTSTRAP = "about 1-3 minutes, with the downloads"
 ESTIMATE_ROOT_IMAGE = "about 10-30 seconds"
 ESTIMATE_CUSTOM_KERNEL = "about 5 minutes on an idle 2-core node, up to 30 under load"
 ESTIMATE_CODE_LAYER = "a few seconds"
