@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,8 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 @functools.cache
 def built_deb() -> Path:
-    """snf-image_<version>_all.deb of the working tree as it is now (a temp dir that lives as long as the session)."""
+    """snf-image_<version>_all.deb of the working tree as it is now (in a temp dir removed when the session ends)."""
     out = Path(tempfile.mkdtemp(prefix="snf-image-test-deb-"))
+    atexit.register(shutil.rmtree, out, True)
     result = subprocess.run(
         [str(REPO / "scripts" / "build-deb"), str(out)], capture_output=True, text=True, timeout=1800
     )
