@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from . import params, windows
+from . import params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
 from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
 from .copy import HashingStream, copy_stream, verify_checksum
@@ -172,10 +172,12 @@ def _drain(stream: ImageStream) -> None:
         pass
 
 
+@summary.timed(summary.PHASE_COPY)
 def copy_image(instance: Instance, os_params: OsParams, settings: Settings, progress: Progress) -> CopyOutcome:
     """Fetch the image and write it onto disk 0."""
     progress.info(f"Processing image with ID: {os_params.img_id} and format: {os_params.img_format}")
     source = select_source(os_params.img_id, settings)
+    summary.note_image(os_params.img_id, source.name, os_params.properties)
     source.check(os_params.img_id)
     if not source.delivers_image:
         progress.info("The null source copies nothing; customizing the disk as it is.")
@@ -269,6 +271,7 @@ def _personality_file(entry: Mapping[str, Any]) -> PersonalityFile:
     return PersonalityFile(path=entry["path"], contents=entry["contents"], **optional)
 
 
+@summary.timed(summary.PHASE_HELPER)
 def customize(instance: Instance, settings: Settings, rules: Rules, progress: Progress) -> None:
     """Hand the disks and the rules to the helper VM and wait for its verdict."""
     from . import jail, schemas

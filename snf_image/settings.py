@@ -192,11 +192,16 @@ class Settings:
     #: Defaults for OS parameters, lower-case names (from IMG_ID=... lines).
     param_defaults: Mapping[str, str]
     raw: Mapping[str, str] = field(repr=False)
+    #: The node exporter textfile of METRICS_FILE (None: no metrics).
+    metrics_file: Path | None = None
+    #: Explicit overrides (the CLI's --set): they win over every file, a source's own file too.
+    overrides: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def source_config(self, name: str) -> dict[str, str]:
         """Settings of one image source: the main settings overlaid with ``backends/src/<name>.conf``."""
         config = dict(self.raw)
         config.update(read_settings_file(self.config_dir / "backends" / "src" / name))
+        config.update(self.overrides)
         return config
 
     def source_priority(self, name: str, default: int) -> int:
@@ -239,6 +244,7 @@ DEFAULTS: dict[str, str] = {
     "WINDOWS_TIMEZONE": "GMT Standard Time",
     "IMAGE_DEBUG": "no",
     "CLOUD_INIT_DEBUG": "no",
+    "METRICS_FILE": "",
 }
 
 
@@ -266,10 +272,10 @@ def load_settings(
             raise OperatorError(f"unofficial variant {variant!r} is unsupported")
         raw.update(read_settings_file(base))
     raw.update(overrides or {})
-    return build_settings(raw, config_dir)
+    return build_settings(raw, config_dir, overrides)
 
 
-def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
+def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[str, str] | None = None) -> Settings:
     """Validate merged raw settings into :class:`Settings`; one error per bad key."""
     for key in sorted(set(raw) & OBSOLETE_KEYS):
         log.warning("setting %s is obsolete and ignored", key)
@@ -305,4 +311,15 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         cloud_init_debug=parse_bool(raw["CLOUD_INIT_DEBUG"], "CLOUD_INIT_DEBUG"),
         param_defaults=param_defaults,
         raw=dict(raw),
+        metrics_file=_metrics_file(raw.get("METRICS_FILE", "")),
+        overrides=dict(overrides or {}),
     )
+
+
+def _metrics_file(value: str) -> Path | None:
+    if not value.strip():
+        return None
+    path = Path(value.strip())
+    if not path.is_absolute() or not path.name.endswith(".prom"):
+        raise OperatorError(f"setting METRICS_FILE must be an absolute path ending in .prom, got {value!r}")
+    return path
