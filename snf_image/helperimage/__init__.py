@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import kernel as custom_kernel
@@ -53,13 +54,47 @@ def _write(path: Path, data: bytes | str) -> None:
 
 
 def base_key(packages: Iterable[str], kernel: str = DEFAULT_KERNEL) -> str:
-    """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used."""
+    """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used.
+
+    Without linux-source the key is one no build has made (a full build then says what to
+    install); a code-only update does not need the source.
+    """
     key = rootfs_key(packages)
     if kernel == "custom":
-        key += "+kernel-" + custom_kernel.kernel_key(
-            custom_kernel.source_version(), custom_kernel.KERNEL_CONFIG.read_text("utf-8")
-        )
+        source = custom_kernel.source_version() or "not installed"
+        key += "+kernel-" + custom_kernel.kernel_key(source, custom_kernel.KERNEL_CONFIG.read_text("utf-8"))
     return key
+
+
+@dataclass(frozen=True)
+class BuildState:
+    """What ``helper_dir`` holds against what this code and ``kernel`` need."""
+
+    key: str  # the base key wanted (rootfs, and the custom kernel if any)
+    version: str  # the helper version wanted
+    base_ok: bool  # a complete base image, of whatever key
+    base_current: bool  # ... of the wanted key
+    code_current: bool  # the code layer is this code's
+
+
+def build_state(helper_dir: Path, kernel: str = DEFAULT_KERNEL) -> BuildState:
+    """Compare ``helper_dir`` with what a build would make; reads only small stamp files."""
+    key = base_key(read_package_list(), kernel)
+    version = helper_version()
+    base_stamp = helper_dir / ".base-key"
+    base_ok = base_stamp.exists() and all(
+        (helper_dir / n).exists() for n in ("image", "kernel", "initrd-base", "packages")
+    )
+    version_file = helper_dir / "version"
+    return BuildState(
+        key=key,
+        version=version,
+        base_ok=base_ok,
+        base_current=base_ok and base_stamp.read_text().strip() == key,
+        code_current=version_file.exists()
+        and version_file.read_text().strip() == version
+        and (helper_dir / "initrd").exists(),
+    )
 
 
 def _build_base(helper_dir: Path, cache_dir: Path, packages: list[str], kernel: str, force: bool) -> None:
@@ -102,17 +137,13 @@ def build(
         raise ValueError(f"kernel must be one of {', '.join(KERNEL_FLAVOURS)}, not {kernel!r}")
     helper_dir = Path(helper_dir)
     cache_dir = Path(cache_dir)
-    version = helper_version()
+    state = build_state(helper_dir, kernel)
+    version, key = state.version, state.key
+    base_ok, base_current, current = state.base_ok, state.base_current, state.code_current
     packages = read_package_list()
     base_stamp = helper_dir / ".base-key"
-    base_files = [helper_dir / n for n in ("image", "kernel", "initrd-base", "packages")]
-    base_ok = base_stamp.exists() and all(p.exists() for p in base_files)
-    # (a code-only update never needs the kernel's key, nor its source)
-    key = "" if code_only else base_key(packages, kernel)
-    base_current = base_ok and base_stamp.read_text().strip() == key
     version_file = helper_dir / "version"
     initrd = helper_dir / "initrd"
-    current = version_file.exists() and version_file.read_text().strip() == version and initrd.exists()
 
     if code_only:
         if not base_ok:

@@ -67,13 +67,13 @@ def missing_options(fragment: dict[str, str], config_text: str) -> list[str]:
     return sorted(f"{k}={v}" for k, v in fragment.items() if have.get(k) != v)
 
 
-def source_version() -> str:
-    """The installed linux-source package's version (part of the kernel's cache key)."""
+def source_version() -> str | None:
+    """The installed linux-source package's version (part of the kernel's cache key); None if it is not installed."""
     proc = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", KERNEL_SOURCE_PACKAGE], capture_output=True, text=True
     )
     if proc.returncode != 0 or not proc.stdout.strip() or not KERNEL_SOURCE.exists():
-        raise SystemExit(MISSING_SOURCE)
+        return None
     return proc.stdout.strip()
 
 
@@ -87,12 +87,16 @@ def _finished(out: Path) -> bool:
     return (out / "bzImage").exists() and (out / "release").exists()
 
 
+def _kernel_dir(cache_dir: Path, version: str) -> Path:
+    return cache_dir / f"kernel-{kernel_key(version, KERNEL_CONFIG.read_text('utf-8'))}"
+
+
 def cached_kernel(cache_dir: Path) -> Path | None:
     """The finished build for today's fragment and source if ``cache_dir`` has it (nothing is built)."""
-    try:
-        out = cache_dir / f"kernel-{kernel_key(source_version(), KERNEL_CONFIG.read_text('utf-8'))}"
-    except SystemExit:  # no linux-source: nothing can be cached for it
+    version = source_version()
+    if version is None:  # no linux-source: nothing can be cached for it
         return None
+    out = _kernel_dir(cache_dir, version)
     return out if _finished(out) else None
 
 
@@ -122,7 +126,10 @@ def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None 
     The source is unpacked into a scratch directory under ``cache_dir`` and removed
     after the build (about 1.5 GiB while it lasts); only the ~4 MiB result is kept.
     """
-    out = cache_dir / f"kernel-{kernel_key(source_version(), KERNEL_CONFIG.read_text('utf-8'))}"
+    version = source_version()
+    if version is None:
+        raise SystemExit(MISSING_SOURCE)
+    out = _kernel_dir(cache_dir, version)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(cache_dir):
         if _finished(out) and not force:

@@ -117,7 +117,8 @@ def test_code_only_update_needs_no_kernel_source(tmp_path: Path, monkeypatch: py
         (helper / name).write_bytes(b"")
     (helper / ".base-key").write_text("some-base\n")
     monkeypatch.setattr(build, "KERNEL_SOURCE", tmp_path / "absent.tar.xz")
+    assert build.source_version() is None and build.cached_kernel(tmp_path / "cache") is None
     with pytest.raises(SystemExit, match="--kernel debian"):
-        build.source_version()
+        build.ensure_custom_kernel(tmp_path / "cache")
     assert helperimage.build(helper, tmp_path / "cache", code_only=True) is True
     assert (helper / "version").read_text().strip() == helper_version()
