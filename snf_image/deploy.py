@@ -14,12 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from . import formats, params, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
 from .copy import HashingStream, copy_stream, verify_checksum
-from .errors import ImageError, OperatorError
+from .errors import ImageError
 from .ganeti import Instance
 from .params import OsParams
 from .progress import Progress
@@ -30,24 +28,22 @@ from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
 
-CONFIG_URL_TIMEOUT = (10, 30)
-
 #: Tasks a rename runs in the jail: what depends on the instance's name.
 RENAME_TASKS = ("AssignHostname",)
 
 
-def fetch_config_url(url: str) -> dict[str, str]:
-    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*."""
-    log.info("Downloading configuration parameters from %s", url)
-    try:
-        with requests.get(url, timeout=CONFIG_URL_TIMEOUT, stream=True) as response:
-            response.raise_for_status()
-            body = response.raw.read(params.MAX_CONFIG_URL_DOCUMENT + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise OperatorError(f"config_url: cannot download {url}: {exc}") from exc
-    if len(body) > params.MAX_CONFIG_URL_DOCUMENT:
-        raise OperatorError(f"config_url: {url} is larger than {params.MAX_CONFIG_URL_DOCUMENT} bytes")
-    return params.parse_config_document(body.decode("utf-8", "replace"), url)
+def fetch_config_url(url: str, settings: Settings) -> dict[str, str]:
+    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*.
+
+    Through the image download path: the network source's TLS settings,
+    timeouts, retries, redirect policy and minimum rate; http(s) and ftp(s).
+    """
+    from .sources.network import fetch_document
+    from .sources.urls import redact_url
+
+    log.info("Downloading configuration parameters from %s", redact_url(url))
+    body = fetch_document(url, settings, params.MAX_CONFIG_URL_DOCUMENT, "config_url")
+    return params.parse_config_document(body.decode("utf-8", "replace"), redact_url(url))
 
 
 def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
@@ -55,7 +51,9 @@ def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
     merged = params.merge_sources(settings.param_defaults, osparams)
     if merged.get("config_url"):
         params.validate({"config_url": merged["config_url"]}, require_image=False)
-        merged = params.merge_sources(settings.param_defaults, osparams, fetch_config_url(merged["config_url"]))
+        merged = params.merge_sources(
+            settings.param_defaults, osparams, fetch_config_url(merged["config_url"], settings)
+        )
     result = params.validate(merged)
     assert result is not None  # require_image=True guarantees it
     return result

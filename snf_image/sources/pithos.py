@@ -9,8 +9,11 @@ database on every Ganeti node. Here:
     {PITHOS_TOKEN}``. The size is the ``Content-Length`` of that response
     (the same value a HEAD returns, without the extra round trip). Streaming,
     resume after a break and the error messages are those of
-    :class:`~snf_image.sources.network.HttpStream`; the token is never shown
-    and is not sent on to another host if Pithos redirects.
+    :class:`~snf_image.sources.httpstream.HttpStream`; the token is never shown
+    and is not sent on to another host if Pithos redirects. A ``.`` or ``..``
+    segment anywhere in the id (raw or percent-encoded) is refused: URL
+    normalisation would turn it into another account's or container's
+    object, fetched with the node's token.
 
 ``pithosmap://<hashmap hex>/<size>``
     is read straight from a Pithos file block store (``PITHOS_DATA``), no
@@ -39,8 +42,8 @@ database on every Ganeti node. Here:
     original are not supported.
 
 Settings (main config overlaid with ``backends/src/pithos.conf`` or
-``pithosmap.conf``; pithos also reads the ``HTTP_*``/``TLS_*``/
-``RETRY_BACKOFF`` keys of the network source):
+``pithosmap.conf``; pithos also reads the ``HTTP_*``/``TLS_*``/``DOWNLOAD_*``/
+``RETRY_BACKOFF``/``ALLOW_PRIVATE_REDIRECTS`` keys of the network source):
 
 =======================  =======================  ==================================================
 key                      default                  meaning
@@ -64,7 +67,8 @@ from typing import BinaryIO
 
 from ..errors import OperatorError, SourceError
 from .base import ImageSource, ImageStream
-from .network import HttpOptions, HttpStream, int_setting, setting
+from .httpstream import HttpStream
+from .options import HttpOptions, int_setting, setting
 
 DEFAULTS: dict[str, str] = {
     "PITHOS_URL": "",
@@ -75,6 +79,13 @@ DEFAULTS: dict[str, str] = {
 }
 
 TOKEN_HEADER = "X-Auth-Token"
+
+
+def _fully_unquoted(text: str) -> str:
+    """``text`` percent-decoded until nothing changes (``%252e`` is a dot to a server that decodes twice)."""
+    while (plain := urllib.parse.unquote(text)) != text:
+        text = plain
+    return text
 
 
 class PithosSource(ImageSource):
@@ -93,6 +104,9 @@ class PithosSource(ImageSource):
         match = re.fullmatch(r"pithos://([^/]+)/([^/]+)/(.+)", img_id)
         if not match or any(ord(ch) < 32 or ord(ch) == 127 for ch in img_id):
             raise OperatorError(f"invalid image id {img_id!r}: expected pithos://<account>/<container>/<object path>")
+        for segment in img_id[len("pithos://") :].split("/"):
+            if _fully_unquoted(segment) in (".", ".."):
+                raise OperatorError(f"invalid image id {img_id!r}: '.' and '..' segments are not allowed")
         return match.group(1), match.group(2), match.group(3)
 
     def _base_url(self) -> str:

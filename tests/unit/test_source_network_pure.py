@@ -16,20 +16,12 @@ import requests
 import urllib3
 
 from snf_image.errors import OperatorError, SourceError
-from snf_image.sources import network
-from snf_image.sources.network import (
-    FATAL,
-    FATAL_AT_START,
-    TRANSIENT,
-    HttpOptions,
-    NetworkSource,
-    RetryBudget,
-    RetryOptions,
-    describe_network_error,
-    parse_image_url,
-    redact_url,
-)
+from snf_image.sources import failures
+from snf_image.sources.failures import FATAL, FATAL_AT_START, TRANSIENT, RetryBudget, describe_network_error
+from snf_image.sources.network import NetworkSource
+from snf_image.sources.options import HttpOptions, RetryOptions
 from snf_image.sources.pithos import PithosMapSource, PithosSource
+from snf_image.sources.urls import parse_image_url, redact_url
 
 
 @pytest.mark.parametrize(
@@ -152,7 +144,7 @@ def test_describe_certificate_failure() -> None:
 
 def test_retry_budget_counts_consecutive_and_total(monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr(network.time, "sleep", pauses.append)
+    monkeypatch.setattr(failures.time, "sleep", pauses.append)
     budget = RetryBudget(RetryOptions(retries=2, backoff=1.0), "http://h/x")
     budget.failed("a")
     budget.failed("b")
@@ -175,7 +167,7 @@ def test_retry_budget_counts_consecutive_and_total(monkeypatch: pytest.MonkeyPat
 
 def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr(network.time, "sleep", pauses.append)
+    monkeypatch.setattr(failures.time, "sleep", pauses.append)
     budget = RetryBudget(RetryOptions(retries=6, backoff=1.0), "x")
     for _ in range(6):
         budget.failed("r")
