@@ -52,7 +52,7 @@ from .ftpstream import FtpStream
 from .httpstream import HttpStream
 from .options import FtpOptions, HttpOptions
 from .resuming import ResumingStream
-from .urls import ImageUrl, parse_image_url
+from .urls import ImageUrl, parse_url
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -73,7 +73,7 @@ class NetworkSource(ImageSource):
 
     def check(self, img_id: str) -> None:
         """Syntax and settings only: no connection is made."""
-        url = parse_image_url(img_id)
+        url = parse_url(img_id)
         if url.scheme.startswith("http"):
             HttpOptions.from_config(self.config)
         else:
@@ -81,7 +81,7 @@ class NetworkSource(ImageSource):
 
     def open(self, img_id: str) -> ResumingStream:
         """Connect and start the transfer; the stream resumes by itself after a break."""
-        return self.open_url(parse_image_url(img_id))
+        return self.open_url(parse_url(img_id))
 
     def open_url(
         self, url: ImageUrl, subject: str = "image", revalidate: Mapping[str, str] | None = None
@@ -109,7 +109,7 @@ def fetch_document(url: str, settings: Settings, limit: int, what: str) -> bytes
     """
     source = NetworkSource(settings.source_config(NetworkSource.name))
     try:
-        with source.open_url(parse_image_url(url), subject="document") as stream:
+        with source.open_url(parse_url(url), subject="document") as stream:
             if stream.size is not None and stream.size > limit:
                 raise SourceError(f"{stream.display} is larger than {limit} bytes")
             body = bytearray()

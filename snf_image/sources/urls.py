@@ -48,24 +48,24 @@ def printable(text: str, limit: int = 80) -> str:
     return clean[:limit]
 
 
-def parse_image_url(img_id: str) -> ImageUrl:
-    """Validate an http/https/ftp/ftps URL; raises :class:`OperatorError` naming the problem."""
+def parse_url(img_id: str) -> ImageUrl:
+    """Validate an http/https/ftp/ftps URL (image id, config_url, os_answer_file); OperatorError names the problem."""
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in img_id):
-        raise OperatorError(f"invalid image URL {redact_url(img_id)!r}: contains whitespace or control characters")
+        raise OperatorError(f"invalid URL {redact_url(img_id)!r}: contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(img_id)
         port = parts.port
     except ValueError as exc:
-        raise OperatorError(f"invalid image URL {redact_url(img_id)!r}: {exc}") from None
+        raise OperatorError(f"invalid URL {redact_url(img_id)!r}: {exc}") from None
     scheme = parts.scheme.lower()
     display = redact_url(img_id)
     if scheme not in DEFAULT_PORTS:
-        raise OperatorError(f"invalid image URL {display!r}: scheme must be http, https, ftp or ftps")
+        raise OperatorError(f"invalid URL {display!r}: scheme must be http, https, ftp or ftps")
     if not parts.hostname:
-        raise OperatorError(f"invalid image URL {display!r}: no host")
+        raise OperatorError(f"invalid URL {display!r}: no host")
     path = urllib.parse.unquote(parts.path)
     if scheme.startswith("ftp") and (not path.strip("/") or path.endswith("/")):
-        raise OperatorError(f"invalid image URL {display!r}: no file name")
+        raise OperatorError(f"invalid URL {display!r}: no file name")
     netloc = parts.netloc.rpartition("@")[2]
     url = urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
     unquote = urllib.parse.unquote

@@ -12,11 +12,13 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.servers import FtpServer, ImageServer, TlsFiles, make_tls_files
+if TYPE_CHECKING:  # imported by the fixtures: most integration tests need no server (nor pyftpdlib)
+    from tests.servers import ImageServer, TlsFiles
+    from tests.servers.ftpd import FtpServer
 
 #: Seconds one network test may take.
 NETWORK_TEST_DEADLINE = 20
@@ -25,12 +27,16 @@ NETWORK_TEST_DEADLINE = 20
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throw-away CA and a certificate for 127.0.0.1/localhost."""
+    from tests.servers.tls import make_tls_files
+
     return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
 def http_server(tls_files: TlsFiles) -> Iterator[Callable[..., ImageServer]]:
     """Factory: ``http_server({"/path": bytes}, tls=False, host="127.0.0.1")`` -> a started ImageServer."""
+    from tests.servers.httpd import ImageServer
+
     started: list[ImageServer] = []
 
     def start(files: dict[str, bytes], tls: bool = False, host: str = "127.0.0.1") -> ImageServer:
@@ -46,6 +52,8 @@ def http_server(tls_files: TlsFiles) -> Iterator[Callable[..., ImageServer]]:
 @pytest.fixture
 def ftp_server(tls_files: TlsFiles) -> Iterator[Callable[..., FtpServer]]:
     """Factory: ``ftp_server(root, tls=False, user=None, password="", rate_limit=0)`` -> a started FtpServer."""
+    from tests.servers.ftpd import FtpServer
+
     started: list[FtpServer] = []
 
     def start(root: Path, tls: bool = False, **options: Any) -> FtpServer:

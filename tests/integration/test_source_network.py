@@ -18,7 +18,8 @@ import pytest
 
 from snf_image.errors import OperatorError, SourceError
 from snf_image.sources.network import NetworkSource
-from tests.servers import FtpServer, ImageServer, TlsFiles, read_all
+from tests.servers import ImageServer, TlsFiles, read_all
+from tests.servers.ftpd import FtpServer
 
 pytestmark = pytest.mark.usefixtures("network_deadline")
 

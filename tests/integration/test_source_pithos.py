@@ -90,6 +90,22 @@ def test_pithos_token_does_not_follow_a_redirect_to_another_host(
     assert other.requests and all("X-Auth-Token" not in r.headers for r in other.requests)
 
 
+@pytest.mark.parametrize(
+    "object_path",
+    ["../../victim/private/secret.img", "x/%2e%2e/%2E%2E/%2e%2e/victim/private/secret.img", "./x", "x/%252e%252e/y"],
+)
+def test_pithos_ids_with_dot_segments_are_refused(http_server: Callable[..., ImageServer], object_path: str) -> None:
+    """URL normalisation would turn ``..`` into another account's object, fetched with the node's token."""
+    server = http_server({"/object-store/v1/victim/private/secret.img": b"not yours"})
+    img_id = f"pithos://{ACCOUNT}/images/{object_path}"
+    source = pithos_source(server)
+    for attempt in (source.check, source.open):
+        with pytest.raises(OperatorError) as err:
+            attempt(img_id)
+        assert str(err.value) == f"invalid image id {img_id!r}: '.' and '..' segments are not allowed"
+    assert not server.requests
+
+
 def test_pithos_check_needs_url_and_a_full_id() -> None:
     with pytest.raises(OperatorError, match=r"^setting PITHOS_URL is not set"):
         PithosSource({}).check(IMG_ID)

@@ -1,7 +1,8 @@
 """Real loopback servers for the tests of everything the host fetches: one per protocol.
 
 - :class:`~tests.servers.httpd.ImageServer`: HTTP and HTTPS, with scripted misbehaviour;
-- :class:`~tests.servers.ftpd.FtpServer`: FTP and explicit FTPS (pyftpdlib);
+- :class:`~tests.servers.ftpd.FtpServer`: FTP and explicit FTPS (pyftpdlib; import it from
+  ``tests.servers.ftpd``, so that tests without FTP do not load asyncore);
 - :func:`~tests.servers.tls.make_tls_files`: the CA and certificate both use for TLS.
 
 The pytest fixtures that start and stop them are in ``tests/integration/conftest.py``.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 from snf_image.sources.base import ImageStream
 
-from .ftpd import FtpServer
 from .httpd import Behaviour, ImageServer, RequestLog
 from .tls import TlsFiles, make_tls_files
 
@@ -30,4 +30,4 @@ def read_all(stream: ImageStream, bufsize: int = 256 * 1024, limit: int = 64 * 1
     raise AssertionError("stream did not end")
 
 
-__all__ = ["Behaviour", "FtpServer", "ImageServer", "RequestLog", "TlsFiles", "make_tls_files", "read_all"]
+__all__ = ["Behaviour", "ImageServer", "RequestLog", "TlsFiles", "make_tls_files", "read_all"]

@@ -21,7 +21,7 @@ from snf_image.sources.failures import FATAL, FATAL_AT_START, TRANSIENT, RetryBu
 from snf_image.sources.network import NetworkSource
 from snf_image.sources.options import HttpOptions, RetryOptions
 from snf_image.sources.pithos import PithosMapSource, PithosSource
-from snf_image.sources.urls import parse_image_url, redact_url
+from snf_image.sources.urls import parse_url, redact_url
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_probe(img_id: str, expected: bool) -> None:
 
 
 def test_parse_splits_and_hides_credentials() -> None:
-    url = parse_image_url("https://al%40ice:p%3Ass@example.org:8443/a%20b/img?sig=SECRET#frag")
+    url = parse_url("https://al%40ice:p%3Ass@example.org:8443/a%20b/img?sig=SECRET#frag")
     assert (url.scheme, url.host, url.port) == ("https", "example.org", 8443)
     assert (url.username, url.password) == ("al@ice", "p:ss")
     assert url.url == "https://example.org:8443/a%20b/img?sig=SECRET"
@@ -53,9 +53,9 @@ def test_parse_splits_and_hides_credentials() -> None:
 
 
 def test_parse_defaults_and_ipv6() -> None:
-    assert parse_image_url("http://h/x").port == 80
-    assert parse_image_url("ftps://h/x").port == 21  # explicit FTPS
-    url = parse_image_url("ftp://[::1]:2121/dir/file.img")
+    assert parse_url("http://h/x").port == 80
+    assert parse_url("ftps://h/x").port == 21  # explicit FTPS
+    url = parse_url("ftp://[::1]:2121/dir/file.img")
     assert (url.host, url.port, url.path) == ("::1", 2121, "/dir/file.img")
 
 
