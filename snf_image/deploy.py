@@ -24,6 +24,7 @@ from .progress import Progress
 from .settings import Settings
 from .sources import select_source
 from .sources.base import ImageStream
+from .sources.fetch import open_image
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,10 @@ def copy_image(instance: Instance, os_params: OsParams, settings: Settings, prog
     if not source.delivers_image:
         progress.info("The null source copies nothing; customizing the disk as it is.")
         return CopyOutcome({})
-    with open_target(instance.disks[0].target) as target, source.open(os_params.img_id) as raw:
+    with (
+        open_target(instance.disks[0].target) as target,
+        open_image(source, os_params.img_id, settings, os_params.img_checksum) as raw,
+    ):
         stream: ImageStream = raw
         hasher = None
         if os_params.img_checksum:

@@ -43,15 +43,16 @@ to http (see :mod:`~snf_image.sources.netpolicy`).
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import OperatorError, SourceError
-from .base import ImageSource
+from .base import CacheIdentity, ImageSource
 from .ftpstream import FtpStream
 from .httpstream import HttpStream
 from .options import FtpOptions, HttpOptions
-from .resuming import ResumingStream
+from .resuming import NotModified, ResumingStream
 from .urls import ImageUrl, parse_url
 
 if TYPE_CHECKING:
@@ -82,6 +83,20 @@ class NetworkSource(ImageSource):
     def open(self, img_id: str) -> ResumingStream:
         """Connect and start the transfer; the stream resumes by itself after a break."""
         return self.open_url(parse_url(img_id))
+
+    def cache_identity(self, img_id: str) -> CacheIdentity:
+        """The URL without credentials and query; those (which select what the server shows) are the secret."""
+        url = parse_url(img_id)
+        query = urllib.parse.urlsplit(url.url).query
+        secret = "\0".join((url.username or "", url.password or "", query)) if url.username or query else ""
+        return CacheIdentity(public=url.display, secret=secret, display=url.display)
+
+    def open_if_changed(self, img_id: str, validators: Mapping[str, str]) -> ResumingStream | None:
+        """A conditional request (HTTP ``If-None-Match``/``If-Modified-Since``, FTP ``MDTM``/``SIZE``)."""
+        try:
+            return self.open_url(parse_url(img_id), revalidate=validators)
+        except NotModified:
+            return None
 
     def open_url(
         self, url: ImageUrl, subject: str = "image", revalidate: Mapping[str, str] | None = None

@@ -18,6 +18,7 @@ import urllib3
 from snf_image.errors import OperatorError, SourceError
 from snf_image.sources import failures
 from snf_image.sources.failures import FATAL, FATAL_AT_START, TRANSIENT, RetryBudget, describe_network_error
+from snf_image.sources.netpolicy import is_public_address
 from snf_image.sources.network import NetworkSource
 from snf_image.sources.options import HttpOptions, RetryOptions
 from snf_image.sources.pithos import PithosMapSource, PithosSource
@@ -192,3 +193,34 @@ def test_pithosmap_probe_and_id_length_follow_the_hash() -> None:
         source.check("pithosmap://" + "ab" * 32 + "/1")
     with pytest.raises(OperatorError, match=r"^img_id: hashmap"):
         source.check("pithosmap://" + "AB" * 20 + "/1")  # right length (upper case accepted), no map
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # link-local (cloud metadata)
+        ("100.64.0.1", False),  # shared address space
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),  # multicast is "global" to Python, not to us
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("fec0::1", False),  # site-local
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("::ffff:93.184.216.34", False),  # mapped addresses are reserved space whatever they map
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+    ],
+)
+def test_is_public_address(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
