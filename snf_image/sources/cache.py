@@ -106,15 +106,19 @@ class EntryMeta:
         size, crc = raw.get("size"), raw.get("crc32")
         if not (isinstance(size, int) and isinstance(crc, int) and isinstance(validators, dict)):
             raise ValueError("malformed metadata")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in validators.items()):
+        if validators and not usable_validators(validators):
             raise ValueError("malformed validators")
         checksum = raw.get("checksum")
         return cls(size, crc, validators, str(raw.get("source", "")), checksum if isinstance(checksum, str) else None)
 
 
-def usable_validators(validators: dict[str, str] | Any) -> bool:
-    """Whether a copy could be revalidated with these (present, and of a sane length)."""
-    return bool(validators) and all(len(k) + len(v) <= MAX_VALIDATOR for k, v in validators.items())
+def usable_validators(validators: Any) -> bool:
+    """Whether a copy could be revalidated with these: present, short, printable ASCII (they go into headers)."""
+
+    def clean(text: object) -> bool:
+        return isinstance(text, str) and len(text) <= MAX_VALIDATOR and all(" " <= ch <= "~" for ch in text)
+
+    return bool(validators) and all(clean(k) and clean(v) for k, v in dict(validators).items())
 
 
 class EntryLock:

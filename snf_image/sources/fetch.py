@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,8 +116,8 @@ def _private_copy(stream: ImageStream, settings: Settings, checksum: str | None)
     from ..copy import HashingStream, verify_checksum
 
     with stream:
-        fd = os.open(_private_dir(settings), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        file = os.fdopen(fd, "r+b", buffering=0)
+        # unnamed where the filesystem allows it (O_TMPFILE), else unlinked at once; 0600
+        file = tempfile.TemporaryFile(dir=_private_dir(settings), buffering=0)  # noqa: SIM115 - handed over
         try:
             source: ImageStream = HashingStream(stream, checksum.partition(":")[0]) if checksum else stream
             buffer = memoryview(bytearray(_CHUNK))
@@ -135,8 +136,6 @@ def _private_copy(stream: ImageStream, settings: Settings, checksum: str | None)
 
 def _private_dir(settings: Settings) -> Path:
     """IMAGE_CACHE_DIR (made 0700) when usable, as it is where image-sized files belong; else TMPDIR."""
-    import tempfile
-
     problem = ImageCache(settings.image_cache_dir, 0).prepare()
     if problem is None:
         return settings.image_cache_dir

@@ -42,6 +42,11 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
+def redact_id(img_id: str) -> str:
+    """An image id for messages: a URL redacted (:func:`redact_url`), anything else as it is."""
+    return redact_url(img_id) if "://" in img_id else img_id
+
+
 def printable(text: str, limit: int = 80) -> str:
     """Server-supplied text made safe for a one-line message."""
     clean = "".join(ch if ch.isprintable() else " " for ch in text).strip()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 import requests
 import urllib3
 
 from snf_image.errors import OperatorError, SourceError
-from snf_image.sources import failures
+from snf_image.settings import load_settings
+from snf_image.sources import failures, select_source
 from snf_image.sources.failures import FATAL, FATAL_AT_START, TRANSIENT, RetryBudget, describe_network_error
 from snf_image.sources.netpolicy import is_public_address
 from snf_image.sources.network import NetworkSource
@@ -224,3 +226,10 @@ def test_pithosmap_probe_and_id_length_follow_the_hash() -> None:
 )
 def test_is_public_address(address: str, public: bool) -> None:
     assert is_public_address(address) is public
+
+
+def test_select_source_never_echoes_url_credentials(tmp_path: Path) -> None:
+    settings = load_settings(config_dir=tmp_path)
+    with pytest.raises(OperatorError) as err:
+        select_source("gopher://alice:s3cret@h/x?token=t0ken", settings)
+    assert str(err.value) == "img_id: no source can handle image id 'gopher://h/x?...'"
