@@ -33,10 +33,12 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from snf_image.contract.constants import OSFAMILIES
+from snf_image.contract.rules import Rules
 
 from . import disks, fsutil
 from .commands import CommandError, TaskError, run_command
 from .properties import Properties
+from .windows import WindowsImage
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class Task:
     resize: a filesystem resize task; EXCLUDE_FILESYSTEMRESIZE_TASKS skips it.
     cloudinit_skip: not run when the CLOUD_INIT property is set.
     overridable: the image may replace it (overwrite_task_<Name>).
-    structural: part of the mounting machinery; with rules["only_tasks"] it
+    structural: part of the mounting machinery; with rules.only_tasks it
         still runs whenever a selected task needs the image mounted.
     """
 
@@ -102,6 +104,7 @@ class Reporter(Protocol):
 class Context:
     """Everything a task may use; tasks read nothing else (no environment, no globals).
 
+    rules: the deployment's rules, as the host sent them.
     disks: the instance's disk devices in Ganeti index order; ``device`` is
         the first, the one the image was written to.
     properties: the merged image properties, names case-insensitive.
@@ -109,9 +112,19 @@ class Context:
         auto-detected before any task runs (partition numbers as the kernel
         numbers them: /dev/vdb2 is 2).
     target: the mount point of the guest root (MountImage mounts it).
+
+    The fields after these carry what one task learns for the later ones:
+
+    bsd_duid: MountImage: the OpenBSD disklabel's uid, by which the image's
+        fstab may name partitions (FilesystemResizeMounted).
+    windows: the first Windows task: what tasks._windows.image read.
+    network_warnings: ConfigureNetwork and InitializeDatasource plan the
+        NICs alike; each warning reaches the operator once.
+    network_backups, backup_stamp: ConfigureNetwork: the guest files already
+        backed up in this run, and the run's backup directory name.
     """
 
-    rules: dict[str, Any]
+    rules: Rules
     properties: Properties
     disks: list[Path]
     reporter: Reporter
@@ -119,7 +132,11 @@ class Context:
     osfamily: str = "linux"
     root_partition: int = 1
     resize_partition: int | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    bsd_duid: str = ""
+    windows: WindowsImage | None = None
+    network_warnings: set[str] = field(default_factory=set)
+    network_backups: set[str] = field(default_factory=set)
+    backup_stamp: str = ""
 
     @property
     def device(self) -> Path:
@@ -187,7 +204,7 @@ def discover(package: str = "tasks") -> list[LoadedTask]:
 
 
 def select(tasks: Sequence[LoadedTask], only: Iterable[str] | None) -> list[LoadedTask]:
-    """The tasks of this run: all, or rules["only_tasks"] plus the mounting machinery they need."""
+    """The tasks of this run: all, or rules.only_tasks plus the mounting machinery they need."""
     if only is None:
         return list(tasks)
     wanted = {name.lower() for name in only}
@@ -242,7 +259,7 @@ def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
         "SNF_IMAGE_OSFAMILY": ctx.osfamily,
         "SNF_IMAGE_ROOT_PARTITION": str(ctx.root_partition),
         "SNF_IMAGE_RESIZE_PART": "" if ctx.resize_partition is None else str(ctx.resize_partition),
-        "SNF_IMAGE_HOSTNAME": str(ctx.rules.get("instance_name", "")),
+        "SNF_IMAGE_HOSTNAME": ctx.rules.instance_name,
     }
     for i, disk in enumerate(ctx.disks):
         env[f"SNF_IMAGE_DEV_{i}"] = str(disk)

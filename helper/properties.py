@@ -1,7 +1,7 @@
 """Image properties as the tasks see them.
 
 The host merges img_properties and inst_properties and puts the result in
-rules["properties"]; here they become one read-only mapping with
+rules.properties; here they become one read-only mapping with
 case-insensitive names. Booleans are decoded exactly as the original's
 ``check_yes_no``: yes|true|on|1|set mean yes, no|false|off|0|unset or an
 undefined property mean no, an empty value means no (with a warning), and

@@ -5,10 +5,10 @@ helper.runner`` (PID 1). :func:`main` does the PID 1 work (serial ports,
 kernel command line, power-off); :func:`run` is the deployment logic and
 takes everything it needs as arguments, so tests drive it without a VM.
 
-Channels: human text goes to the console (stdout/stderr, ttyS0); JSON
-progress lines (the schema's ``helper_line``) to ttyS2; the result --
-exactly ``SUCCESS`` or ``ERROR: <reason>`` -- to ttyS1. Only the result
-line decides success on the host.
+Channels: human text goes to the console (stdout/stderr, ttyS0); progress
+lines (``snf_image.contract.messages.HelperLine``) to ttyS2; the result
+(``messages.Result``: exactly ``SUCCESS`` or ``ERROR: <reason>``) to ttyS1.
+Only the result line decides success on the host.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import json
 import logging
 import os
 import subprocess
@@ -27,20 +26,15 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from snf_image.contract import messages
 from snf_image.contract.constants import (
     CMDLINE_ACTIVATE,
     CMDLINE_DEBUG,
     HELPER_ERROR,
-    HELPER_MAX_LINE,
     HELPER_MAX_LINES,
-    HELPER_TASK_END,
-    HELPER_TASK_START,
-    HELPER_WARNING,
     OSFAMILIES,
-    RESULT_ERROR_PREFIX,
-    RESULT_SUCCESS,
     RULES_MAX_BYTES,
     SERIAL_RULES,
     TTY_DEBUG,
@@ -48,6 +42,8 @@ from snf_image.contract.constants import (
     TTY_RESULT,
 )
 from snf_image.contract.errors import SnfImageError
+from snf_image.contract.messages import Result
+from snf_image.contract.rules import Rules, RulesError
 
 from . import detect, disks, framework
 from .commands import CommandError, TaskError
@@ -60,59 +56,43 @@ CMDLINE = Path("/proc/cmdline")
 RESULT_PORT = TTY_RESULT
 PROGRESS_PORT = TTY_PROGRESS
 DISK_WAIT = 10.0
-MAX_REASON = 1000
 RB_POWER_OFF = 0x4321FEDC
-RULES_FORMAT = 1
-
-
-class RulesError(SnfImageError):
-    """The rules disk is missing or unreadable: a host-side bug, never the image's fault."""
 
 
 class ProgressReporter:
-    """Writes helper_line JSON objects, one per line, within the host's line and count limits."""
+    """Writes progress lines (contract.messages), one per line, within the host's count limit."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._count = 0
 
-    def _send(self, line: dict[str, Any]) -> None:
-        # No schema check here: the host validates every line, and importing
-        # jsonschema would cost seconds of the jail's boot under TCG.
+    def _send(self, line: messages.HelperLine) -> None:
         # keep the last lines for the error that ends a run
-        if self._count >= HELPER_MAX_LINES - 2 and line["subtype"] != HELPER_ERROR:
+        if self._count >= HELPER_MAX_LINES - 2 and line.subtype != HELPER_ERROR:
             return
         self._count += 1
-        self._stream.write(json.dumps(line) + "\n")
+        self._stream.write(line.to_json() + "\n")
         self._stream.flush()
 
-    def _messages(self, subtype: str, message: str) -> None:
-        text = " ".join(message.split()) or "(no message)"
-        while True:
-            line = {"subtype": subtype, "messages": [text]}
-            if len(json.dumps(line)) < HELPER_MAX_LINE:
-                break
-            text = text[: len(text) * 3 // 4] + "..."
-        self._send(line)
-
     def task_start(self, task: str) -> None:
-        self._send({"subtype": HELPER_TASK_START, "task": task})
+        self._send(messages.task_start(task))
 
     def task_end(self, task: str) -> None:
-        self._send({"subtype": HELPER_TASK_END, "task": task})
+        self._send(messages.task_end(task))
 
     def warning(self, message: str) -> None:
-        self._messages(HELPER_WARNING, message)
+        self._send(messages.warning(message))
 
     def error(self, message: str) -> None:
-        self._messages(HELPER_ERROR, message)
+        self._send(messages.error(message))
 
 
-def read_rules(device: Path | str) -> dict[str, Any]:
-    """The rules from the rules disk: UTF-8 JSON, NUL padded.
+def read_rules(device: Path | str) -> Rules:
+    """The rules from the rules disk: UTF-8 JSON, NUL padded (contract.rules).
 
-    The host validated them against rules.schema.json before writing the disk; here only
-    the format version is checked (jsonschema's import alone costs seconds under TCG).
+    The host validated them against rules.schema.json before writing the disk;
+    here they are decoded strictly, without jsonschema (its import alone costs
+    seconds under TCG).
     """
     try:
         with open(device, "rb") as f:
@@ -123,14 +103,7 @@ def read_rules(device: Path | str) -> dict[str, Any]:
         data = data[:RULES_MAX_BYTES]
         if data.rstrip(b"\0") == data:
             raise RulesError("the rules are larger than the rules disk limit")
-    data = data.rstrip(b"\0")
-    try:
-        rules = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RulesError(f"the rules disk does not hold UTF-8 JSON: {exc}") from exc
-    if not isinstance(rules, dict) or rules.get("format") != RULES_FORMAT:
-        raise RulesError(f"the rules are not in format {RULES_FORMAT}; helper and host versions differ")
-    return rules
+    return Rules.from_json(data.rstrip(b"\0"))
 
 
 def _partition_number(value: str) -> int:
@@ -140,13 +113,13 @@ def _partition_number(value: str) -> int:
 
 
 def run(
-    rules: dict[str, Any],
+    rules: Rules,
     devices: Sequence[Path],
     reporter: framework.Reporter,
     *,
     tasks: Sequence[LoadedTask] | None = None,
     target: Path | None = None,
-    detector: Callable[[Path], tuple[str, int] | None] = detect.detect_device,
+    detector: Callable[[Path, Callable[[str], None]], tuple[str, int] | None] = detect.detect_device,
     table_reader: Callable[[Path], detect.Table] = detect.read_table,
     on_failure: Callable[[], None] | None = None,
 ) -> None:
@@ -156,19 +129,19 @@ def run(
     defaults to every module of the ``tasks`` package; ``on_failure`` runs
     while the image is still mounted (the debug shell).
     """
-    properties = Properties(rules.get("properties", {}), warn=reporter.warning)
+    properties = Properties(rules.properties, warn=reporter.warning)
     if properties.flag("EXCLUDE_ALL_TASKS"):
         log.warning("EXCLUDE_ALL_TASKS is set")
         reporter.warning("EXCLUDE_ALL_TASKS is set. All configuration tasks were prevented from running.")
         return
-    selected = framework.select(framework.discover() if tasks is None else tasks, rules.get("only_tasks"))
+    selected = framework.select(framework.discover() if tasks is None else tasks, rules.only_tasks)
     device = Path(devices[0])
     table = table_reader(device)
     osfamily = properties.value("OSFAMILY")
     root_value = properties.value("ROOT_PARTITION")
     if not osfamily or not root_value:
         reporter.warning("Needed image properties are missing. Autodetecting them...")
-        found = detector(device)
+        found = detector(device, reporter.warning)
         if found is None:
             raise TaskError(
                 "Unable to detect the OS family and root partition of the image; "
@@ -219,12 +192,9 @@ def run(
 # --- PID 1 ----------------------------------------------------------------
 
 
-def find_disks(rules: dict[str, Any], wait: float = DISK_WAIT) -> list[Path]:
+def find_disks(rules: Rules, wait: float = DISK_WAIT) -> list[Path]:
     """The instance disks named in the rules, by virtio serial, in index order."""
-    found = []
-    for disk in sorted(rules["disks"], key=lambda d: d["index"]):
-        found.append(wait_for_serial(disk["serial"], wait))
-    return found
+    return [wait_for_serial(disk.serial, wait) for disk in sorted(rules.disks, key=lambda d: d.index)]
 
 
 def wait_for_serial(serial: str, wait: float = DISK_WAIT) -> Path:
@@ -237,12 +207,6 @@ def wait_for_serial(serial: str, wait: float = DISK_WAIT) -> Path:
         if time.monotonic() >= deadline:
             raise RulesError(f"no disk with serial {serial}")
         time.sleep(0.2)
-
-
-def one_line(text: str) -> str:
-    """A reason fit for the result port: one line, bounded."""
-    text = " ".join(str(text).split()) or "unknown error"
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 def _open_tty(path: str) -> TextIO:
@@ -310,15 +274,15 @@ def main() -> int:
         if isinstance(exc, CommandError) and exc.output:
             log.error("%s", exc.output)
         reporter.error(str(exc))
-        result.write(f"{RESULT_ERROR_PREFIX} {one_line(str(exc))}\n")
+        result.write(Result.failure(str(exc)).to_line())
     except BaseException as exc:
         traceback.print_exc()
-        reason = one_line(f"Internal error in the helper: {type(exc).__name__}: {exc}")
-        reporter.error(reason)
-        result.write(f"{RESULT_ERROR_PREFIX} {reason}\n")
+        failure = Result.failure(f"Internal error in the helper: {type(exc).__name__}: {exc}")
+        reporter.error(failure.reason)
+        result.write(failure.to_line())
     else:
         log.info("All tasks finished successfully")
-        result.write(f"{RESULT_SUCCESS}\n")
+        result.write(Result(True).to_line())
         status = 0
     result.flush()
     if os.getpid() == 1:

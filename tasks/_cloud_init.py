@@ -76,7 +76,7 @@ def dump(data: Any) -> str:
 
 def debug(ctx: Context) -> bool:
     """The cloud_init_debug setting: keep secrets and log verbosely for troubleshooting."""
-    return bool((ctx.rules.get("settings") or {}).get("cloud_init_debug"))
+    return ctx.rules.settings.cloud_init_debug
 
 
 def config_dir(root: Path) -> str:

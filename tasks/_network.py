@@ -25,11 +25,12 @@ import fnmatch
 import ipaddress
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from helper.commands import TaskError
+from snf_image.contract.rules import RulesNic, RulesSettings
 
 from ._unix import join_lines, newline_of, split_lines
 
@@ -80,15 +81,14 @@ def linux_name(index: int) -> str:
     return f"{NAME_PREFIX}{index}"
 
 
-def _text(nic: Mapping[str, Any], key: str) -> str:
-    value = nic.get(key)
-    return "" if value is None else str(value).strip()
+def _text(value: str | None) -> str:
+    return (value or "").strip()
 
 
-def _mac(nic: Mapping[str, Any], label: str) -> str:
-    mac = _text(nic, "mac").lower().replace("-", ":")
+def _mac(nic: RulesNic, label: str) -> str:
+    mac = _text(nic.mac).lower().replace("-", ":")
     if not MAC_RE.match(mac):
-        raise TaskError(f"{label}: invalid MAC address {nic.get('mac')!r}")
+        raise TaskError(f"{label}: invalid MAC address {nic.mac!r}")
     return mac
 
 
@@ -124,8 +124,8 @@ def parse_default_nic_config(value: str) -> tuple[str | None, str | None]:
 
 
 def plan_nics(
-    nics: Sequence[Mapping[str, Any]],
-    settings: Mapping[str, Any],
+    nics: Sequence[RulesNic],
+    settings: RulesSettings,
     namer: Callable[[int], str] = linux_name,
 ) -> tuple[list[NicPlan], list[str]]:
     """The plan for every NIC, in index order, and the warnings for the operator.
@@ -144,17 +144,12 @@ def plan_nics(
     a TaskError naming the NIC: better no deployment than a guest that is
     unreachable for a reason nobody sees.
     """
-    dhcp_tags = set(settings.get("dhcp_tags") or ())
-    stateful_tags = set(settings.get("stateful_dhcpv6_tags") or ())
-    stateless_tags = set(settings.get("stateless_dhcpv6_tags") or ())
     plans: list[NicPlan] = []
     warnings: list[str] = []
     seen_index: set[int] = set()
     seen_mac: set[str] = set()
-    for position, nic in enumerate(sorted(nics, key=lambda n: n.get("index", 0))):
-        index = nic.get("index", position)
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise TaskError(f"NIC {position}: invalid index {index!r}")
+    for nic in sorted(nics, key=lambda n: n.index):
+        index = nic.index
         label = f"NIC {index}"
         if index in seen_index:
             raise TaskError(f"{label}: duplicate NIC index")
@@ -163,9 +158,9 @@ def plan_nics(
         if mac in seen_mac:
             raise TaskError(f"{label}: MAC address {mac} is used by another NIC too")
         seen_mac.add(mac)
-        tags = set(nic.get("tags") or ())
-        ip, subnet, gateway = _text(nic, "ip"), _text(nic, "subnet"), _text(nic, "gateway")
-        subnet6, gateway6 = _text(nic, "subnet6"), _text(nic, "gateway6")
+        tags = set(nic.tags)
+        ip, subnet, gateway = _text(nic.ip), _text(nic.subnet), _text(nic.gateway)
+        subnet6, gateway6 = _text(nic.subnet6), _text(nic.gateway6)
 
         net = _network(subnet, 4, "subnet", label) if subnet else None
         gw = _ipv4(gateway, "gateway", label) if gateway else None
@@ -174,7 +169,7 @@ def plan_nics(
         fields: dict[str, Any] = {}
         if ip:
             address = _ipv4(ip, "IP", label)
-            if tags & dhcp_tags or net is None:
+            if tags.intersection(settings.dhcp_tags) or net is None:
                 fields["ipv4"] = "dhcp"
             else:
                 if address not in net:
@@ -190,21 +185,19 @@ def plan_nics(
                     fields["gateway6"] = ipaddress.IPv6Address(gateway6)
                 except ValueError as exc:
                     raise TaskError(f"{label}: invalid gateway6 {gateway6!r} (expected an IPv6 address)") from exc
-            if tags & stateful_tags:
+            if tags.intersection(settings.stateful_dhcpv6_tags):
                 fields["ipv6"] = "dhcp"
-            elif tags & stateless_tags:
+            elif tags.intersection(settings.stateless_dhcpv6_tags):
                 fields["ipv6"] = "slaac_dhcp"
             else:
                 fields["ipv6"] = "slaac"
         name = namer(index)
         if not IFNAME_RE.match(name):
             raise TaskError(f"{label}: invalid interface name {name!r}")
-        plans.append(
-            NicPlan(index=index, mac=mac, name=name, frontend_type=_text(nic, "frontend_type") or None, **fields)
-        )
+        plans.append(NicPlan(index=index, mac=mac, name=name, frontend_type=_text(nic.frontend_type) or None, **fields))
 
     if len(plans) == 1 and not plans[0].configured:
-        default = str(settings.get("default_nic_config") or "")
+        default = settings.default_nic_config
         ipv4, ipv6 = parse_default_nic_config(default)
         if ipv4 or ipv6:
             only = plans[0]

@@ -28,13 +28,13 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from helper import disks, fsutil, registry
 from helper.commands import TaskError
 from helper.framework import Context
+from helper.windows import SNF_DIR, WindowsImage
 
 from . import _unix
 
@@ -47,7 +47,6 @@ PUBLIC_KEY_TOKEN = "31bf3856ad364e35"
 SHELL_SETUP = "Microsoft-Windows-Shell-Setup"
 DEPLOYMENT = "Microsoft-Windows-Deployment"
 
-SNF_DIR = "SnfScripts"
 PASSWORD_FILE = "Password"
 PASSWORD_SCRIPT = "ChangePassword.cmd"
 PASSWORD_VBS = "SetPassword.vbs"
@@ -682,27 +681,6 @@ def write_bytes(ctx: Context, path: str, data: bytes) -> None:
     _unix.write_file(ctx.target, path, data, mode=0o644)
 
 
-@dataclass
-class WindowsImage:
-    """What the Windows tasks learn once from the image and share (kept in ctx.state)."""
-
-    windir: str
-    arch: str
-    control_set: str
-    major: int
-    answer_file: str | None = None  # guest path of the unattend.xml / sysprep.inf the tasks edit
-
-    @property
-    def snf_dir(self) -> str:
-        return f"{self.windir}/{SNF_DIR}"
-
-    def hive(self, name: str) -> str:
-        return f"{self.windir}/System32/config/{name}"
-
-
-STATE_KEY = "windows"
-
-
 def hive_file(ctx: Context, guest_path: str) -> Path:
     """The host path of a hive; TaskError if the image lacks it."""
     found = host(ctx, guest_path)
@@ -713,9 +691,8 @@ def hive_file(ctx: Context, guest_path: str) -> Path:
 
 def image(ctx: Context) -> WindowsImage:
     """The image's Windows facts, read from its hives the first time a task asks."""
-    found = ctx.state.get(STATE_KEY)
-    if found is not None:
-        return found
+    if ctx.windows is not None:
+        return ctx.windows
     windir = find_windows_dir(ctx.target)
     try:
         with registry.opened(hive_file(ctx, f"{windir}/System32/config/SYSTEM")) as system:
@@ -727,9 +704,8 @@ def image(ctx: Context) -> WindowsImage:
             major = registry.nt_major(software)
     except registry.HiveError as exc:
         raise TaskError(str(exc)) from exc
-    info = WindowsImage(windir, arch, control_set, major)
-    ctx.state[STATE_KEY] = info
-    return info
+    ctx.windows = WindowsImage(windir, arch, control_set, major)
+    return ctx.windows
 
 
 def append_setup_complete(ctx: Context, lines: Sequence[str]) -> None:
@@ -877,11 +853,11 @@ def sam_users(ctx: Context) -> list[str]:
 
 def change_password(ctx: Context) -> None:
     """ChangePassword for Windows: the scripts that set the USERS' password at first boot."""
-    if ctx.rules.get("password_hash"):
+    if ctx.rules.password_hash:
         raise TaskError("On Windows images a password hash is not applicable (img_passwd_hash); use img_passwd")
-    if ctx.rules.get("auth_keys"):
+    if ctx.rules.auth_keys:
         ctx.warning("SSH keys (auth_keys) are ignored on Windows images")
-    password = ctx.rules.get("password")
+    password = ctx.rules.password
     if not password:
         return
     users = ctx.properties.value("USERS").split()

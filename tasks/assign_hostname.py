@@ -199,8 +199,8 @@ FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {
 
 
 def run(ctx: Context) -> None:
-    """Set the hostname from rules["instance_name"], or hand it to cloud-init."""
-    fqdn = check_hostname(str(ctx.rules.get("instance_name") or ""))
+    """Set the hostname from rules.instance_name, or hand it to cloud-init."""
+    fqdn = check_hostname(ctx.rules.instance_name)
     if ctx.cloud_init:
         hook = _unix.cloud_init_hook("set_hostname")
         if hook is not None:

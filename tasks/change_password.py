@@ -196,9 +196,9 @@ class Credentials:
 
 def credentials(ctx: Context) -> Credentials | None:
     """What this deployment asks for, or None when there is nothing to do."""
-    password = ctx.rules.get("password") or None
-    given_hash = ctx.rules.get("password_hash") or None
-    keys = key_lines(ctx.rules.get("auth_keys") or "")
+    password = ctx.rules.password or None
+    given_hash = ctx.rules.password_hash or None
+    keys = key_lines(ctx.rules.auth_keys or "")
     if password is None and given_hash is None and not keys:
         return None
     users = ctx.properties.value("USERS").split()

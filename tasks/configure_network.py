@@ -89,10 +89,6 @@ SOURCE_DIRECTORY_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")  # what ifupdown's sourc
 # --- guest I/O ---------------------------------------------------------------------
 
 
-def _state(ctx: Context) -> dict[str, object]:
-    return ctx.state.setdefault("configure_network", {"backed_up": set()})
-
-
 def backup(ctx: Context, path: str) -> str | None:
     """Copy guest file ``path`` under /var/backups/snf-image/<time>/ (once per run); the copy's guest path.
 
@@ -100,15 +96,14 @@ def backup(ctx: Context, path: str) -> str | None:
     ``source interfaces.d/*``, NetworkManager and the ifcfg readers would
     read a backup left next to the original as configuration.
     """
-    state = _state(ctx)
-    done: set[str] = state["backed_up"]  # type: ignore[assignment]
-    if path in done:
+    if path in ctx.network_backups:
         return None
     text = _unix.read_optional(ctx.target, path)
     if text is None:
         return None
-    stamp = state.setdefault("stamp", datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
-    copy = f"{BACKUP_ROOT}/{stamp}{path}"
+    if not ctx.backup_stamp:
+        ctx.backup_stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    copy = f"{BACKUP_ROOT}/{ctx.backup_stamp}{path}"
     _unix.make_dirs(ctx.target, str(PurePosixPath(BACKUP_ROOT).parent), mode=0o755)
     _unix.make_dirs(ctx.target, BACKUP_ROOT, mode=0o700)
     _unix.make_dirs(ctx.target, str(PurePosixPath(copy).parent), mode=0o700)
@@ -121,7 +116,7 @@ def backup(ctx: Context, path: str) -> str | None:
         uid=st.st_uid,
         gid=st.st_gid,
     )
-    done.add(path)
+    ctx.network_backups.add(path)
     log.info("backed up %s to %s", path, copy)
     return copy
 
@@ -425,11 +420,10 @@ def choose_backend(ctx: Context) -> Backend | None:
 
 def plan(ctx: Context) -> list[NicPlan]:
     """The NIC plans of this deployment; their warnings reach the operator once per run."""
-    plans, warnings = _network.plan_nics(ctx.rules.get("nics") or [], ctx.rules.get("settings") or {})
-    warned: set[str] = ctx.state.setdefault("network_warnings", set())
+    plans, warnings = _network.plan_nics(ctx.rules.nics, ctx.rules.settings)
     for message in warnings:
-        if message not in warned:
-            warned.add(message)
+        if message not in ctx.network_warnings:
+            ctx.network_warnings.add(message)
             ctx.warning(message)
     return plans
 

@@ -221,7 +221,7 @@ def apply(ctx: Context) -> None:
     keys, skipped = keys_to_generate(hostkeys)
     for path in skipped:
         ctx.warning(f"Not generating host key {path}: its type is no longer supported by sshd")
-    generate(ctx, keys, key_comment(str(ctx.rules.get("instance_name") or "")))
+    generate(ctx, keys, key_comment(ctx.rules.instance_name))
 
 
 def apply_bsd(ctx: Context) -> None:

@@ -32,10 +32,10 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 from helper.commands import TaskError
 from helper.framework import UNIX, WINDOWS, Context, Task
+from snf_image.contract.rules import PersonalityFile
 
 from . import _unix, _windows
 
@@ -50,7 +50,6 @@ TASK = Task(
     overridable=True,
 )
 
-DEFAULT_MODE = 0o440
 PARENT_MODE = 0o750
 NO_PERSONALITY = "This image has no personality (0 files to inject)"
 
@@ -66,22 +65,21 @@ class File:
     mode: int
 
 
-def parse_entry(entry: dict[str, Any]) -> File:
+def parse_entry(entry: PersonalityFile) -> File:
     """A personality entry as a :class:`File`; TaskError for a bad path, bad base64 or a bad mode."""
-    path = entry.get("path")
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+    path = entry.path
+    if not path.startswith("/") or "\0" in path:
         raise TaskError(f"Personality: invalid path {path!r} (must be absolute)")
     guest = PurePosixPath(path)
     if ".." in guest.parts or guest.name in ("", ".", ".."):
         raise TaskError(f"Personality: invalid path {path!r}")
     try:
-        contents = base64.b64decode(entry.get("contents") or "", validate=True)
+        contents = base64.b64decode(entry.contents, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise TaskError(f"Personality: contents of {path} are not valid base64") from exc
-    mode = entry.get("mode", DEFAULT_MODE)
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-        raise TaskError(f"Personality: invalid mode {mode!r} for {path}")
-    return File(str(guest), contents, str(entry.get("owner") or ""), str(entry.get("group") or ""), mode)
+    if not 0 <= entry.mode <= 0o7777:
+        raise TaskError(f"Personality: invalid mode {entry.mode!r} for {path}")
+    return File(str(guest), contents, entry.owner, entry.group, entry.mode)
 
 
 def inject(ctx: Context, files: list[File]) -> None:
@@ -103,7 +101,7 @@ FAMILY_HANDLERS: dict[str, Callable[[Context, list[File]], None]] = {
 
 def run(ctx: Context) -> None:
     """Inject the personality files."""
-    files = [parse_entry(e) for e in ctx.rules.get("personality") or []]
+    files = [parse_entry(e) for e in ctx.rules.personality]
     if not files:
         ctx.warning(NO_PERSONALITY)
         return

@@ -86,7 +86,7 @@ def arrange_bsd_growth(ctx: Context, part: Path) -> None:
         table = detect.read_table(ctx.device)
         entry = table.get(ctx.resize_partition)
         fstab = _unix.read_optional(ctx.target, "/etc/fstab") or ""
-        duid = ctx.state.get("bsd_duid", "")
+        duid = ctx.bsd_duid
         found = fstab_mountpoint(fstab, entry.letter, duid) if entry is not None and entry.letter else None
         if found is None:
             ctx.warning(f"Partition {ctx.resize_partition} is not in the image's fstab; its filesystem was not grown")

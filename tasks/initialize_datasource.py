@@ -114,13 +114,13 @@ def run(ctx: Context) -> None:
     _unix.write_file(root, f"{cfg_dir}/{_cloud_init.DATASOURCE_CFG}", text.encode(), mode=0o644)
 
     seed = _cloud_init.ensure_seed(root)
-    name = str(ctx.rules.get("instance_name") or "instance")
+    name = ctx.rules.instance_name or "instance"
     # a fresh meta-data: whatever the image carried belongs to another instance
     _unix.write_file(
         root, f"{seed}/meta-data", _cloud_init.dump({"instance-id": instance_id(name)}).encode(), mode=0o600
     )
 
-    user_data = decode_user_data(ctx.rules.get("cloud_userdata"))
+    user_data = decode_user_data(ctx.rules.cloud_userdata)
     if user_data is None:
         ctx.warning("No cloud user-data provided")
         user_data = b""

@@ -99,8 +99,8 @@ def check_resealed(ctx: Context, win: w.WindowsImage) -> None:
 
 
 def host_file(ctx: Context, name: str) -> str:
-    """An answer file the host sent (rules["files"]); a host too old to send one is an error."""
-    text = (ctx.rules.get("files") or {}).get(name)
+    """An answer file the host sent (rules.files); a host too old to send one is an error."""
+    text = ctx.rules.files.get(name)
     if not text:
         raise TaskError(f"The host sent no {name} to install (is snf-image on the host up to date?)")
     return text
@@ -134,7 +134,7 @@ def install_unattend(ctx: Context, win: w.WindowsImage) -> str:
             (f"cmd.exe /c {snf}\\{w.PASSWORD_SCRIPT}", "Change user passwords"),
         ],
     )
-    key = ctx.rules.get("os_product_key")
+    key = ctx.rules.os_product_key
     if key:
         data = w.set_shell_setup(data, win.arch, {"ProductKey": key})
     w.write_bytes(ctx, path, data)
@@ -163,7 +163,7 @@ def install_sysprep(ctx: Context, win: w.WindowsImage) -> str:
     if w.ini_get(text, "Unattended", "InstallFilesPath") is None:
         text = w.ini_set(text, "Unattended", "InstallFilesPath", DEFAULT_INSTALL_FILES)
     install_dir = install_files_dir(w.ini_get(text, "Unattended", "InstallFilesPath"))
-    key = ctx.rules.get("os_product_key")
+    key = ctx.rules.os_product_key
     if key:
         text = w.ini_set(text, "UserData", "ProductKey", w.ini_quote(key))
     w.write_bytes(ctx, w.SYSPREP_INF, w.encode_text(text, codec))

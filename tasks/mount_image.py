@@ -199,7 +199,7 @@ def run_bsd(ctx: Context) -> None:
 
             label = detect.read_label(read, table.sector_size, slice_) if slice_ else None
         duid = label.duid if label is not None else ""
-    ctx.state["bsd_duid"] = duid  # FilesystemResizeMounted names OpenBSD devices by it
+    ctx.bsd_duid = duid  # FilesystemResizeMounted names OpenBSD devices by it
     entries = parse_fstab(fsutil.read_text(ctx.target, "/etc/fstab"))
     chosen, problems = bsd_to_mount(entries, ctx.osfamily, letters, duid)
     for message in problems:

@@ -1,18 +1,23 @@
-"""Fake guest roots for the configuration tasks: a directory tree shaped like a small Debian install.
+"""Fake guest roots for the configuration tasks, and the one recording Context every task test uses.
 
 As libguestfs' virt-customize tests drive operations against scripted
 guests, these tests drive a task's run(ctx) against a temporary directory
-that stands in for the mounted image, then read the files back.
+that stands in for the mounted image (a tree shaped like a small Debian
+install by default), then read the files back. :func:`make_ctx` is the
+Context of those tests (and of the framework's), :func:`make_rules` the
+typed rules the host would send.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from helper.framework import Context
 from helper.properties import Properties
+from snf_image.contract.rules import Rules, RulesDisk, RulesSettings
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
@@ -105,6 +110,21 @@ def make_guest(root: Path, files: dict[str, str | None] | None = None, base: dic
     return root
 
 
+RULES = Rules(
+    instance_name="vm1.example.com",
+    img_format="diskdump",
+    properties={},
+    nics=(),
+    disks=(RulesDisk(index=0, size_bytes=1024**3),),
+    settings=RulesSettings(),
+)
+
+
+def make_rules(**fields: Any) -> Rules:
+    """Rules for one small disk and no NIC, with ``fields`` (typed values) replacing the defaults."""
+    return dataclasses.replace(RULES, **fields)
+
+
 def make_ctx(
     root: Path,
     rules: dict[str, Any] | None = None,
@@ -112,10 +132,13 @@ def make_ctx(
     disks: list[Path] | None = None,
     osfamily: str = "linux",
 ) -> Context:
-    """A Context whose target is the fake guest ``root``, reporting into a :class:`Recorder`."""
+    """A Context whose target is the fake guest ``root``, reporting into a :class:`Recorder`.
+
+    ``rules`` are fields of :func:`make_rules`; ``properties`` the image properties.
+    """
     reporter = Recorder()
     return Context(
-        rules={"instance_name": "vm1.example.com", **(rules or {})},
+        rules=make_rules(**(rules or {})),
         properties=Properties(properties or {}, warn=reporter.warning),
         disks=disks or [Path("/dev/vdb")],
         reporter=reporter,

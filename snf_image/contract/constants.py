@@ -25,7 +25,7 @@ IMAGE_FORMATS = (FORMAT_DISKDUMP, FORMAT_EXTDUMP, FORMAT_NTFSDUMP)
 # OS families (OSFAMILY property).
 OSFAMILIES = ("linux", "windows", "windows-legacy", "freebsd", "netbsd", "openbsd")
 
-# The jail's result channel: the only line that means success.
+# The jail's result channel: the only line that means success (see messages.Result).
 RESULT_SUCCESS = "SUCCESS"
 RESULT_ERROR_PREFIX = "ERROR:"
 
@@ -42,7 +42,7 @@ TTY_DEBUG = "/dev/ttyS3"
 # virtio-blk serial numbers by which the jail finds its disks (/sys/block/vdX/serial).
 SERIAL_HELPER_ROOT = "snf-helper-root"
 SERIAL_RULES = "snf-rules"
-SERIAL_DISK_PREFIX = "snf-disk"  # + Ganeti disk index: snf-disk0, snf-disk1, ...
+SERIAL_DISK_PREFIX = "snf-disk"  # + Ganeti disk index: snf-disk0, ... (rules.disk_serial)
 
 # The rules disk: UTF-8 JSON padded with NUL bytes to a 512-byte multiple.
 RULES_MAX_BYTES = 64 * 1024 * 1024
@@ -52,3 +52,4 @@ HELPER_MAX_LINE = 4096
 HELPER_MAX_LINES = 2000
 HELPER_MAX_LINES_PER_SECOND = 200
 RESULT_MAX_BYTES = 8192
+RESULT_MAX_REASON = 1000  # characters of the reason after ERROR:, as the jail writes it

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from snf_image.contract import constants
+from snf_image.contract.messages import Result
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import helper_version
 
@@ -87,12 +88,11 @@ def run_helper(
         outcome = boot(cmd, fds, config.soft_timeout, config.hard_timeout, on_progress, log)
     log(f"helper VM ended after {outcome.seconds:.1f} s (exit code {outcome.returncode})")
 
-    first = outcome.result.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
+    verdict = Result.parse(outcome.result)
     if outcome.violation:
         raise HelperError(f"Image customization failed: the helper VM broke the protocol: {outcome.violation}")
-    if first.startswith(constants.RESULT_ERROR_PREFIX):
-        message = sanitize(first[len(constants.RESULT_ERROR_PREFIX) :].strip()) or "(no message)"
-        raise HelperError(f"Image customization failed: {message}")
+    if verdict is not None and not verdict.success:
+        raise HelperError(f"Image customization failed: {sanitize(verdict.reason) or '(no message)'}")
     if outcome.timed_out:
         raise HelperError(
             f"Image customization failed: the helper VM did not finish on time ({config.soft_timeout:g} s)"
@@ -103,6 +103,6 @@ def run_helper(
         code = outcome.returncode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         raise HelperError(f"Image customization failed: the helper VM died unexpectedly ({how})")
-    if first != constants.RESULT_SUCCESS:
+    if verdict is None:
         raise HelperError("Image customization failed: the helper VM ended without a result")
     log("helper VM reported SUCCESS")

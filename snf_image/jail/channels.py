@@ -1,19 +1,20 @@
 """The host's readers of what the helper VM sends: hostile input, handled as data.
 
-The result port counts only if its first line is exactly ``SUCCESS``;
-progress lines are size-, count- and rate-limited and schema-validated, and
-the host sets the fields the guest must not choose (type, timestamp); the
-console is only logged, sanitized and bounded.
+The result port counts only if its first line is exactly ``SUCCESS``
+(``contract.messages.Result``); progress lines (``contract.messages.HelperLine``)
+are size-, count- and rate-limited and schema-validated, and the host sets
+the fields the guest must not choose (type, timestamp); the console is only
+logged, sanitized and bounded.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
 from snf_image import schemas
 from snf_image.contract import constants
+from snf_image.contract.messages import HelperLine, MessageError
 
 #: Limits on what is merely logged (console, qemu's own output).
 CONSOLE_MAX_LINE = 1024
@@ -98,15 +99,10 @@ class ProgressReader:
         if not raw.strip():
             return
         try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ProtocolViolation("a line that is not UTF-8 JSON") from None
-        if not isinstance(obj, dict):
-            raise ProtocolViolation("a line that is not a JSON object")
-        problem = schemas.first_error("progress", obj, "helper_line")
+            line = HelperLine.from_json(raw)
+        except MessageError as exc:
+            raise ProtocolViolation(sanitize(str(exc), 300)) from None
+        problem = schemas.first_error("progress", line.to_object(), "helper_line")
         if problem:
             raise ProtocolViolation(f"an invalid message ({sanitize(problem, 200)})")
-        message = dict(obj)
-        message["type"] = constants.MSG_HELPER
-        message["timestamp"] = time.time()
-        self.on_progress(message)
+        self.on_progress(line.to_message(time.time()))

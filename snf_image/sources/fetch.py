@@ -51,9 +51,9 @@ def local_image(img_id: str, settings: Settings, checksum: str | None = None) ->
     - otherwise a private unnamed file (0600) in ``IMAGE_CACHE_DIR`` (or the
       temporary directory), gone when closed or when the process dies.
 
-    ``fileno()`` is the descriptor to hand to a child (seekable, read-only
-    use), ``local_path`` the file's name (None for a private copy), ``size``
-    its size. With ``checksum`` the bytes behind that descriptor match it.
+    ``local_fd`` is the descriptor to read (seekable; hand it to a child
+    rather than a path), ``local_path`` the file's name (None for a private
+    copy), ``size`` its size. With ``checksum`` the bytes behind that descriptor match it.
     Raises OperatorError, SourceError, or ImageError for a checksum mismatch.
     """
     from . import select_source
@@ -104,7 +104,7 @@ def _checked(stream: LocalStream, checksum: str | None) -> LocalStream:
             hasher = HashingStream(stream, checksum.partition(":")[0])
             _drain(hasher)
             verify_checksum(hasher, checksum)
-            os.lseek(stream.fileno(), 0, os.SEEK_SET)
+            os.lseek(stream.local_fd, 0, os.SEEK_SET)
         except BaseException:
             stream.close()
             raise

@@ -37,11 +37,8 @@ class LocalStream(ImageStream):
             file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         self._file = file
         self._name = str(path) if path is not None else "the image's local copy"
+        self.local_fd = self._file.fileno()
         self.size = os.fstat(self._file.fileno()).st_size
-
-    def fileno(self) -> int:
-        """The open descriptor (seekable), e.g. for a child process that must read this very file."""
-        return self._file.fileno()
 
     def readinto(self, buffer: memoryview) -> int:
         fd = self._file.fileno()

@@ -66,7 +66,7 @@ def test_a_checksum_named_copy_is_used_without_the_server(server: ImageServer, t
     server.stop()  # from now on, the server is gone
     with opened(url, settings, SHA256) as stream:
         assert isinstance(stream, LocalStream) and stream.local_path is not None
-        assert os.pread(stream.fileno(), 100, 1000) == DATA[1000:1100]
+        assert os.pread(stream.local_fd, 100, 1000) == DATA[1000:1100]
         assert read_all(stream) == DATA
     assert len(server.gets()) == 1
 
@@ -350,7 +350,7 @@ def test_local_image_with_the_cache_is_the_entry_fetched_once(server: ImageServe
     for _ in range(2):
         with local_image(server.url("/img"), settings, SHA256) as image:
             assert image.local_path is not None and image.local_path.parent == tmp_path / "cache"
-            assert image.size == len(DATA) and os.pread(image.fileno(), len(DATA), 0) == DATA
+            assert image.size == len(DATA) and os.pread(image.local_fd, len(DATA), 0) == DATA
             assert read_all(image) == DATA
     assert len(server.gets()) == 1
 
@@ -359,8 +359,8 @@ def test_local_image_without_the_cache_is_a_private_unnamed_copy(server: ImageSe
     settings = cache_settings(tmp_path, size="0")
     with local_image(server.url("/img"), settings, SHA256) as image:
         assert image.local_path is None and image.size == len(DATA)
-        assert os.pread(image.fileno(), 1000, len(DATA) - 1000) == DATA[-1000:]
-        assert stat.S_IMODE(os.fstat(image.fileno()).st_mode) == 0o600
+        assert os.pread(image.local_fd, 1000, len(DATA) - 1000) == DATA[-1000:]
+        assert stat.S_IMODE(os.fstat(image.local_fd).st_mode) == 0o600
         assert list((tmp_path / "cache").iterdir()) == []  # unnamed: nothing to leave behind
     with pytest.raises(ImageError, match="image checksum mismatch"):
         local_image(server.url("/img"), settings, "sha256:" + "1" * 64)

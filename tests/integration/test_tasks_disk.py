@@ -20,6 +20,8 @@ import pytest
 from helper import disks, framework, fsutil, runner
 from helper.commands import TaskError
 from helper.framework import Context, LoadedTask, Task
+from snf_image.contract.rules import RulesDisk
+from tests.fakeguest import make_rules
 from tests.loopdev import attach, grow, make_image, mounted, sh
 
 MiB = 1024 * 1024
@@ -31,18 +33,6 @@ DISK_TASKS = [
     "RecordMounts",
     "UmountImage",
 ]
-
-
-def rules_for(properties: dict[str, str], size: int) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "instance_name": "test.example.org",
-        "img_format": "diskdump",
-        "properties": properties,
-        "nics": [],
-        "disks": [{"index": 0, "serial": "snf-disk0", "size_bytes": size}],
-        "settings": {},
-    }
 
 
 SEEN_MOUNTS: list[str] = []
@@ -64,7 +54,10 @@ def deploy(device: Path, properties: dict[str, str], tmp_path: Path) -> list[dic
     tasks.sort(key=lambda t: (t.task.order, t.name))
     SEEN_MOUNTS.clear()
     try:
-        runner.run(rules_for(properties, size), [device], runner.ProgressReporter(stream), target=target, tasks=tasks)
+        rules = make_rules(
+            instance_name="test.example.org", properties=properties, disks=(RulesDisk(index=0, size_bytes=size),)
+        )
+        runner.run(rules, [device], runner.ProgressReporter(stream), target=target, tasks=tasks)
     finally:
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         print("\n".join(json.dumps(line) for line in lines))

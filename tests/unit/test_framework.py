@@ -14,41 +14,9 @@ import pytest
 from helper import framework, runner
 from helper.commands import TaskError
 from helper.framework import ALL, LINUX, WINDOWS, Context, LoadedTask, Task
-from helper.properties import Properties
 from snf_image import schemas
-
-
-class Recorder:
-    """A Reporter that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def task_start(self, task: str) -> None:
-        self.lines.append(("start", task))
-
-    def task_end(self, task: str) -> None:
-        self.lines.append(("end", task))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", message))
-
-    def error(self, message: str) -> None:
-        self.lines.append(("error", message))
-
-
-def make_ctx(tmp_path: Path, props: dict[str, str] | None = None, osfamily: str = "linux") -> Context:
-    reporter = Recorder()
-    return Context(
-        rules={"instance_name": "vm1"},
-        properties=Properties(props or {}, warn=reporter.warning),
-        disks=[Path("/dev/vdb")],
-        reporter=reporter,
-        target=tmp_path,
-        osfamily=osfamily,
-        root_partition=1,
-        resize_partition=1,
-    )
+from snf_image.contract.rules import RulesError
+from tests.fakeguest import make_ctx, make_rules
 
 
 def fake(name: str, order: int, ran: list[str], **attrs: Any) -> LoadedTask:
@@ -133,7 +101,7 @@ def test_every_task_gets_start_and_end(tmp_path: Path) -> None:
 )
 def test_exclusions(tmp_path: Path, props: dict[str, str], attrs: dict[str, bool], excluded: bool) -> None:
     ran: list[str] = []
-    ctx = make_ctx(tmp_path, props)
+    ctx = make_ctx(tmp_path, properties=props)
     framework.run_tasks([fake("DeleteSSHKeys", 50, ran, **attrs)], ctx)
     assert (ran == []) is excluded
     assert ctx.reporter.lines[0] == ("start", "DeleteSSHKeys")
@@ -197,7 +165,7 @@ def write_script(tmp_path: Path, name: str, body: str) -> Path:
 
 def overridable_ctx(tmp_path: Path, allow: str = "yes") -> tuple[Context, list[str], LoadedTask]:
     ran: list[str] = []
-    ctx = make_ctx(tmp_path, {"ALLOW_MOUNTED_TASK_OVERWRITING": allow})
+    ctx = make_ctx(tmp_path, properties={"ALLOW_MOUNTED_TASK_OVERWRITING": allow})
     return ctx, ran, fake("AssignHostname", 50, ran, overridable=True, mounted=True)
 
 
@@ -252,25 +220,12 @@ def test_overwrite_symlink_cannot_escape_the_guest(tmp_path: Path) -> None:
     helper_dir.mkdir(parents=True)
     (helper_dir / "overwrite_task_AssignHostname").symlink_to(outside / "evil")
     ran: list[str] = []
-    ctx = make_ctx(guest, {"ALLOW_MOUNTED_TASK_OVERWRITING": "yes"})
+    ctx = make_ctx(guest, properties={"ALLOW_MOUNTED_TASK_OVERWRITING": "yes"})
     framework.run_tasks([fake("AssignHostname", 50, ran, overridable=True)], ctx)
     assert ran == ["AssignHostname"]  # the link resolved inside the guest, where nothing exists
 
 
 # --- the runner's logic, without a VM ---------------------------------------
-
-
-def rules(props: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "instance_name": "vm1",
-        "img_format": "diskdump",
-        "properties": props,
-        "nics": [],
-        "disks": [{"index": 0, "serial": "snf-disk0", "size_bytes": 1}],
-        "settings": {},
-        **extra,
-    }
 
 
 def one_partition(_: Path) -> Any:
@@ -283,13 +238,13 @@ def run_runner(tmp_path: Path, props: dict[str, str], tasks: list[LoadedTask], *
     stream = io.StringIO()
     try:
         runner.run(
-            rules(props, **kw.pop("extra", {})),
+            make_rules(properties=props, **kw.pop("extra", {})),
             [Path("/dev/vdb")],
             runner.ProgressReporter(stream),
             tasks=tasks,
             target=tmp_path,
             table_reader=one_partition,
-            detector=kw.pop("detector", lambda dev: ("linux", 1)),
+            detector=kw.pop("detector", lambda dev, warn: ("linux", 1)),
             **kw,
         )
     finally:
@@ -312,7 +267,7 @@ def test_runner_exclude_all_tasks(tmp_path: Path) -> None:
 def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
     seen: list[Context] = []
     task = LoadedTask(Task(name="Look", order=1, families=ALL), seen.append)
-    lines = run_runner(tmp_path, {}, [task], detector=lambda dev: ("linux", 1))
+    lines = run_runner(tmp_path, {}, [task], detector=lambda dev, warn: ("linux", 1))
     assert [m for ln in lines if ln["subtype"] == "warning" for m in ln["messages"]] == [
         "Needed image properties are missing. Autodetecting them...",
         "Detected OSFAMILY: linux",
@@ -324,7 +279,7 @@ def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
 
 
 def test_runner_uses_given_properties(tmp_path: Path) -> None:
-    def no_detection(dev: Path) -> None:
+    def no_detection(dev: Path, warn: object) -> None:
         raise AssertionError("must not detect")
 
     seen: list[Context] = []
@@ -352,7 +307,7 @@ def test_runner_rejects_bad_properties(tmp_path: Path, props: dict[str, str], me
 
 def test_runner_detection_failure(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="Unable to detect"):
-        run_runner(tmp_path, {}, [], detector=lambda dev: None)
+        run_runner(tmp_path, {}, [], detector=lambda dev, warn: None)
 
 
 def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:
@@ -374,7 +329,7 @@ def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:
 def test_runner_only_tasks(tmp_path: Path) -> None:
     ran: list[str] = []
     tasks = [fake("One", 1, ran), fake("Two", 2, ran)]
-    run_runner(tmp_path, {"OSFAMILY": "linux", "ROOT_PARTITION": "1"}, tasks, extra={"only_tasks": ["two"]})
+    run_runner(tmp_path, {"OSFAMILY": "linux", "ROOT_PARTITION": "1"}, tasks, extra={"only_tasks": ("two",)})
     assert ran == ["Two"]
 
 
@@ -391,16 +346,23 @@ def test_progress_lines_are_valid_and_bounded() -> None:
     assert lines[2]["messages"] == ["multi line reason"]
 
 
-def test_read_rules(tmp_path: Path) -> None:
+def test_read_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = tmp_path / "rules"
-    disk.write_bytes(json.dumps(rules({"OSFAMILY": "linux"})).encode() + b"\0" * 700)
-    assert runner.read_rules(disk)["properties"] == {"OSFAMILY": "linux"}
+    rules = make_rules(properties={"OSFAMILY": "linux"})
+    disk.write_bytes(rules.to_json() + b"\0" * 700)
+    assert runner.read_rules(disk) == rules
     disk.write_bytes(b'{"format": 2}' + b"\0" * 10)
-    with pytest.raises(runner.RulesError, match="not in format 1"):
+    with pytest.raises(RulesError, match="not in format 1"):
         runner.read_rules(disk)
     disk.write_bytes(b"\xff\xfe" + b"\0" * 10)
-    with pytest.raises(runner.RulesError, match="UTF-8 JSON"):
+    with pytest.raises(RulesError, match="UTF-8 JSON"):
         runner.read_rules(disk)
+    monkeypatch.setattr(runner, "RULES_MAX_BYTES", 100)
+    disk.write_bytes(b"{" * 101)
+    with pytest.raises(RulesError, match="larger than the rules disk"):
+        runner.read_rules(disk)
+    with pytest.raises(RulesError, match="cannot read the rules disk"):
+        runner.read_rules(tmp_path / "missing")
 
 
 def test_find_by_serial(tmp_path: Path) -> None:
@@ -412,11 +374,6 @@ def test_find_by_serial(tmp_path: Path) -> None:
     (tmp_path / "loop0").mkdir()
     assert disks.find_by_serial("snf-rules", tmp_path) == Path("/dev/vdc")
     assert disks.find_by_serial("snf-disk7", tmp_path) is None
-
-
-def test_one_line_reason() -> None:
-    assert runner.one_line("a\nb\n") == "a b"
-    assert len(runner.one_line("x" * 5000)) == runner.MAX_REASON
 
 
 def test_main_refuses_without_activation_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -438,7 +395,23 @@ def test_main_runs_and_reports_success(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(runner, "RESULT_PORT", str(tmp_path / "result"))
     monkeypatch.setattr(runner, "PROGRESS_PORT", str(tmp_path / "progress"))
     rules_disk = tmp_path / "rules"
-    rules_disk.write_bytes(json.dumps(rules({"EXCLUDE_ALL_TASKS": "yes"})).encode() + b"\0" * 100)
+    rules_disk.write_bytes(make_rules(properties={"EXCLUDE_ALL_TASKS": "yes"}).to_json() + b"\0" * 100)
     monkeypatch.setattr(runner, "wait_for_serial", lambda serial, wait=0: rules_disk)
     assert runner.main() == 0
     assert (tmp_path / "result").read_text() == "SUCCESS\n"
+
+
+def test_main_reports_malformed_rules_as_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cmdline").write_text("console=ttyS0 snf_image_activate_helper\n")
+    monkeypatch.setattr(runner, "CMDLINE", tmp_path / "cmdline")
+    monkeypatch.setattr(runner, "RESULT_PORT", str(tmp_path / "result"))
+    monkeypatch.setattr(runner, "PROGRESS_PORT", str(tmp_path / "progress"))
+    rules_disk = tmp_path / "rules"
+    broken = json.loads(make_rules().to_json())
+    broken["nics"] = [{"index": 0, "mac": None, "tags": "dhcp"}]
+    rules_disk.write_bytes(json.dumps(broken).encode() + b"\0" * 100)
+    monkeypatch.setattr(runner, "wait_for_serial", lambda serial, wait=0: rules_disk)
+    assert runner.main() == 1
+    assert (tmp_path / "result").read_text() == (
+        "ERROR: malformed rules: rules.nics[0].tags: expected an array, not a string\n"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -9,25 +10,30 @@ import pytest
 import yaml
 
 from helper.commands import TaskError
+from snf_image.contract.rules import RulesNic, RulesSettings
 from tasks import _network
 from tasks._network import NicPlan, plan_nics
 
-SETTINGS = {
-    "dhcp_tags": ["auto", "dhcp", "nfdhcpd"],
-    "stateful_dhcpv6_tags": ["dhcpv6", "stateful_dhcpv6"],
-    "stateless_dhcpv6_tags": ["nfdhcpd", "stateless_dhcpv6"],
-    "default_nic_config": "dhcp",
-}
+SETTINGS = RulesSettings(
+    dhcp_tags=("auto", "dhcp", "nfdhcpd"),
+    stateful_dhcpv6_tags=("dhcpv6", "stateful_dhcpv6"),
+    stateless_dhcpv6_tags=("nfdhcpd", "stateless_dhcpv6"),
+    default_nic_config="dhcp",
+)
 MAC0 = "aa:00:00:00:00:01"
 MAC1 = "aa:00:00:00:00:02"
 
 
-def nic(index: int = 0, mac: str = MAC0, **fields: Any) -> dict[str, Any]:
-    return {"index": index, "mac": mac, "tags": [], **fields}
+def nic(index: int = 0, mac: str | None = MAC0, tags: tuple[str, ...] = (), **fields: Any) -> RulesNic:
+    return RulesNic(index=index, mac=mac, tags=tags, **fields)
+
+
+def settings(default_nic_config: str) -> RulesSettings:
+    return dataclasses.replace(SETTINGS, default_nic_config=default_nic_config)
 
 
 def one(**fields: Any) -> NicPlan:
-    plans, _ = plan_nics([nic(**fields)], {**SETTINGS, "default_nic_config": ""})
+    plans, _ = plan_nics([nic(**fields)], settings(""))
     return plans[0]
 
 
@@ -64,7 +70,7 @@ def test_static_ipv4_without_gateway() -> None:
 
 
 def test_dhcp_tag_wins_over_subnet() -> None:
-    p = one(ip="192.0.2.10", subnet="192.0.2.0/24", gateway="192.0.2.1", tags=["dhcp"])
+    p = one(ip="192.0.2.10", subnet="192.0.2.0/24", gateway="192.0.2.1", tags=("dhcp",))
     assert p.ipv4 == "dhcp" and p.address is None
 
 
@@ -73,15 +79,15 @@ def test_ip_without_subnet_is_dhcp() -> None:
 
 
 def test_no_ip_no_ipv4_even_with_dhcp_tag() -> None:
-    p = one(tags=["dhcp"], subnet="192.0.2.0/24")
+    p = one(tags=("dhcp",), subnet="192.0.2.0/24")
     assert p.ipv4 is None and not p.configured
 
 
 @pytest.mark.parametrize(
     ("tags", "expected"),
-    [([], "slaac"), (["dhcpv6"], "dhcp"), (["stateless_dhcpv6"], "slaac_dhcp"), (["nfdhcpd"], "slaac_dhcp")],
+    [((), "slaac"), (("dhcpv6",), "dhcp"), (("stateless_dhcpv6",), "slaac_dhcp"), (("nfdhcpd",), "slaac_dhcp")],
 )
-def test_ipv6_modes(tags: list[str], expected: str) -> None:
+def test_ipv6_modes(tags: tuple[str, ...], expected: str) -> None:
     p = one(subnet6="2001:db8:1::/64", gateway6="2001:db8:1::1", tags=tags)
     assert p.ipv6 == expected
     assert p.subnet6 == ipaddress.IPv6Network("2001:db8:1::/64")
@@ -90,11 +96,11 @@ def test_ipv6_modes(tags: list[str], expected: str) -> None:
 def test_ipv6_from_subnet6_or_gateway6_alone() -> None:
     assert one(subnet6="2001:db8::/64").ipv6 == "slaac"
     assert one(gateway6="fe80::1").ipv6 == "slaac"
-    assert one(tags=["dhcpv6"]).ipv6 is None
+    assert one(tags=("dhcpv6",)).ipv6 is None
 
 
 def test_dual_stack() -> None:
-    p = one(ip="192.0.2.10", subnet="192.0.2.0/24", subnet6="2001:db8::/64", tags=["nfdhcpd"])
+    p = one(ip="192.0.2.10", subnet="192.0.2.0/24", subnet6="2001:db8::/64", tags=("nfdhcpd",))
     assert (p.ipv4, p.ipv6) == ("dhcp", "slaac_dhcp")
 
 
@@ -108,13 +114,13 @@ def test_dual_stack() -> None:
     ],
 )
 def test_single_nic_default(default: str, expected: tuple[str | None, str | None]) -> None:
-    plans, warnings = plan_nics([nic()], {**SETTINGS, "default_nic_config": default})
+    plans, warnings = plan_nics([nic()], settings(default))
     assert (plans[0].ipv4, plans[0].ipv6) == expected
     assert len(warnings) == 1 and f"DEFAULT_NIC_CONFIG={default}" in warnings[0]
 
 
 def test_single_nic_empty_default_warns_and_stays_unconfigured() -> None:
-    plans, warnings = plan_nics([nic()], {**SETTINGS, "default_nic_config": ""})
+    plans, warnings = plan_nics([nic()], settings(""))
     assert not plans[0].configured and "unconfigured" in warnings[0]
 
 
@@ -165,7 +171,7 @@ def test_duplicates_are_errors() -> None:
 
 def test_bad_default_nic_config() -> None:
     with pytest.raises(TaskError, match="Invalid DEFAULT_NIC_CONFIG"):
-        plan_nics([nic()], {**SETTINGS, "default_nic_config": "static"})
+        plan_nics([nic()], settings("static"))
 
 
 def test_no_nics() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -14,66 +15,40 @@ import yaml
 
 from helper.commands import TaskError
 from helper.framework import Context
-from helper.properties import Properties
+from snf_image.contract.rules import RulesNic, RulesSettings
 from tasks import _cloud_init, configure_network, initialize_datasource
+from tests import fakeguest
 
 MAC0 = "aa:00:00:00:00:01"
 MAC1 = "aa:00:00:00:00:02"
-SETTINGS = {
-    "dhcp_tags": ["dhcp"],
-    "stateful_dhcpv6_tags": ["dhcpv6"],
-    "stateless_dhcpv6_tags": ["nfdhcpd"],
-    "default_nic_config": "dhcp",
-    "cloud_init_debug": False,
-}
-NICS = [
-    {
-        "index": 0,
-        "mac": MAC0,
-        "ip": "192.0.2.10",
-        "subnet": "192.0.2.0/24",
-        "gateway": "192.0.2.1",
-        "subnet6": "2001:db8::/64",
-        "gateway6": "2001:db8::1",
-        "tags": [],
-    },
-    {"index": 1, "mac": MAC1, "ip": "10.0.0.5", "subnet": "10.0.0.0/24", "tags": ["dhcp"]},
-]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def task_start(self, task: str) -> None:
-        pass
-
-    def task_end(self, task: str) -> None:
-        pass
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def error(self, message: str) -> None:
-        pass
+SETTINGS = RulesSettings(
+    dhcp_tags=("dhcp",),
+    stateful_dhcpv6_tags=("dhcpv6",),
+    stateless_dhcpv6_tags=("nfdhcpd",),
+    default_nic_config="dhcp",
+    cloud_init_debug=False,
+)
+NICS = (
+    RulesNic(
+        index=0,
+        mac=MAC0,
+        ip="192.0.2.10",
+        subnet="192.0.2.0/24",
+        gateway="192.0.2.1",
+        subnet6="2001:db8::/64",
+        gateway6="2001:db8::1",
+        tags=(),
+    ),
+    RulesNic(index=1, mac=MAC1, ip="10.0.0.5", subnet="10.0.0.0/24", tags=("dhcp",)),
+)
 
 
 def make_ctx(
-    root: Path, nics: list[dict[str, Any]] | None = None, props: dict[str, str] | None = None, **rules: Any
+    root: Path, nics: tuple[RulesNic, ...] | None = None, props: dict[str, str] | None = None, **rules: Any
 ) -> Context:
-    reporter = Recorder()
-    return Context(
-        rules={
-            "instance_name": "vm1.example.org",
-            "nics": NICS if nics is None else nics,
-            "settings": dict(SETTINGS),
-            **rules,
-        },
-        properties=Properties(props or {}, warn=reporter.warning),
-        disks=[Path("/dev/vdb")],
-        reporter=reporter,
-        target=root,
-    )
+    """The shared fake Context with this module's NICs and settings."""
+    defaults = {"instance_name": "vm1.example.org", "nics": NICS if nics is None else nics, "settings": SETTINGS}
+    return fakeguest.make_ctx(root, {**defaults, **rules}, properties=props)
 
 
 def put(root: Path, path: str, text: str = "", mode: int = 0o644) -> Path:
@@ -331,7 +306,7 @@ def test_symlinked_target_is_replaced_not_followed(tmp_path: Path) -> None:
 
 def test_garbage_nic_fails_before_writing(tmp_path: Path) -> None:
     debian(tmp_path)
-    bad = [{"index": 0, "mac": MAC0, "ip": "192.0.2.10", "subnet": "192.0.2.0/33", "tags": []}]
+    bad = (RulesNic(index=0, mac=MAC0, ip="192.0.2.10", subnet="192.0.2.0/33", tags=()),)
     with pytest.raises(TaskError, match="NIC 0: invalid subnet"):
         configure_network.run(make_ctx(tmp_path, nics=bad))
     assert read(tmp_path, "/etc/network/interfaces") == DEBIAN_INTERFACES
@@ -339,7 +314,7 @@ def test_garbage_nic_fails_before_writing(tmp_path: Path) -> None:
 
 def test_single_nic_default_warns(tmp_path: Path) -> None:
     debian(tmp_path)
-    ctx = make_ctx(tmp_path, nics=[{"index": 0, "mac": MAC0, "tags": []}])
+    ctx = make_ctx(tmp_path, nics=(RulesNic(index=0, mac=MAC0, tags=()),))
     configure_network.run(ctx)
     assert "iface nic0 inet dhcp" in read(tmp_path, "/etc/network/interfaces")
     assert ctx.reporter.warnings == [  # type: ignore[attr-defined]
@@ -396,8 +371,8 @@ def test_initialize_datasource_and_unknown_network(tmp_path: Path) -> None:
 
 def test_initialize_datasource_debug_and_no_userdata(tmp_path: Path) -> None:
     cloud_layout(tmp_path)
-    ctx = make_ctx(tmp_path, props={"CLOUD_INIT": "yes"})
-    ctx.rules["settings"]["cloud_init_debug"] = True
+    debug = dataclasses.replace(SETTINGS, cloud_init_debug=True)
+    ctx = make_ctx(tmp_path, props={"CLOUD_INIT": "yes"}, settings=debug)
     initialize_datasource.run(ctx)
     assert ctx.reporter.warnings == ["No cloud user-data provided"]  # type: ignore[attr-defined]
     assert read(tmp_path, "/var/lib/cloud/seed/nocloud-net/user-data") == ""

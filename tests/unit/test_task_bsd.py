@@ -10,6 +10,7 @@ import pytest
 from passlib import hash as passlib_hash
 
 from helper.commands import TaskError
+from snf_image.contract.rules import PersonalityFile, RulesNic, RulesSettings
 from tasks import (
     _bsd,
     assign_hostname,
@@ -245,19 +246,19 @@ def test_delete_ssh_keys_bsd(tmp_path: Path, family: str) -> None:
 
 def test_personality_owner_from_the_image(tmp_path: Path) -> None:
     root = guest(tmp_path, "freebsd")
-    entry = {"path": "/home/alice/new/f", "contents": "aGk=", "owner": "alice", "group": "wheel", "mode": 0o600}
-    enforce_personality.run(make_ctx(root, rules={"personality": [entry]}, osfamily="freebsd"))
+    entry = PersonalityFile(path="/home/alice/new/f", contents="aGk=", owner="alice", group="wheel", mode=0o600)
+    enforce_personality.run(make_ctx(root, rules={"personality": (entry,)}, osfamily="freebsd"))
     st = (root / "home/alice/new/f").stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1001, 0, 0o600)
 
 
-NICS = [
-    {"index": 0, "mac": "aa:00:00:00:00:01", "ip": "192.0.2.10", "subnet": "192.0.2.0/24", "gateway": "192.0.2.1",
-     "subnet6": "2001:db8::/64", "gateway6": "2001:db8::1", "tags": [], "frontend_type": "paravirtual"},
-    {"index": 1, "mac": "aa:00:00:00:00:02", "tags": ["dhcp"], "subnet": "10.0.0.0/24", "ip": "10.0.0.5",
-     "frontend_type": "e1000"},
-]  # fmt: skip
-SETTINGS = {"dhcp_tags": ["dhcp"], "stateful_dhcpv6_tags": [], "stateless_dhcpv6_tags": [], "default_nic_config": ""}
+NICS = (
+    RulesNic(index=0, mac="aa:00:00:00:00:01", ip="192.0.2.10", subnet="192.0.2.0/24", gateway="192.0.2.1",
+             subnet6="2001:db8::/64", gateway6="2001:db8::1", tags=(), frontend_type="paravirtual"),
+    RulesNic(index=1, mac="aa:00:00:00:00:02", tags=("dhcp",), subnet="10.0.0.0/24", ip="10.0.0.5",
+             frontend_type="e1000"),
+)  # fmt: skip
+SETTINGS = RulesSettings(dhcp_tags=("dhcp",), default_nic_config="")
 
 
 def network_ctx(root: Path, family: str):
@@ -336,6 +337,6 @@ def test_fstab_mountpoint_for_openbsd_growth() -> None:
 
 def test_warnings_helper_is_used(tmp_path: Path) -> None:
     root = guest(tmp_path, "freebsd")
-    ctx = make_ctx(root, rules={"personality": []}, osfamily="freebsd")
+    ctx = make_ctx(root, rules={"personality": ()}, osfamily="freebsd")
     enforce_personality.run(ctx)
     assert warnings(ctx) == [enforce_personality.NO_PERSONALITY]

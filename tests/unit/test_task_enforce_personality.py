@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from helper.commands import TaskError
+from snf_image.contract.rules import PersonalityFile
 from tasks import enforce_personality as ep
 from tests.fakeguest import make_ctx, make_guest, warnings
 
@@ -18,20 +19,20 @@ def _no_cloud_init_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ep._unix, "cloud_init_hook", lambda name: None)
 
 
-def entry(path: str, data: bytes = b"hello\n", **kw: Any) -> dict[str, Any]:
-    return {"path": path, "contents": base64.b64encode(data).decode(), **kw}
+def entry(path: str, data: bytes = b"hello\n", **kw: Any) -> PersonalityFile:
+    return PersonalityFile(path=path, contents=base64.b64encode(data).decode(), **kw)
 
 
 def test_parse_entry_defaults_and_checks() -> None:
     f = ep.parse_entry(entry("/etc/motd"))
     assert f == ep.File("/etc/motd", b"hello\n", "", "", 0o440)
     assert ep.parse_entry(entry("/a//b/", mode=493)).path == "/a/b"
-    for bad in ("relative", "/a/../b", "/", "/a\0b", None):
+    for bad in ("relative", "/a/../b", "/", "/a\0b"):
         with pytest.raises(TaskError, match="invalid path"):
-            ep.parse_entry({"path": bad, "contents": ""})
+            ep.parse_entry(PersonalityFile(path=bad, contents=""))
     with pytest.raises(TaskError, match="not valid base64"):
-        ep.parse_entry({"path": "/x", "contents": "###"})
-    for mode in (-1, 4096, "0644", True):
+        ep.parse_entry(PersonalityFile(path="/x", contents="###"))
+    for mode in (-1, 4096):  # a mode that is not an integer never gets here (test_rules)
         with pytest.raises(TaskError, match="invalid mode"):
             ep.parse_entry(entry("/x", mode=mode))
 
@@ -42,7 +43,7 @@ def stat_of(path: Path) -> tuple[int, int, int]:
 
 
 def test_run_empty_warns(tmp_path: Path) -> None:
-    ctx = make_ctx(make_guest(tmp_path), {"personality": []})
+    ctx = make_ctx(make_guest(tmp_path), {"personality": ()})
     ep.run(ctx)
     assert warnings(ctx) == [ep.NO_PERSONALITY]
     ctx = make_ctx(make_guest(tmp_path))
@@ -52,11 +53,11 @@ def test_run_empty_warns(tmp_path: Path) -> None:
 
 def test_run_injects_with_owner_group_mode(tmp_path: Path) -> None:
     root = make_guest(tmp_path)
-    personality = [
+    personality = (
         entry("/etc/motd", "wélcome\n".encode(), mode=420),
         entry("/home/alice/notes/todo.txt", b"\x00\xff", owner="alice", group="alice", mode=384),
         entry("/srv/data/x", b"", owner="4242", group="ssh_keys"),
-    ]
+    )
     ctx = make_ctx(root, {"personality": personality})
     ep.run(ctx)
     assert (root / "etc/motd").read_text() == "wélcome\n"
@@ -72,25 +73,25 @@ def test_run_injects_with_owner_group_mode(tmp_path: Path) -> None:
 
 def test_run_overwrites_existing_file(tmp_path: Path) -> None:
     root = make_guest(tmp_path)
-    ep.run(make_ctx(root, {"personality": [entry("/etc/hostname", b"new\n", mode=0o644)]}))
+    ep.run(make_ctx(root, {"personality": (entry("/etc/hostname", b"new\n", mode=0o644),)}))
     assert (root / "etc/hostname").read_text() == "new\n"
 
 
 def test_run_unknown_owner_or_group(tmp_path: Path) -> None:
     root = make_guest(tmp_path)
     with pytest.raises(TaskError, match="File owner: `bob' does not exist"):
-        ep.run(make_ctx(root, {"personality": [entry("/x", owner="bob")]}))
+        ep.run(make_ctx(root, {"personality": (entry("/x", owner="bob"),)}))
     with pytest.raises(TaskError, match="Group: `wheel' does not exist"):
-        ep.run(make_ctx(root, {"personality": [entry("/x", group="wheel")]}))
+        ep.run(make_ctx(root, {"personality": (entry("/x", group="wheel"),)}))
     assert not (root / "x").exists()
 
 
 def test_run_non_directory_parent(tmp_path: Path) -> None:
     root = make_guest(tmp_path)
     with pytest.raises(TaskError, match="/etc/hostname exists in the image and is not a directory"):
-        ep.run(make_ctx(root, {"personality": [entry("/etc/hostname/x")]}))
+        ep.run(make_ctx(root, {"personality": (entry("/etc/hostname/x"),)}))
     with pytest.raises(TaskError, match="is a directory"):
-        ep.run(make_ctx(root, {"personality": [entry("/etc/ssh")]}))
+        ep.run(make_ctx(root, {"personality": (entry("/etc/ssh"),)}))
 
 
 def test_run_final_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_run_final_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
     outside.write_text("precious\n")
     (root / "etc/link-out").symlink_to("/../../victim")
     (root / "etc/link-in").symlink_to("/etc/passwd")
-    personality = [entry("/etc/link-out", b"a"), entry("/etc/link-in", b"b")]
+    personality = (entry("/etc/link-out", b"a"), entry("/etc/link-in", b"b"))
     ep.run(make_ctx(root, {"personality": personality}))
     assert outside.read_text() == "precious\n"
     assert not (root / "etc/link-out").is_symlink() and (root / "etc/link-out").read_bytes() == b"a"
@@ -112,7 +113,7 @@ def test_run_parent_symlink_stays_in_the_guest(tmp_path: Path) -> None:
     (tmp_path / "outdir").mkdir()
     (root / "opt").symlink_to("../../outdir")
     (root / "var").symlink_to("/")
-    personality = [entry("/opt/app/conf", b"a"), entry("/var/var/var/f", b"b")]
+    personality = (entry("/opt/app/conf", b"a"), entry("/var/var/var/f", b"b"))
     ep.run(make_ctx(root, {"personality": personality}))
     assert list((tmp_path / "outdir").iterdir()) == []
     assert (root / "outdir/app/conf").read_bytes() == b"a"
@@ -123,6 +124,6 @@ def test_run_cloud_init_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     calls: list[list[ep.File]] = []
     monkeypatch.setattr(ep._unix, "cloud_init_hook", lambda name: lambda ctx, files: calls.append(files))
     root = make_guest(tmp_path)
-    ep.run(make_ctx(root, {"personality": [entry("/etc/motd")]}, {"CLOUD_INIT": "yes"}))
+    ep.run(make_ctx(root, {"personality": (entry("/etc/motd"),)}, {"CLOUD_INIT": "yes"}))
     assert [f.path for f in calls[0]] == ["/etc/motd"]
     assert not (root / "etc/motd").exists()

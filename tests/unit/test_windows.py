@@ -16,6 +16,7 @@ from lxml import etree
 from helper import detect, registry
 from helper.commands import TaskError
 from snf_image import windows as host_windows
+from snf_image.contract.rules import PersonalityFile
 from snf_image.errors import OperatorError
 from tasks import _windows as w
 from tasks import (
@@ -416,10 +417,10 @@ def test_install_files_path_must_stay_under_sysprep():
 
 def test_personality_backs_up_what_it_replaces(tmp_path):
     root = wintree.make_windows_root(tmp_path / "root", wintree.WindowsSpec(extra_files={"Users/Public/a.txt": b"old"}))
-    personality = [
-        {"path": "/users/public/A.txt", "contents": base64.b64encode(b"new").decode()},
-        {"path": "/ProgramData/snf/new.txt", "contents": base64.b64encode(b"x").decode(), "mode": 0o600},
-    ]
+    personality = (
+        PersonalityFile(path="/users/public/A.txt", contents=base64.b64encode(b"new").decode()),
+        PersonalityFile(path="/ProgramData/snf/new.txt", contents=base64.b64encode(b"x").decode(), mode=0o600),
+    )
     ctx = windows_ctx(root, personality=personality)
     enforce_personality.run(ctx)
     public = root / "Users/Public"
