@@ -14,13 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from . import params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
 from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
 from .copy import HashingStream, copy_stream, verify_checksum
-from .errors import ImageError, OperatorError
+from .errors import ImageError
 from .formats import convert, headers, mbr, sniff, streams
 from .formats.sandbox import SandboxConfig
 from .ganeti import Instance, Nic
@@ -29,28 +27,27 @@ from .progress import Progress
 from .settings import Settings
 from .sources import select_source
 from .sources.base import ImageStream
+from .sources.fetch import open_image
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
-
-CONFIG_URL_TIMEOUT = (10, 30)
 
 #: Tasks a rename runs in the jail: what depends on the instance's name.
 RENAME_TASKS = ("AssignHostname",)
 
 
-def fetch_config_url(url: str) -> dict[str, str]:
-    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*."""
-    log.info("Downloading configuration parameters from %s", url)
-    try:
-        with requests.get(url, timeout=CONFIG_URL_TIMEOUT, stream=True) as response:
-            response.raise_for_status()
-            body = response.raw.read(params.MAX_CONFIG_URL_DOCUMENT + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise OperatorError(f"config_url: cannot download {url}: {exc}") from exc
-    if len(body) > params.MAX_CONFIG_URL_DOCUMENT:
-        raise OperatorError(f"config_url: {url} is larger than {params.MAX_CONFIG_URL_DOCUMENT} bytes")
-    return params.parse_config_document(body.decode("utf-8", "replace"), url)
+def fetch_config_url(url: str, settings: Settings) -> dict[str, str]:
+    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*.
+
+    Through the image download path: the network source's TLS settings,
+    timeouts, retries, redirect policy and minimum rate; http(s) and ftp(s).
+    """
+    from .sources.network import fetch_document
+    from .sources.urls import redact_url
+
+    log.info("Downloading configuration parameters from %s", redact_url(url))
+    body = fetch_document(url, settings, params.MAX_CONFIG_URL_DOCUMENT, "config_url")
+    return params.parse_config_document(body.decode("utf-8", "replace"), redact_url(url))
 
 
 def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
@@ -58,7 +55,9 @@ def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
     merged = params.merge_sources(settings.param_defaults, osparams)
     if merged.get("config_url"):
         params.validate({"config_url": merged["config_url"]}, require_image=False)
-        merged = params.merge_sources(settings.param_defaults, osparams, fetch_config_url(merged["config_url"]))
+        merged = params.merge_sources(
+            settings.param_defaults, osparams, fetch_config_url(merged["config_url"], settings)
+        )
     result = params.validate(merged)
     assert result is not None  # require_image=True guarantees it
     return result
@@ -183,7 +182,10 @@ def copy_image(instance: Instance, os_params: OsParams, settings: Settings, prog
         progress.info("The null source copies nothing; customizing the disk as it is.")
         return CopyOutcome({})
     converter = SandboxConfig.from_settings(settings)
-    with open_target(instance.disks[0].target) as target, source.open(os_params.img_id) as raw:
+    with (
+        open_target(instance.disks[0].target) as target,
+        open_image(source, os_params.img_id, settings, os_params.img_checksum) as raw,
+    ):
         stream: ImageStream = raw
         verify = None
         if os_params.img_checksum:
