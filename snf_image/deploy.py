@@ -7,6 +7,7 @@ as opaque bytes; whatever reads the image's filesystems runs in the jail
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,7 +28,8 @@ from .progress import Progress
 from .settings import Settings
 from .sources import select_source
 from .sources.base import ImageStream
-from .sources.fetch import open_image
+from .sources.fetch import local_image, open_image
+from .sources.local import LocalStream
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
@@ -87,16 +89,26 @@ def write_image(
     progress: Progress,
     converter: SandboxConfig,
     verify_source: Callable[[], None] | None = None,
+    localize: Callable[[], LocalStream] | None = None,
 ) -> CopyOutcome:
     """Decode the container, check the declared format and write the image onto ``target``.
 
     ``verify_source`` runs once every byte of the source has been read (the checksum): for a
-    container before the converter opens it, for a stream once it is copied.
+    container before the converter opens it, for a stream once it is copied. ``localize``
+    gives the image as a checked local file when a container arrives as a remote stream.
     """
     peeked = streams.PeekedStream(stream)
     container = sniff.detect_container(peeked.head)
     if container in sniff.CONTAINERS:
-        _write_container(peeked, container, target, img_format, progress, converter, verify_source)
+        with contextlib.ExitStack() as cleanup:
+            if peeked.local_fd is None and localize is not None:
+                # qcow2/VMDK/... need seeking: fetch the image once into a local file (the node's image
+                # cache, or a private unnamed file), checksum verified there, then convert from its descriptor
+                progress.info(f"Fetching the {sniff.NAMES[container]} image to a local file before converting it...")
+                peeked.close()
+                peeked = streams.PeekedStream(cleanup.enter_context(localize()))
+                verify_source = None
+            _write_container(peeked, container, target, img_format, progress, converter, verify_source)
         return CopyOutcome({})
     size = peeked.size
     if container in sniff.COMPRESSED:
@@ -143,8 +155,8 @@ def _write_container(
     name = sniff.NAMES[container]
     if img_format != FORMAT_DISKDUMP:
         raise ImageError(f"a {name} image holds a whole disk: use img_format=diskdump, not {img_format}")
-    if stream.local_fd is None:  # remote images: once the node's image cache gives them a local_fd
-        raise ImageError(f"{name} images can only be read from a local file (the local source)")
+    if stream.local_fd is None:
+        raise ImageError(f"{name} images can only be read from a local file")
     header = headers.read_header(container, stream.local_fd)
     headers.check_fits(header, target.size)
     if verify_source is not None:  # the checksum sees every byte before the converter opens the file
@@ -192,7 +204,8 @@ def copy_image(instance: Instance, os_params: OsParams, settings: Settings, prog
             hasher = HashingStream(raw, os_params.img_checksum.partition(":")[0])
             stream = hasher
             verify = functools.partial(verify_checksum, hasher, os_params.img_checksum)
-        outcome = write_image(stream, target, os_params.img_format, progress, converter, verify)
+        localize = functools.partial(local_image, os_params.img_id, settings, os_params.img_checksum)
+        outcome = write_image(stream, target, os_params.img_format, progress, converter, verify, localize)
         target.flush()
     return outcome
 
