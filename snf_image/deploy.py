@@ -295,16 +295,7 @@ def customize(instance: Instance, settings: Settings, rules: Rules, progress: Pr
     problem = schemas.first_error("rules", json.loads(data))
     if problem is not None:
         raise AssertionError(f"built invalid rules: {problem}")
-    config = jail.HelperConfig(
-        helper_dir=settings.helper_dir,
-        memory_mib=settings.helper_memory,
-        soft_timeout=settings.helper_soft_timeout,
-        hard_timeout=settings.helper_hard_timeout,
-        user=settings.helper_user,
-        accel=settings.helper_accel,
-        debug=settings.helper_debug,
-        qemu=settings.helper_qemu,
-    )
+    config = jail.HelperConfig.from_settings(settings)
     disks = [jail.JailDisk(disk.target, disk.index, readonly=disk.access == "ro") for disk in instance.disks]
     progress.info("Starting customization VM...")
     jail.run_helper(config, disks, data, progress.helper, log=_helper_log)

@@ -50,9 +50,6 @@ import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from passlib import hash as passlib_hash
-from passlib.exc import MissingBackendError
-
 from helper import fsutil
 from helper.commands import TaskError
 from helper.framework import UNIX, WINDOWS, Context, Task
@@ -75,14 +72,14 @@ DEFAULT_USER = "root"
 DEFAULT_AUTHORIZED_KEYS = ".ssh/authorized_keys"
 # Default PASSWD_HASHING_METHOD per OS family, as the original.
 DEFAULT_METHOD = {"linux": "sha512", "freebsd": "sha512", "openbsd": "blowfish", "netbsd": "sha1"}
-# crypt(3) methods: glibc's default 5000 rounds for sha*_crypt (no "rounds=" in the
-# hash, the form every libc reads); passlib's default salts (16 chars for sha*_crypt).
+# crypt(3) methods -> (passlib handler, rounds): glibc's default 5000 rounds for sha*_crypt
+# (no "rounds=" in the hash, the form every libc reads); passlib's default salts (16 chars).
 METHODS = {
-    "md5": passlib_hash.md5_crypt,
-    "sha1": passlib_hash.sha1_crypt,
-    "blowfish": passlib_hash.bcrypt,
-    "sha256": passlib_hash.sha256_crypt.using(rounds=5000),
-    "sha512": passlib_hash.sha512_crypt.using(rounds=5000),
+    "md5": ("md5_crypt", None),
+    "sha1": ("sha1_crypt", None),
+    "blowfish": ("bcrypt", None),
+    "sha256": ("sha256_crypt", 5000),
+    "sha512": ("sha512_crypt", 5000),
 }
 
 
@@ -92,11 +89,17 @@ def hash_password(password: str, method: str) -> str:
     Public so the cloud-init configuration hashes the same way (chpasswd
     accepts hashes, so no clear-text password needs to land in the image).
     """
-    handler = METHODS.get(method.strip().lower())
-    if handler is None:
+    found = METHODS.get(method.strip().lower())
+    if found is None:
         raise TaskError(f"Unknown PASSWD_HASHING_METHOD {method!r} (expected one of: {', '.join(METHODS)})")
+    # here: only a deployment that hashes pays for passlib's import (~0.1 s of the helper's boot, TCG)
+    from passlib import hash as passlib_hash
+    from passlib.exc import MissingBackendError
+
+    name, rounds = found
+    handler = getattr(passlib_hash, name)
     try:
-        return handler.hash(password)
+        return (handler.using(rounds=rounds) if rounds else handler).hash(password)
     except MissingBackendError as exc:
         raise TaskError(f"Password hashing method {method} is not available in the helper: {exc}") from exc
 

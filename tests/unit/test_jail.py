@@ -68,7 +68,11 @@ def test_no_sandbox_no_user(tmp_path):
 
 
 def test_accelerator(tmp_path):
-    assert _values(_cmd(tmp_path, accel="tcg"), "-machine") == ["pc,accel=tcg"]
+    tcg = _cmd(tmp_path, accel="tcg")
+    assert _values(tcg, "-machine") == ["pc,accel=tcg"]
+    # RDRAND, trusted by the kernel: its RNG is ready at once (Python's start does not wait ~1 s for entropy)
+    assert _values(tcg, "-cpu") == ["qemu64,+rdrand"]
+    assert "random.trust_cpu=on" in _values(tcg, "-append")[0].split()
     kvm = _cmd(tmp_path, accel="kvm")
     assert _values(kvm, "-machine") == ["pc,accel=kvm"]
     assert _values(kvm, "-cpu") == ["host"]
@@ -133,6 +137,8 @@ def test_runner_override_and_probe(tmp_path):
     assert "-drive" not in probe
     assert "snf_image_probe" in _values(probe, "-append")[0].split()
     assert constants.CMDLINE_ACTIVATE not in _values(probe, "-append")[0].split()
+    # the probe hears the kernel: a silent console is how it tells a hung one
+    assert "quiet" not in _values(probe, "-append")[0].split() and "quiet" in _values(cmd, "-append")[0].split()
 
 
 def _feed(lines: list[bytes]) -> list[dict]:
