@@ -206,6 +206,34 @@ def test_overwrite_failure_fails_the_task(tmp_path: Path) -> None:
         framework.run_tasks([task], ctx)
 
 
+def test_overwrite_post_exec_may_not_ask_for_the_task_again(tmp_path: Path) -> None:
+    write_script(tmp_path, "overwrite_task_AssignHostname", "exit 101\n")
+    ctx, ran, task = overridable_ctx(tmp_path)
+    with pytest.raises(TaskError, match=r"overwrite_task_AssignHostname post-exec failed with exit code 101$"):
+        framework.run_tasks([task], ctx)
+    assert ran == ["AssignHostname"]
+
+
+def test_overwrite_runs_in_the_sandbox_with_the_guest_and_the_disks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = write_script(tmp_path, "overwrite_task_AssignHostname", "exit 0\n")
+    seen: list[tuple[sandbox.Program, float]] = []
+
+    def record(program: sandbox.Program, seconds: float) -> sandbox.Outcome:
+        seen.append((program, seconds))
+        return sandbox.Outcome(0, "", 0, seconds)
+
+    monkeypatch.setattr(sandbox, "run", record)
+    ctx, _, task = overridable_ctx(tmp_path)
+    framework.run_tasks([task], ctx)
+    ((program, seconds),) = seen
+    assert program.argv == (str(script), "pre-exec")
+    assert program.target == tmp_path and program.disks == (Path("/dev/vdb"),) and program.readonly == ()
+    assert program.env == framework.overwrite_env(ctx, task.task)
+    assert seconds == sandbox.DEFAULT_TIMEOUT
+
+
 def test_overwrite_needs_permission_and_overridable(tmp_path: Path) -> None:
     write_script(tmp_path, "overwrite_task_AssignHostname", "exit 0\n")
     ctx, ran, task = overridable_ctx(tmp_path, allow="no")
