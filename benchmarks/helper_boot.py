@@ -40,9 +40,9 @@ INIT_START = re.compile(r"HELPER: snf-image helper init: started at ([0-9.]+) s"
 INIT_END = re.compile(r"HELPER: snf-image helper init: starting \S+ at ([0-9.]+) s")
 
 BOOTCLOCK = """\
-import serialprobe
-
-first = serialprobe.uptime()
+with open("/proc/uptime") as f:
+    first = float(f.read().split()[0])
+import serialprobe  # noqa: E402
 import helper.runner  # noqa: E402,F401 - the runner's imports, then every task's, as a deployment does
 from helper import framework  # noqa: E402
 

@@ -3,8 +3,9 @@
 ``snf-image deploy`` builds the Ganeti-style environment itself (one disk,
 optional NICs) and runs exactly what the ``create`` script runs. On a
 terminal it draws a live progress bar; otherwise it prints plain lines.
-``snf-image helper build`` builds the helper VM image; ``snf-image verify``
-checks parameters the way Ganeti's ``verify`` does.
+``snf-image helper build`` builds the helper VM image, ``snf-image helper
+probe`` probes KVM again for the node; ``snf-image verify`` checks parameters
+the way Ganeti's ``verify`` does.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ KERNEL_BUILD_DEPS = "build-essential flex bison bc libelf-dev libssl-dev lz4"
 #: when building one is not possible or not wanted yet (it boots slower and cannot write UFS).
 KERNEL_FLAVOURS = ("custom", "debian")
 DEFAULT_KERNEL = "custom"
+MISSING_SOURCE = (
+    f"the helper's own kernel is built from {KERNEL_SOURCE}: apt-get install {KERNEL_SOURCE_PACKAGE} "
+    f"{KERNEL_BUILD_DEPS} (or build with --kernel debian, the fallback: slower to boot, no UFS writes)"
+)
 #: How many finished kernel builds (different keys) the build cache keeps.
 KERNELS_KEPT = 3
 
@@ -69,9 +73,7 @@ def source_version() -> str:
         ["dpkg-query", "-W", "-f", "${Version}", KERNEL_SOURCE_PACKAGE], capture_output=True, text=True
     )
     if proc.returncode != 0 or not proc.stdout.strip() or not KERNEL_SOURCE.exists():
-        raise SystemExit(
-            f"the custom kernel needs {KERNEL_SOURCE}: apt-get install {KERNEL_SOURCE_PACKAGE} {KERNEL_BUILD_DEPS}"
-        )
+        raise SystemExit(MISSING_SOURCE)
     return proc.stdout.strip()
 
 
@@ -79,6 +81,19 @@ def kernel_key(source_version: str, config_text: str) -> str:
     """Cache key of the custom kernel: recipe, source version and the config fragment."""
     text = "\n".join([KERNEL_RECIPE_VERSION, KERNEL_SOURCE_PACKAGE, source_version, config_text])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(out: Path) -> bool:
+    return (out / "bzImage").exists() and (out / "release").exists()
+
+
+def cached_kernel(cache_dir: Path) -> Path | None:
+    """The finished build for today's fragment and source if ``cache_dir`` has it (nothing is built)."""
+    try:
+        out = cache_dir / f"kernel-{kernel_key(source_version(), KERNEL_CONFIG.read_text('utf-8'))}"
+    except SystemExit:  # no linux-source: nothing can be cached for it
+        return None
+    return out if _finished(out) else None
 
 
 @contextlib.contextmanager
@@ -107,14 +122,10 @@ def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None 
     The source is unpacked into a scratch directory under ``cache_dir`` and removed
     after the build (about 1.5 GiB while it lasts); only the ~4 MiB result is kept.
     """
-    if not KERNEL_SOURCE.exists():
-        raise SystemExit(f"{KERNEL_SOURCE} is missing: apt-get install {KERNEL_SOURCE_PACKAGE} {KERNEL_BUILD_DEPS}")
-    config_text = KERNEL_CONFIG.read_text("utf-8")
-    key = kernel_key(source_version(), config_text)
-    out = cache_dir / f"kernel-{key}"
+    out = cache_dir / f"kernel-{kernel_key(source_version(), KERNEL_CONFIG.read_text('utf-8'))}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(cache_dir):
-        if (out / "bzImage").exists() and (out / "release").exists() and not force:
+        if _finished(out) and not force:
             return out
         _prune(cache_dir, keep=out)
         if out.exists():

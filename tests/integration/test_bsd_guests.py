@@ -1,4 +1,4 @@
-"""create end to end on FreeBSD, NetBSD and OpenBSD images, in the helper VM with our own (UFS-writing) kernel.
+"""create end to end on FreeBSD, NetBSD and OpenBSD images, in the helper VM with its own (UFS-writing) kernel.
 
 Images: tests/bsdimages.py (makefs UFS, sgdisk GPT, the project's disklabel
 writer). Each is deployed by ``create`` onto a bigger disk with a password,
@@ -7,11 +7,8 @@ left to detection. Then it is read back: the partition tables from the host,
 the UFS through a second helper VM running tests/ufsprobe.py (read-only
 mounts, no code of the tasks) -- the host has no UFS driver. The kernel's
 own view of the partitions (/proc/partitions in that VM) checks the
-disklabel code's numbering and sizes independently.
-
-These build the helper's kernel from Debian's linux-source on first use
-(about half an hour on 2 busy cores; cached afterwards): marked ``kernel``
-as well as ``vm`` so that CI can give them their own cached job.
+disklabel code's numbering and sizes independently. With Debian's kernel
+(the fallback) a BSD image is a clear error.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from snf_image import jail
 from tests import bsdimages, helpervm
 from tests.osenv import create_env, install, monitor_messages, task_events
 
-pytestmark = [pytest.mark.vm, pytest.mark.kernel]
+pytestmark = pytest.mark.vm
 
 MIB = 1 << 20
 SECTOR = 512
@@ -62,8 +59,8 @@ NICS = {
 @pytest.fixture(scope="module")
 def helper_dir() -> Path:
     started = time.monotonic()
-    built = helpervm.ensure_helper(kernel="custom")
-    print(f"\n[timing] helper with the custom kernel ready in {time.monotonic() - started:.0f}s")
+    built = helpervm.ensure_helper()
+    print(f"\n[timing] helper with its own kernel ready in {time.monotonic() - started:.0f}s")
     return built
 
 
@@ -280,7 +277,7 @@ def test_debian_kernel_is_a_clear_error(workdir: Path, tmp_path: Path) -> None:
     images = tmp_path / "images"
     image = bsdimages.build("openbsd", images, helpervm.CACHE / "bsd-tools")
     osdef = install(tmp_path / "inst")
-    osdef.configure(HELPER_DIR=str(helpervm.ensure_helper()), HELPER_SOFT_TIMEOUT="300", IMAGE_DIR=str(images))
+    osdef.configure(HELPER_DIR=str(helpervm.ensure_helper("debian")), HELPER_SOFT_TIMEOUT="300", IMAGE_DIR=str(images))
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as f:
         f.truncate(DISK)
