@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def pivot(root: str = NEW_ROOT) -> None:
 
 def main() -> int:
     """Build the sandbox, run the program, reap, report its wait status."""
+    # PID 1 of a namespace gets from inside it only the signals it handles: Python's SIGINT
+    # handler would let the program interrupt (and end) us with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     plan = Plan.from_json(sys.stdin.buffer.read())
     status = os.fdopen(plan.status_fd, "w", buffering=1)
     os.set_inheritable(plan.status_fd, False)
@@ -175,6 +179,8 @@ def main() -> int:
     if child == 0:
         try:
             os.setsid()
+            for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores them; an exec'd program must not
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
             os.execve(plan.argv[0], plan.argv, plan.env)
         except OSError as exc:
             os.write(2, f"cannot execute {plan.argv[0]}: {exc.strerror}\n".encode())

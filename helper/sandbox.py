@@ -162,8 +162,10 @@ class Outcome:
         if self.out_of_memory:
             return f"{what} was killed: it went over its memory limit of {self.memory_mib} MiB"
         code = self.returncode
-        if code is None or code < 0:
-            name = signal.Signals(-code).name if code is not None and -code in signal.valid_signals() else "?"
+        if code is None:
+            return f"{what} ended abnormally: its sandbox went away before it did"
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
             return f"{what} was killed by signal {name}"
         if code in allowed:
             return None

@@ -276,6 +276,19 @@ def attack_other_processes() -> None:
     record("other_processes", not bad, bad or f"visible: {seen}")
 
 
+def attack_signal_init() -> None:
+    """Whatever is PID 1 here (the sandbox's init, or the runner without a sandbox) must not die of a signal."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGKILL):
+        try:
+            os.kill(1, sig)
+        except OSError as exc:
+            record("signal_init", True, f"kill {sig.name}: {err(exc)}")
+            return
+        time.sleep(0.3)
+    # still here: our PID 1 took every signal without dying (a dying init takes its namespace along)
+    record("signal_init", True, "PID 1 ignored SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGKILL")
+
+
 def attack_cgroup_escape() -> None:
     escaped = []
     for path in ("/sys/fs/cgroup/cgroup.procs", "/sys/fs/cgroup/unified/cgroup.procs"):
@@ -361,6 +374,7 @@ def main() -> int:
         attack_load_module,
         attack_kernel_knobs,
         attack_other_processes,
+        attack_signal_init,
         attack_cgroup_escape,
         attack_fork_limit,
         attack_power,

@@ -167,6 +167,7 @@ def check_attacks(disk: Path, phase: str) -> None:
         "load_module",
         "kernel_knobs",
         "other_processes",
+        "signal_init",
         "cgroup_escape",
         "fork_limit",
         "power",

@@ -112,6 +112,7 @@ def test_what_the_operator_reads_when_a_program_fails() -> None:
     )
     assert outcome(1).failure(what) == "The custom task failed with exit code 1"
     assert outcome(-signal.SIGSEGV).failure(what) == "The custom task was killed by signal SIGSEGV"
+    assert outcome(None).failure(what) == "The custom task ended abnormally: its sandbox went away before it did"
     assert outcome(None, timed_out=True).failure(what) == (
         "The custom task did not finish in 30 s (IMAGE_PROGRAM_TIMEOUT) and was stopped"
     )
