@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .sandbox import EXITED, READY, Plan, SandboxError
+from .sandbox import BROKEN, EXITED, READY, Plan, SandboxError
 
 #: An empty directory of the helper's root, where the new root is assembled.
 NEW_ROOT = "/mnt"
@@ -172,7 +172,7 @@ def main() -> int:
         os.dup2(null, 0)
         os.close(null)
     except (OSError, SandboxError, subprocess.CalledProcessError) as exc:
-        status.write(f"error: {exc}\n")
+        status.write(f"{BROKEN}: {exc}\n")
         return FAILED
     status.write(f"{READY}\n")
     child = os.fork()

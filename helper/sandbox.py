@@ -85,9 +85,12 @@ SYSCTLS = {"user/max_user_namespaces": "0", "kernel/dmesg_restrict": "1"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("pids", "memory")
 SETPRIV = "/usr/bin/setpriv"
-#: The stage's status lines: READY once the sandbox stands, then EXITED and the program's wait status.
+#: The stage's status lines: READY once the sandbox stands, then EXITED and the program's wait status;
+#: or BROKEN and why the sandbox could not be built.
 READY = "ready"
 EXITED = "exit"
+BROKEN = "error"
+STATUS_MAX = 4096
 
 
 class SandboxError(SnfImageError):
@@ -151,9 +154,7 @@ class Outcome:
 
     @property
     def last_line(self) -> str:
-        """The last non-blank line of the output, cut to fit an error message."""
-        line = next((ln.strip() for ln in reversed(self.output.splitlines()) if ln.strip()), "")
-        return line if len(line) <= 300 else line[:297] + "..."
+        return last_line(self.output)
 
     def failure(self, what: str, allowed: Sequence[int] = (0,)) -> str | None:
         """The one-line reason ``what`` failed (None if it ended with an ``allowed`` exit code)."""
@@ -172,6 +173,12 @@ class Outcome:
         return f"{what} failed with exit code {code}" + (f": {self.last_line}" if self.last_line else "")
 
 
+def last_line(text: str) -> str:
+    """The last non-blank line of ``text``, cut to fit an error message."""
+    line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 class OutputTail:
     """The end of a stream of unknown length, in bounded memory."""
 
@@ -187,6 +194,11 @@ class OutputTail:
 
     def text(self) -> str:
         return self._buf.decode("utf-8", "replace")
+
+    @property
+    def cut(self) -> bool:
+        """Whether the start of the stream was dropped."""
+        return self.total > len(self._buf)
 
 
 def time_limit(properties: Properties) -> int:
@@ -343,7 +355,7 @@ def run(program: Program, seconds: float) -> Outcome:
     lines = status.decode("utf-8", "replace").splitlines()
     if not lines or lines[0] != READY:
         # the stage said why, or unshare did on the output
-        reason = lines[0].removeprefix("error: ") if lines else Outcome(None, tail.text(), 0, 0).last_line
+        reason = lines[0].removeprefix(f"{BROKEN}: ") if lines else last_line(tail.text())
         raise SandboxError(f"cannot run the image's program in its sandbox: {reason[:300] or 'no reason given'}")
     exited = next((int(line.split()[1]) for line in lines[1:] if line.startswith(f"{EXITED} ")), None)
     return Outcome(
@@ -417,14 +429,15 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)[:4096]
+    """The status lines (the stage has ended: the pipe's writers are gone)."""
+    data = b""
+    while len(data) < STATUS_MAX and (chunk := os.read(fd, STATUS_MAX)):
+        data += chunk
+    return data
 
 
 def _log_output(tail: OutputTail) -> None:
-    if tail.total > len(tail.text().encode()):
-        log.info("  (%d bytes of output; the last %d follow)", tail.total, OUTPUT_TAIL)
+    if tail.cut:
+        log.info("  (%d bytes of output; the last %d follow)", tail.total, tail.limit)
     for line in tail.text().splitlines():
         log.info("  %s", line[:1000])
