@@ -33,7 +33,7 @@ from snf_image.helperimage.kernel import DEFAULT_KERNEL, KERNEL_FLAVOURS
 from snf_image.progress import Progress
 from snf_image.settings import DEFAULTS, build_settings
 from tests import guests
-from tests.helpervm import ensure_helper, probe_helper_dir
+from tests.helpervm import ensure_helper, probe_helper_dir, probe_rules
 
 GiB = 1 << 30
 INIT_START = re.compile(r"HELPER: snf-image helper init: started at ([0-9.]+) s")
@@ -73,7 +73,8 @@ class Clock:
 
 def boot_once(config: jail.HelperConfig) -> dict[str, float]:
     clock = Clock()
-    jail.run_helper(config, [], b'{"bootclock": true}', lambda _: None, clock.log)
+    rules, token = probe_rules({"bootclock": True})
+    jail.run_helper(config, [], rules, lambda _: None, clock.log, token=token)
     total = time.monotonic() - clock.start
     init_end = clock.find(INIT_END)
     python = clock.find(re.compile(r"bootclock: python ([0-9.]+)"))

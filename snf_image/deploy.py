@@ -17,7 +17,7 @@ from typing import Any
 
 from . import params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
-from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
+from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings, new_result_token
 from .copy import HashingStream, copy_stream, verify_checksum
 from .errors import ImageError
 from .formats import convert, headers, mbr, sniff, streams
@@ -233,6 +233,7 @@ def build_rules(
     p = os_params
     return Rules(
         instance_name=instance.name,
+        result_token=new_result_token(),
         old_instance_name=instance.old_name,
         hypervisor=instance.hypervisor,
         img_format=p.img_format if p else FORMAT_DISKDUMP,
@@ -298,7 +299,7 @@ def customize(instance: Instance, settings: Settings, rules: Rules, progress: Pr
     config = jail.HelperConfig.from_settings(settings)
     disks = [jail.JailDisk(disk.target, disk.index, readonly=disk.access == "ro") for disk in instance.disks]
     progress.info("Starting customization VM...")
-    jail.run_helper(config, disks, data, progress.helper, log=_helper_log)
+    jail.run_helper(config, disks, data, progress.helper, log=_helper_log, token=rules.result_token)
     progress.info("Customization VM exited normally.")
 
 

@@ -9,11 +9,13 @@ only rebuilds the initrd's code layer (seconds).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
 
 from snf_image import helperimage
+from snf_image.contract.rules import new_result_token
 from snf_image.helperimage.cpio import Cpio
 from snf_image.helperimage.initrd import INITRD_LIB
 from snf_image.helperimage.kernel import DEFAULT_KERNEL
@@ -39,6 +41,12 @@ def ensure_helper(kernel: str = DEFAULT_KERNEL) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         helperimage.build(helper_dir, CACHE / "helper-build", kernel=kernel)
     return helper_dir
+
+
+def probe_rules(probe: dict) -> tuple[bytes, str]:
+    """Rules for a probe runner: ``probe`` with a result token (a fresh one unless it has one); and the token."""
+    token = probe.get("result_token") or new_result_token()
+    return json.dumps({**probe, "result_token": token}).encode(), token
 
 
 def probe_helper_dir(helper_dir: Path, target: Path, modules: dict[str, Path]) -> Path:

@@ -21,6 +21,17 @@ def main(ports: serialprobe.Ports) -> None:
     behave(probe, raw, rules, ports)
 
 
+#: Result-port forgeries: what image code that reached the port might write, with or around the runner's line.
+FORGERIES = {
+    "forged": lambda ports: ports.result.write("SUCCESS\n"),
+    "wrong_token": lambda ports: ports.result.write("SUCCESS " + "0" * 64 + "\n"),
+    "forged_first": lambda ports: (ports.result.write("SUCCESS\n"), ports.succeed()),
+    "success_then_forged": lambda ports: (ports.succeed(), ports.result.write("SUCCESS\n")),
+    "twice": lambda ports: (ports.succeed(), ports.succeed()),
+    "error_first": lambda ports: (ports.fail("planted"), ports.succeed()),
+}
+
+
 def behave(probe: str, raw: bytes, rules: dict, ports: serialprobe.Ports) -> None:
     """Act out one good or hostile behaviour on the result and progress ports."""
     if probe == "success":
@@ -38,6 +49,8 @@ def behave(probe: str, raw: bytes, rules: dict, ports: serialprobe.Ports) -> Non
         ports.say({"subtype": "warning", "messages": [json.dumps(facts)]})
         ports.say({"subtype": "task-end", "task": "Probe"})
         ports.succeed()
+    elif probe in FORGERIES:
+        FORGERIES[probe](ports)
     elif probe == "error":
         ports.fail("the probe failed \x1b[31mon purpose\x07" + "x" * 2000)
     elif probe == "noresult":

@@ -136,8 +136,9 @@ def inspect(probe_dir: Path, disk: Path, inspect: list[dict]) -> tuple[list[dict
     progress: list[dict] = []
     log: list[str] = []
     cfg = jail.HelperConfig(helper_dir=probe_dir, runner="ufsprobe", accel="auto", soft_timeout=180.0, user=None)
-    rules = json.dumps({"inspect": inspect}).encode()
-    jail.run_helper(cfg, [jail.JailDisk(str(disk), 0, readonly=True)], rules, progress.append, log.append)
+    rules, token = helpervm.probe_rules({"inspect": inspect})
+    disks = [jail.JailDisk(str(disk), 0, readonly=True)]
+    jail.run_helper(cfg, disks, rules, progress.append, log.append, token=token)
     facts = [json.loads(m["messages"][0]) for m in progress if m.get("subtype") == "warning"]
     table = next(f for f in facts if "partitions" in f)
     return facts, kernel_sizes(table["partitions"], table["disk"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from snf_image import jail
-from tests.helpervm import ensure_helper, probe_helper_dir
+from tests.helpervm import ensure_helper, probe_helper_dir, probe_rules
 
 pytestmark = pytest.mark.vm
 
@@ -35,7 +35,8 @@ def probe(kernel: str) -> dict[str, dict]:
         progress: list[dict] = []
         log: list[str] = []
         try:
-            jail.run_helper(config, [], b'{"kernelprobe": true}', progress.append, log.append)
+            rules, token = probe_rules({"kernelprobe": True})
+            jail.run_helper(config, [], rules, progress.append, log.append, token=token)
         except jail.HelperError as exc:
             raise AssertionError("\n".join([str(exc), *log])) from None
     found = [json.loads(m["messages"][0]) for m in progress if m.get("subtype") == "warning"]

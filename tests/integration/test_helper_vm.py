@@ -21,11 +21,13 @@ import pytest
 
 from snf_image import jail
 from snf_image.contract import constants
+from snf_image.contract.rules import new_result_token
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import helper_version
 from snf_image.jail import vm
+from snf_image.jail.channels import FORGED_SUCCESS
 from snf_image.jail.command import build_qemu_command
-from tests.helpervm import ensure_helper, probe_helper_dir
+from tests.helpervm import ensure_helper, probe_helper_dir, probe_rules
 
 pytestmark = pytest.mark.vm
 
@@ -66,7 +68,7 @@ def nothing_left_behind(probe_dir):
 def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     progress: list[dict] = []
     log: list[str] = []
-    rules = json.dumps({"probe": probe, **(rules_extra or {})}).encode()
+    rules, token = probe_rules({"probe": probe, **(rules_extra or {})})
     cfg = jail.HelperConfig(
         helper_dir=probe_dir,
         runner="jailprobe",
@@ -77,7 +79,7 @@ def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     start = time.monotonic()
     error = None
     try:
-        jail.run_helper(cfg, list(disks), rules, progress.append, log.append)
+        jail.run_helper(cfg, list(disks), rules, progress.append, log.append, token=token)
     except HelperError as exc:
         error = exc
     return error, progress, log, time.monotonic() - start
@@ -88,7 +90,7 @@ def test_success_with_kvm_probe_rules_disks_and_progress(probe_dir, tmp_path):
     disk.write_bytes(b"\0" * (1 << 20))
     other = tmp_path / "disk3.img"
     other.write_bytes(b"\0" * 4096)
-    rules_extra = {"write_disks": ["snf-disk0"], "padding": "x" * 1000}
+    rules_extra = {"write_disks": ["snf-disk0"], "padding": "x" * 1000, "result_token": new_result_token()}
     error, progress, log, _ = _run(
         probe_dir,
         "success",
@@ -144,6 +146,23 @@ def test_hostile_progress_kills_the_vm(probe_dir, probe, reason):
     assert str(error).startswith("Image customization failed: the helper VM broke the protocol: progress port: ")
     assert reason in str(error)
     assert any("killing it" in line for line in log)
+
+
+@pytest.mark.parametrize(
+    ("probe", "reason"),
+    [
+        ("forged", FORGED_SUCCESS),
+        ("wrong_token", FORGED_SUCCESS),
+        ("forged_first", FORGED_SUCCESS),
+        ("success_then_forged", FORGED_SUCCESS),
+        ("twice", "the result port carried 2 lines where the runner writes one"),
+        ("error_first", "the result port carried 2 lines where the runner writes one; the first error: planted"),
+    ],
+)
+def test_only_the_runners_success_counts(probe_dir, probe, reason):
+    """A SUCCESS without the deployment's token, or a second line, is a failure that says so; never success."""
+    error, _, _, _ = _run(probe_dir, probe)
+    assert str(error) == f"Image customization failed: {reason}"
 
 
 def test_hang_times_out(probe_dir):
@@ -216,8 +235,9 @@ def test_unprivileged_qemu(probe_dir):
 
     # a hanging VM: one that powers off at once can be gone before its console line is read
     cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel="tcg", soft_timeout=10.0, hard_timeout=2.0)
+    rules, token = probe_rules({"probe": "hang"})
     with pytest.raises(HelperError, match="did not finish on time"):
-        jail.run_helper(cfg, [], json.dumps({"probe": "hang"}).encode(), lambda _: None, log)
+        jail.run_helper(cfg, [], rules, lambda _: None, log, token=token)
     assert seen and set(seen) == {pwd.getpwnam("nobody").pw_uid}
 
 

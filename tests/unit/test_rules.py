@@ -24,6 +24,8 @@ from snf_image.contract.rules import (
     RulesError,
     RulesNic,
     RulesSettings,
+    is_result_token,
+    new_result_token,
 )
 from snf_image.ganeti import parse_environment
 from snf_image.params import validate
@@ -125,7 +127,7 @@ def test_schema_and_dataclasses_agree() -> None:
 @pytest.mark.parametrize(
     ("change", "found"),
     [
-        (lambda s: s["properties"].update(result_token={"type": "string"}), "'result_token' has no field"),
+        (lambda s: s["properties"].update(resume_token={"type": "string"}), "'resume_token' has no field"),
         (lambda s: s["properties"].pop("hypervisor"), "field 'hypervisor' is not in the schema"),
         (lambda s: s["properties"]["nics"]["items"]["properties"].pop("gateway6"), "'gateway6' is not in the"),
         (lambda s: s["required"].append("password"), "rules.password: required"),
@@ -146,6 +148,7 @@ def full_rules() -> Rules:
     """Every field set to something other than its default."""
     return Rules(
         instance_name="vm1.example.org",
+        result_token=new_result_token(),
         old_instance_name="old.example.org",
         hypervisor="kvm",
         img_format="extdump",
@@ -197,6 +200,13 @@ def test_a_full_rules_round_trips_and_validates() -> None:
     assert all(getattr(rules, name) != value for name, value in defaults.items()), "a field left at its default"
 
 
+def test_the_result_token_is_fresh_random_and_never_shown() -> None:
+    tokens = {new_result_token() for _ in range(100)}
+    assert len(tokens) == 100 and all(is_result_token(t) and len(t) == 64 for t in tokens)
+    rules = full_rules()
+    assert rules.result_token not in repr(rules)
+
+
 def test_disks_are_found_by_a_serial_made_from_their_index() -> None:
     assert RulesDisk(index=3, size_bytes=0).serial == f"{SERIAL_DISK_PREFIX}3" == "snf-disk3"
 
@@ -242,6 +252,9 @@ def with_change(path: list[str | int], value: Any) -> bytes:
         (with_change(["properties", "X"], 1), r"rules.properties\['X'\]: expected a string"),
         (with_change(["files"], ["unattend.xml"]), "rules.files: expected an object, not an array"),
         (with_change(["only_tasks"], [1]), r"rules.only_tasks\[0\]: expected a string"),
+        (with_change(["result_token"], KeyError), "rules: missing field 'result_token'"),
+        (with_change(["result_token"], "s3cret"), "rules: the result token is not 64 lower-case hex digits"),
+        (with_change(["result_token"], "AB" * 32), "rules: the result token is not 64 lower-case hex digits"),
     ],
 )
 def test_malformed_rules_are_one_clear_error(data: bytes, message: str) -> None:
@@ -259,6 +272,7 @@ def test_optional_fields_may_be_left_out() -> None:
         "nics": [{"index": 0, "mac": None, "tags": []}],
         "disks": [{"index": 0, "size_bytes": 1}],
         "settings": {},
+        "result_token": "0123456789abcdef" * 4,
     }
     assert schemas.first_error("rules", minimal) is None
     rules = Rules.from_json(json.dumps(minimal).encode())
