@@ -10,11 +10,11 @@ read-only.
 
 Detection (as the original's ``detect_image_properties``): partitions in
 order, first hit wins. msdos a5/a6/a9 are FreeBSD/OpenBSD/NetBSD slices;
-07 (NTFS) with ``windows/system32`` is Windows; 83 with ``/etc/fstab`` is
+07 (NTFS) with ``Windows/System32`` (or ``WINNT``, any case) is Windows; 83 with ``/etc/fstab`` is
 Linux; for the BSD slices the root is the ``a`` partition of the slice's
 disklabel, numbered as the kernel numbers it (after the logical partitions).
 GPT: the FreeBSD UFS GUID with ``/etc/fstab`` is FreeBSD, the
-Microsoft basic data GUID with ``windows/system32`` is Windows, anything
+Microsoft basic data GUID with ``Windows/System32`` is Windows, anything
 else is checked for Linux.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import disklabel, disks, fsutil, registry
+from . import disklabel, disks, fsutil, registry, windows
 from .commands import CommandError, TaskError
 
 log = logging.getLogger(__name__)
@@ -264,20 +264,6 @@ def detect(table: Table, probe: Probe) -> tuple[str, int] | None:
     return None
 
 
-def _find_icase(root: Path, path: str) -> Path | None:
-    """``path`` under ``root`` matching each component case-insensitively, as Windows would."""
-    current = root
-    for part in path.strip("/").split("/"):
-        try:
-            match = next((e for e in current.iterdir() if e.name.lower() == part.lower()), None)
-        except OSError:
-            return None
-        if match is None or match.is_symlink():
-            return None
-        current = match
-    return current
-
-
 def windows_version(root: Path) -> str:
     """The OSFAMILY of a mounted Windows root: "windows", or "windows-legacy" for NT < 6 (XP/2003).
 
@@ -285,9 +271,10 @@ def windows_version(root: Path) -> str:
     unreadable hive leaves it "windows", and InstallUnattend reports the
     problem with the image.
     """
-    software = _find_icase(root, "windows/system32/config/software")
+    windir = windows.windows_dir(root)
+    software = fsutil.resolve(root, f"{windir}/System32/config/SOFTWARE", ignore_case=True) if windir else None
     if software is None or not software.is_file():
-        log.info("no SOFTWARE hive under windows/system32/config")
+        log.info("no SOFTWARE hive under the Windows directory")
         return "windows"
     try:
         with registry.opened(software) as hive:
@@ -311,8 +298,7 @@ def probe_partition(device: Path, number: int, check: str) -> str | None:
     try:
         with disks.mounted(part, fstype=mount_type, options=options) as root:
             if check == CHECK_WINDOWS:
-                system32 = _find_icase(root, "windows/system32")
-                return windows_version(root) if system32 is not None and system32.is_dir() else None
+                return windows_version(root) if windows.windows_dir(root) is not None else None
             return check if fsutil.resolve(root, "/etc/fstab").is_file() else None
     except CommandError as exc:
         log.info("partition %d: cannot mount it (%s)", number, exc)

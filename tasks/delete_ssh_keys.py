@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from helper import fsutil
 from helper.framework import UNIX, Context, Task
 
-from . import _unix
+from . import _cloud_init, _unix
 
 TASK = Task(
     name="DeleteSSHKeys",
@@ -148,14 +148,14 @@ def keygen_at_boot(root: Path) -> str | None:
     """What regenerates missing host keys when the image boots, or None (then we must generate them)."""
     for directory in UNIT_DIRS:
         for unit in KEYGEN_UNITS:
-            host = fsutil.resolve(root, f"{directory}/{unit}")
-            if host.is_file() and host.stat().st_size > 0:  # masked units link to /dev/null
+            found = fsutil.resolve(root, f"{directory}/{unit}")
+            if found.is_file() and found.stat().st_size > 0:  # masked units link to /dev/null
                 return unit
     for program in KEYGEN_PROGRAMS:
         if fsutil.resolve(root, program).is_file():
             return program
     for script in KEYGEN_INIT_SCRIPTS:
-        text = _unix.read_optional(root, script)
+        text = fsutil.read_optional(root, script)
         if text is not None and "ssh-keygen" in text:
             return script
     return None
@@ -165,7 +165,7 @@ def _old_types(root: Path, paths: list[str]) -> list[tuple[str, str | None]]:
     found = []
     for path in paths:
         kind = type_from_name(path) or type_from_key(
-            _unix.read_optional(root, path), _unix.read_optional(root, path + ".pub")
+            fsutil.read_optional(root, path), fsutil.read_optional(root, path + ".pub")
         )
         found.append((path, kind or "rsa"))  # the type sshd assumes for an unreadable key name: try rsa
     return found
@@ -182,7 +182,7 @@ def delete_keys(ctx: Context, paths: list[str]) -> list[str]:
                 removed.append(fsutil.guest_path(ctx.target, entry))
     for path in paths:
         for suffix in KEY_SUFFIXES:
-            if _unix.remove(ctx.target, path + suffix):
+            if fsutil.remove(ctx.target, path + suffix):
                 removed.append(path + suffix)
     return removed
 
@@ -199,9 +199,9 @@ def generate(ctx: Context, keys: list[tuple[str, str]], comment: str) -> None:
         for i, (path, kind) in enumerate(keys):
             private = Path(tmp) / f"key{i}"
             ctx.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment, "-f", private], input="")
-            _unix.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
-            _unix.write_file(ctx.target, path, private.read_bytes(), mode=0o600)
-            _unix.write_file(ctx.target, path + ".pub", private.with_suffix(".pub").read_bytes(), mode=0o644)
+            fsutil.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
+            fsutil.write_file(ctx.target, path, private.read_bytes(), mode=0o600)
+            fsutil.write_file(ctx.target, path + ".pub", private.with_suffix(".pub").read_bytes(), mode=0o644)
 
 
 def apply(ctx: Context) -> None:
@@ -213,8 +213,6 @@ def apply(ctx: Context) -> None:
     delete_keys(ctx, [path for path, _ in hostkeys])
     if options is None:
         return
-    if ctx.cloud_init:
-        return  # cloud-init generates them
     regenerator = keygen_at_boot(ctx.target)
     if regenerator is not None:
         return
@@ -241,10 +239,8 @@ FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {
 
 
 def run(ctx: Context) -> None:
-    """Replace the image's SSH host keys."""
+    """Replace the image's SSH host keys (or have cloud-init do it)."""
     if ctx.cloud_init:
-        hook = _unix.cloud_init_hook("delete_ssh_keys")
-        if hook is not None:
-            hook(ctx)
-            return
+        _cloud_init.delete_ssh_keys(ctx)
+        return
     FAMILY_HANDLERS[ctx.osfamily](ctx)

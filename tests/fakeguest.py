@@ -66,6 +66,9 @@ DEBIAN = {
     "home/alice/.profile": "",
 }
 
+# What makes a fake guest a cloud-init image: the directory tasks/_cloud_init.py writes its snippets into.
+CLOUD_INIT_GUEST = {"etc/cloud/cloud.cfg.d/05_logging.cfg": "# the image's own\n"}
+
 
 class Recorder:
     """A Reporter that keeps what it was told."""

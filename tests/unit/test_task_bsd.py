@@ -21,7 +21,7 @@ from tasks import (
     filesystem_resize_mounted,
     mount_image,
 )
-from tasks._network import NicPlan
+from tasks._nics import NicPlan
 from tests.fakeguest import make_ctx, make_guest, warnings
 
 MASTER_PASSWD = """# $FreeBSD$

@@ -6,14 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks import delete_ssh_keys as dk
-from tests.fakeguest import make_ctx, make_guest, warnings
-
-
-@pytest.fixture(autouse=True)
-def _no_cloud_init_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dk._unix, "cloud_init_hook", lambda name: None)
+from tests.fakeguest import CLOUD_INIT_GUEST, make_ctx, make_guest, warnings
 
 
 def keygen(path: Path, kind: str, *extra: str) -> Path:
@@ -144,18 +140,12 @@ def test_run_image_regenerates_itself(tmp_path: Path) -> None:
     assert not [p for p in (root / "etc/ssh").iterdir() if p.name.startswith("ssh_host_")]
 
 
-def test_run_cloud_init_deletes_only(tmp_path: Path) -> None:
-    root = make_guest(tmp_path)
+def test_run_cloud_init_has_cloud_init_replace_them(tmp_path: Path) -> None:
+    root = make_guest(tmp_path, CLOUD_INIT_GUEST)
     dk.run(make_ctx(root, properties={"CLOUD_INIT": "yes"}))
-    assert not [p for p in (root / "etc/ssh").iterdir() if p.name.startswith("ssh_host_")]
-
-
-def test_run_cloud_init_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(dk._unix, "cloud_init_hook", lambda name: lambda ctx: calls.append(name))
-    root = make_guest(tmp_path)
-    dk.run(make_ctx(root, properties={"CLOUD_INIT": "yes"}))
-    assert calls == ["delete_ssh_keys"]
+    cfg = yaml.safe_load((root / "etc/cloud/cloud.cfg.d/98_snf-image-DeleteSSHKeys.cfg").read_text())
+    assert cfg == {"ssh_deletekeys": True}  # at first boot, before sshd starts, as the original
+    assert (root / "etc/ssh/ssh_host_rsa_key").read_text() == "old private\n"
 
 
 def test_run_without_sshd_config_warns_and_deletes(tmp_path: Path) -> None:
