@@ -193,9 +193,9 @@ def test_windows_image_with_its_own_answer_file(osdef, tmp_path):
             "cmd.exe /c %WINDIR%\\SnfScripts\\ChangePassword.cmd",
         ]
         assert unattend.shell_setup_value(answer, "amd64", "ComputerName") == "win1"
-        assert unattend.shell_setup_value(unattend, "amd64", "ProductKey") == KEY
-        assert unattend.shell_setup_value(unattend, "amd64", "TimeZone") == "UTC"  # the image's own, kept
-        assert etree.fromstring(unattend).nsmap["wcm"] == unattend.WCM_NS
+        assert unattend.shell_setup_value(answer, "amd64", "ProductKey") == KEY
+        assert unattend.shell_setup_value(answer, "amd64", "TimeZone") == "UTC"  # the image's own, kept
+        assert etree.fromstring(answer).nsmap["wcm"] == unattend.WCM_NS
 
         snf = root / "Windows/SnfScripts"
         assert (snf / "Password").read_bytes() == b"\xff\xfe" + PASSWORD.encode("utf-16-le")
