@@ -11,13 +11,15 @@ typed rules the host would send.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 from helper.framework import Context
 from helper.properties import Properties
-from snf_image.contract.rules import Rules, RulesDisk, RulesSettings
+from snf_image import hostkeys
+from snf_image.contract.rules import HostKey, Rules, RulesDisk, RulesSettings
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
@@ -121,6 +123,12 @@ RULES = Rules(
     disks=(RulesDisk(index=0, size_bytes=1024**3),),
     settings=RulesSettings(),
 )
+
+
+@functools.cache
+def host_keys() -> tuple[HostKey, ...]:
+    """The SSH host keys the host makes for vm1.example.com (real ones, made once per test run)."""
+    return hostkeys.generate(RULES.instance_name)
 
 
 def make_rules(**fields: Any) -> Rules:
