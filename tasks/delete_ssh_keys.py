@@ -242,20 +242,16 @@ def private_owner_mode(old: OldKeyFile | None) -> tuple[int, int]:
     return 0, 0o600
 
 
-def delete_keys(ctx: Context, paths: list[str]) -> list[str]:
-    """Remove /etc/ssh/ssh_host_* and the ``paths`` (with .pub, -cert.pub); the guest paths removed."""
-    removed = []
+def delete_keys(ctx: Context, paths: list[str]) -> None:
+    """Remove /etc/ssh/ssh_host_* and the ``paths`` (with .pub, -cert.pub), never following a link."""
     ssh_dir = fsutil.resolve(ctx.target, SSH_DIR)
     if ssh_dir.is_dir():
         for entry in sorted(ssh_dir.iterdir()):
             if entry.name.startswith(HOST_KEY_PREFIX) and (entry.is_symlink() or not entry.is_dir()):
                 entry.unlink()
-                removed.append(fsutil.guest_path(ctx.target, entry))
     for path in paths:
         for suffix in KEY_SUFFIXES:
-            if fsutil.remove(ctx.target, path + suffix):
-                removed.append(path + suffix)
-    return removed
+            fsutil.remove(ctx.target, path + suffix)
 
 
 def host_key(ctx: Context, kind: str) -> HostKey:
@@ -294,15 +290,15 @@ def run(ctx: Context) -> None:
         ctx.warning(f"The image has no {_unix.SSHD_CONFIG}; deleting the default host keys only")
     hostkeys = _old_types(root, host_key_paths(options))
     keys, skipped = keys_to_install(hostkeys, existing_default_types(root))
+    regenerator = keygen_at_boot(root)
+    if options is None or regenerator is not None:
+        if regenerator is not None:
+            log.info("the image makes its own host keys at boot (%s)", regenerator)
+        keys, skipped = [], []
+    new = [(path, host_key(ctx, kind)) for path, kind in keys]
     old = {name: old_key_file(root, name) for path, _ in keys for name in (path, path + ".pub")}
     delete_keys(ctx, [path for path, _ in hostkeys])
-    if options is None:
-        return
-    regenerator = keygen_at_boot(root)
-    if regenerator is not None:
-        log.info("the image makes its own host keys at boot (%s)", regenerator)
-        return
     for path, reason in skipped:
         ctx.warning(f"No new host key {path}: {reason}")
-    for path, kind in keys:
-        install_key(ctx, path, host_key(ctx, kind), old)
+    for path, key in new:
+        install_key(ctx, path, key, old)
