@@ -279,7 +279,8 @@ def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     rc_local = found["/etc/rc.local"]["text"]
     assert "/usr/sbin/pwd_mkdb -p /etc/master.passwd" in rc_local and "rm -f /etc/rc.local" in rc_local
     ssh_dir = next(f["entries"] for f in facts if f.get("dir") == "/etc/ssh")
-    assert ssh_dir == ["moduli", "sshd_config"]
+    keys = [f"ssh_host_{kind}_key{suffix}" for kind in ("ecdsa", "ed25519", "rsa") for suffix in ("", ".pub")]
+    assert sorted(ssh_dir) == ["moduli", *keys, "sshd_config"]  # no leftover of the image's keys, no temp file
 
 
 def test_debian_kernel_is_a_clear_error(workdir: Path, tmp_path: Path) -> None:
