@@ -49,6 +49,7 @@ class Progress:
         self._stream = stream or sys.stderr
         #: Also receives every message (the CLI's display); then nothing goes to the log.
         self._listener = listener
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
         self._proc: subprocess.Popen[bytes] | None = None
         if monitor:
             try:
@@ -58,7 +59,13 @@ class Progress:
             except (OSError, ValueError) as exc:
                 log.warning("progress monitor %r could not start (%s); messages go to the log", monitor, exc)
 
+    def observe(self, observer: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every message to ``observer`` (the deployment summary), whatever the delivery."""
+        self._observers.append(observer)
+
     def send(self, message: dict[str, Any]) -> None:
+        for observer in self._observers:
+            observer(message)
         if self._listener is not None:
             self._listener(message)
         line = json.dumps(message, separators=(",", ":"), ensure_ascii=True) + "\n"

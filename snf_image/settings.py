@@ -178,6 +178,9 @@ class Settings:
     helper_debug: bool
     helper_accel: str
     helper_qemu: str
+    #: The image converter's limits: address space in MiB, CPU time in seconds.
+    converter_memory: int
+    converter_cpu_time: float
     progress_monitor: str
     dhcp_tags: tuple[str, ...]
     stateful_dhcpv6_tags: tuple[str, ...]
@@ -189,11 +192,16 @@ class Settings:
     #: Defaults for OS parameters, lower-case names (from IMG_ID=... lines).
     param_defaults: Mapping[str, str]
     raw: Mapping[str, str] = field(repr=False)
+    #: The node exporter textfile of METRICS_FILE (None: no metrics).
+    metrics_file: Path | None = None
+    #: Explicit overrides (the CLI's --set): they win over every file, a source's own file too.
+    overrides: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def source_config(self, name: str) -> dict[str, str]:
         """Settings of one image source: the main settings overlaid with ``backends/src/<name>.conf``."""
         config = dict(self.raw)
         config.update(read_settings_file(self.config_dir / "backends" / "src" / name))
+        config.update(self.overrides)
         return config
 
     def source_priority(self, name: str, default: int) -> int:
@@ -226,6 +234,8 @@ DEFAULTS: dict[str, str] = {
     "HELPER_DEBUG": "no",
     "HELPER_ACCEL": "auto",
     "KVM": "qemu-system-x86_64",
+    "CONVERTER_MEMORY": "1024",
+    "CONVERTER_CPU_TIME": "30m",
     "PROGRESS_MONITOR": "",
     "DHCP_TAGS": "auto dhcp nfdhcpd",
     "STATEFUL_DHCPV6_TAGS": "dhcpv6 stateful_dhcpv6",
@@ -234,6 +244,7 @@ DEFAULTS: dict[str, str] = {
     "WINDOWS_TIMEZONE": "GMT Standard Time",
     "IMAGE_DEBUG": "no",
     "CLOUD_INIT_DEBUG": "no",
+    "METRICS_FILE": "",
 }
 
 
@@ -261,10 +272,10 @@ def load_settings(
             raise OperatorError(f"unofficial variant {variant!r} is unsupported")
         raw.update(read_settings_file(base))
     raw.update(overrides or {})
-    return build_settings(raw, config_dir)
+    return build_settings(raw, config_dir, overrides)
 
 
-def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
+def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[str, str] | None = None) -> Settings:
     """Validate merged raw settings into :class:`Settings`; one error per bad key."""
     for key in sorted(set(raw) & OBSOLETE_KEYS):
         log.warning("setting %s is obsolete and ignored", key)
@@ -288,6 +299,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         helper_debug=parse_bool(raw["HELPER_DEBUG"], "HELPER_DEBUG"),
         helper_accel=accel,
         helper_qemu=raw["KVM"],
+        converter_memory=_positive_int(raw["CONVERTER_MEMORY"], "CONVERTER_MEMORY"),
+        converter_cpu_time=parse_duration(raw["CONVERTER_CPU_TIME"], "CONVERTER_CPU_TIME"),
         progress_monitor=raw["PROGRESS_MONITOR"].strip(),
         dhcp_tags=tuple(raw["DHCP_TAGS"].split()),
         stateful_dhcpv6_tags=tuple(raw["STATEFUL_DHCPV6_TAGS"].split()),
@@ -298,4 +311,15 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         cloud_init_debug=parse_bool(raw["CLOUD_INIT_DEBUG"], "CLOUD_INIT_DEBUG"),
         param_defaults=param_defaults,
         raw=dict(raw),
+        metrics_file=_metrics_file(raw.get("METRICS_FILE", "")),
+        overrides=dict(overrides or {}),
     )
+
+
+def _metrics_file(value: str) -> Path | None:
+    if not value.strip():
+        return None
+    path = Path(value.strip())
+    if not path.is_absolute() or not path.name.endswith(".prom"):
+        raise OperatorError(f"setting METRICS_FILE must be an absolute path ending in .prom, got {value!r}")
+    return path

@@ -18,9 +18,12 @@ class ImageStream(abc.ABC):
 
     #: Size in bytes as announced by the source, or None when unknown.
     size: int | None = None
-    #: A local regular file holding exactly the image, when there is one: lets the copy
-    #: skip holes (SEEK_DATA) and lets qemu-img read qcow2 containers, which need seeking.
+    #: A local regular file holding exactly the image, when there is one (for messages).
     local_path: Path | None = None
+    #: An open, read-only descriptor of that file, when there is one: container formats
+    #: (qcow2, VMDK, ...) need seeking, and are checked, hashed and converted from this very
+    #: descriptor, never from a path opened again.
+    local_fd: int | None = None
 
     @abc.abstractmethod
     def readinto(self, buffer: memoryview) -> int:

@@ -26,6 +26,7 @@ class LocalStream(ImageStream):
     def __init__(self, path: Path) -> None:
         self.local_path = path
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.local_fd = self._file.fileno()
         self.size = os.fstat(self._file.fileno()).st_size
 
     def readinto(self, buffer: memoryview) -> int:

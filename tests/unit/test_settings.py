@@ -69,12 +69,22 @@ def test_variant_files_are_required(tmp_path):
         ("HELPER_SOFT_TIMEOUT=soon", "HELPER_SOFT_TIMEOUT"),
         ("HELPER_DEBUG=maybe", "HELPER_DEBUG"),
         ("HELPER_ACCEL=xen", "HELPER_ACCEL"),
+        ("CONVERTER_MEMORY=0", "CONVERTER_MEMORY"),
+        ("CONVERTER_CPU_TIME=forever", "CONVERTER_CPU_TIME"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path, line, message):
     _write(tmp_path / "snf-image.conf", line + "\n")
     with pytest.raises(OperatorError, match=message):
         load_settings(tmp_path, tmp_path, "")
+
+
+def test_converter_limits_default_and_override(tmp_path):
+    from snf_image.formats.sandbox import SandboxConfig
+
+    assert SandboxConfig.from_settings(load_settings(tmp_path, tmp_path, "")) == SandboxConfig("nobody", 1024, 1800)
+    _write(tmp_path / "snf-image.conf", "HELPER_USER=converter\nCONVERTER_MEMORY=512\nCONVERTER_CPU_TIME=90.5s\n")
+    assert SandboxConfig.from_settings(load_settings(tmp_path, tmp_path, "")) == SandboxConfig("converter", 512, 91)
 
 
 def test_obsolete_keys_of_the_original_still_load(tmp_path, caplog):
