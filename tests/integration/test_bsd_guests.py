@@ -178,7 +178,8 @@ def check_common(found: dict[str, dict], family: str, default_prefix: str, verif
         private, public = found[f"/etc/ssh/ssh_host_{kind}_key"], found[f"/etc/ssh/ssh_host_{kind}_key.pub"]
         assert (private["mode"], private["uid"], public["mode"], public["uid"]) == (0o600, 0, 0o644, 0)
         assert private["text"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
-        assert public["text"].startswith(ALGORITHMS[kind] + " ") and public["text"].endswith(f" root@{family}1\n")
+        algorithm, _, comment = public["text"].split()
+        assert algorithm == ALGORITHMS[kind] and comment.startswith("root@")  # root@<the instance's short name>
         if private["size"] == len(private["text"]):  # whole (the probe reads 2 KiB: not an RSA key)
             assert public_key_of(private["text"], workdir) == public["text"].split()[:2]
     assert found["/etc/ssh/moduli"]["exists"]
@@ -311,7 +312,7 @@ def test_freebsd_ufs1_root_after_a_rejected_ufs2_partition(helper_dir: Path, pro
     assert partitions[4] == total - 2048 - 51200 and partitions[3] == 16 * MIB // SECTOR  # the root grown
     assert {f["partition"]: f["ufstype"] for f in facts if "ufstype" in f} == {4: "44bsd", 3: "ufs2"}
     found = files(facts)
-    check_common(found, "freebsd", "$6$", passlib_hash.sha512_crypt.verify)
+    check_common(found, "freebsd", "$6$", passlib_hash.sha512_crypt.verify, workdir)
     rc_conf = found["/etc/rc.conf"]["text"].splitlines()
     assert 'hostname="freebsdufs11.example.test"' in rc_conf and 'growfs_enable="YES"' in rc_conf
     assert found["/log/messages"]["text"].startswith("Jan  1 00:00:00 freebsd-image syslogd")  # /var untouched
