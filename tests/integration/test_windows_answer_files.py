@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from tests import helpervm, wintree
-from tests.httpserver import ImageServer, make_tls_files
 from tests.integration.test_windows_vm import build_image, create, helper_warnings, ntfs_mounted, partition, text
 from tests.osenv import OsDefinition, install
+from tests.servers import ImageServer, TlsFiles
 
 pytestmark = pytest.mark.vm
 
@@ -97,13 +98,15 @@ def ini_value(ini: str, section: str, key: str) -> str | None:
     return None
 
 
-def test_os_answer_file_over_http_replaces_the_images_unattend(osdef: OsDefinition, tmp_path: Path) -> None:
+def test_os_answer_file_over_http_replaces_the_images_unattend(
+    osdef: OsDefinition, tmp_path: Path, http_server: Callable[..., ImageServer]
+) -> None:
     build_image(osdef.image_dir / "win.img", wintree.WindowsSpec())
-    with ImageServer({"/answers/unattend.xml": SERVED_UNATTEND.encode()}) as server:
-        disk, result = create(
-            osdef, tmp_path, "win.img", img_passwd="pw", os_answer_file=server.url("/answers/unattend.xml")
-        )
-        assert [(r.method, r.path) for r in server.requests] == [("GET", "/answers/unattend.xml")]
+    server = http_server({"/answers/unattend.xml": SERVED_UNATTEND.encode()})
+    disk, result = create(
+        osdef, tmp_path, "win.img", img_passwd="pw", os_answer_file=server.url("/answers/unattend.xml")
+    )
+    assert [(r.method, r.path) for r in server.requests] == [("GET", "/answers/unattend.xml")]
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     assert any(w.endswith("unattend.xml (IGNORE_UNATTEND)") for w in helper_warnings(result)), helper_warnings(result)
     with partition(disk) as (loop, _), ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
@@ -116,22 +119,23 @@ def test_os_answer_file_over_http_replaces_the_images_unattend(osdef: OsDefiniti
     assert b"ChangePassword.cmd" in unattend
 
 
-def test_os_answer_file_over_https_replaces_the_images_sysprep_inf(osdef: OsDefinition, tmp_path: Path) -> None:
-    tls = make_tls_files(tmp_path / "tls")
+def test_os_answer_file_over_https_replaces_the_images_sysprep_inf(
+    osdef: OsDefinition, tmp_path: Path, http_server: Callable[..., ImageServer], tls_files: TlsFiles
+) -> None:
     osdef.configure(
         HELPER_DIR=str(helpervm.ensure_helper()),
         HELPER_SOFT_TIMEOUT="300",
         IMAGE_DIR=str(osdef.image_dir),
-        TLS_CA_BUNDLE=str(tls.ca_cert),
+        TLS_CA_BUNDLE=str(tls_files.ca_cert),
     )
     build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
-    with ImageServer({"/sysprep.inf": SERVED_SYSPREP.encode()}, tls=tls) as server:
-        url = server.url("/sysprep.inf")
-        assert url.startswith("https://")
-        disk, result = create(
-            osdef, tmp_path, "xp.img", name="xp1", img_passwd="pw", os_product_key=KEY, os_answer_file=url
-        )
-        assert [(r.method, r.path) for r in server.requests] == [("GET", "/sysprep.inf")]
+    server = http_server({"/sysprep.inf": SERVED_SYSPREP.encode()}, tls=True)
+    url = server.url("/sysprep.inf")
+    assert url.startswith("https://")
+    disk, result = create(
+        osdef, tmp_path, "xp.img", name="xp1", img_passwd="pw", os_product_key=KEY, os_answer_file=url
+    )
+    assert [(r.method, r.path) for r in server.requests] == [("GET", "/sysprep.inf")]
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     assert "Detected OSFAMILY: windows-legacy" in helper_warnings(result)
     with partition(disk) as (loop, _), ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
