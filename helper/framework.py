@@ -117,7 +117,7 @@ class Context:
 
     bsd_duid: MountImage: the OpenBSD disklabel's uid, by which the image's
         fstab may name partitions (FilesystemResizeMounted).
-    windows: the first Windows task: what tasks._windows.image read.
+    windows: the first Windows task: what tasks._windows.guest.image read.
     network_warnings: ConfigureNetwork and InitializeDatasource plan the
         NICs alike; each warning reaches the operator once.
     network_backups, backup_stamp: ConfigureNetwork: the guest files already
@@ -160,10 +160,6 @@ class Context:
     def run(self, argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """:func:`run_command`: logs the command and raises CommandError on failure."""
         return run_command(argv, **kwargs)
-
-    def guest(self, path: str) -> Path:
-        """Host path of guest ``path`` under the target, never leaving it (see helper.fsutil)."""
-        return fsutil.resolve(self.target, path)
 
 
 @dataclass(frozen=True)

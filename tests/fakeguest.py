@@ -12,6 +12,7 @@ the sandbox of image programs, which only the helper VM can build.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 from helper import sandbox
 from helper.framework import Context
 from helper.properties import Properties
-from snf_image.contract.rules import Rules, RulesDisk, RulesSettings
+from snf_image import hostkeys
+from snf_image.contract.rules import HostKey, Rules, RulesDisk, RulesSettings
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
@@ -68,6 +70,9 @@ DEBIAN = {
     "root/.bashrc": "",
     "home/alice/.profile": "",
 }
+
+# What makes a fake guest a cloud-init image: the directory tasks/_cloud_init.py writes its snippets into.
+CLOUD_INIT_GUEST = {"etc/cloud/cloud.cfg.d/05_logging.cfg": "# the image's own\n"}
 
 
 class Recorder:
@@ -122,6 +127,12 @@ RULES = Rules(
     disks=(RulesDisk(index=0, size_bytes=1024**3),),
     settings=RulesSettings(),
 )
+
+
+@functools.cache
+def host_keys() -> tuple[HostKey, ...]:
+    """The SSH host keys the host makes for vm1.example.com (real ones, made once per test run)."""
+    return hostkeys.generate(RULES.instance_name)
 
 
 def make_rules(**fields: Any) -> Rules:

@@ -119,6 +119,20 @@ class PersonalityFile:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HostKey:
+    """An SSH host key the host made for the instance, in OpenSSH's own file formats.
+
+    kind: ssh-keygen's type (rsa, ecdsa, ed25519).
+    private: the private key file: a secret, kept out of repr.
+    public: the ``.pub`` line.
+    """
+
+    kind: str
+    private: str = field(repr=False)
+    public: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rules:
     """One deployment's rules.
 
@@ -132,8 +146,9 @@ class Rules:
         accepts no SUCCESS without it. Image code never sees it: it lives only here, in
         the runner's memory and on the rules disk, which the sandbox
         (helper.sandbox) cannot reach.
+    ssh_host_keys: one fresh key per type for DeleteSSHKeys (snf_image.hostkeys).
     Secrets (password, password_hash, cloud_userdata, os_product_key,
-    result_token) live only here: never in a log, an error text or a
+    result_token, the private host keys) live only here: never in a log, an error text or a
     child's environment.
     """
 
@@ -153,6 +168,7 @@ class Rules:
     os_product_key: str | None = None
     cloud_userdata: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
+    ssh_host_keys: tuple[HostKey, ...] = ()
     only_tasks: tuple[str, ...] | None = None
     debug: bool = False
 

@@ -18,6 +18,7 @@ from snf_image.contract import codec
 from snf_image.contract.constants import SERIAL_DISK_PREFIX
 from snf_image.contract.rules import (
     RULES_FORMAT,
+    HostKey,
     PersonalityFile,
     Rules,
     RulesDisk,
@@ -144,6 +145,9 @@ def test_a_disagreement_is_found(change: Any, found: str) -> None:
     assert any(found in problem for problem in rules_mismatches(schema)), rules_mismatches(schema)
 
 
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
 def full_rules() -> Rules:
     """Every field set to something other than its default."""
     return Rules(
@@ -186,6 +190,7 @@ def full_rules() -> Rules:
             cloud_init_debug=True,
         ),
         files={"unattend.xml": "<unattend/>\r\n", "sysprep.inf": "[Unattended]\r\n"},
+        ssh_host_keys=(HostKey(kind="ed25519", private=PRIVATE_KEY, public="ssh-ed25519 AAAAC3 root@vm1\n"),),
         only_tasks=("AssignHostname",),
         debug=True,
     )
@@ -205,6 +210,11 @@ def test_the_result_token_is_fresh_random_and_never_shown() -> None:
     assert len(tokens) == 100 and all(is_result_token(t) and len(t) == 64 for t in tokens)
     rules = full_rules()
     assert rules.result_token not in repr(rules)
+
+
+def test_the_private_host_keys_stay_out_of_repr() -> None:
+    rules = full_rules()
+    assert PRIVATE_KEY not in repr(rules) and "ssh-ed25519 AAAAC3" in repr(rules)
 
 
 def test_disks_are_found_by_a_serial_made_from_their_index() -> None:
@@ -243,6 +253,7 @@ def with_change(path: list[str | int], value: Any) -> bytes:
         (with_change(["nics", 0, "mac"], KeyError), r"rules.nics\[0\]: missing field 'mac'"),
         (with_change(["nics", 0, "tags"], "dhcp"), r"rules.nics\[0\].tags: expected an array, not a string"),
         (with_change(["nics"], {}), "rules.nics: expected an array, not an object"),
+        (with_change(["ssh_host_keys", 0, "private"], None), r"rules.ssh_host_keys\[0\].private: expected a string"),
         (with_change(["disks"], []), "rules: no instance disk"),
         (with_change(["disks", 0, "index"], 0.5), r"rules.disks\[0\].index: expected an integer, not float"),
         (with_change(["settings", "cloud_init_debug"], "yes"), "rules.settings.cloud_init_debug: expected a boolean"),
