@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from snf_image.errors import HelperError
+from snf_image.lifecycle import child_env
 
 from .command import build_qemu_command
 from .config import ACCELERATORS, HelperConfig
@@ -30,7 +31,9 @@ PROBE_TIMEOUT = 10.0
 def qemu_supports_sandbox(qemu: str) -> bool:
     """Whether this qemu has seccomp (-sandbox) built in."""
     try:
-        out = subprocess.run([qemu, "-help"], check=False, capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            [qemu, "-help"], check=False, capture_output=True, text=True, timeout=10, env=child_env()
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return "\n-sandbox" in out

@@ -13,6 +13,7 @@ import os
 import pwd
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from snf_image import jail
 from snf_image.contract import constants
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import helper_version
+from tests import leftovers
 from tests.helpervm import ensure_helper, probe_helper_dir
 
 pytestmark = pytest.mark.vm
@@ -35,29 +37,24 @@ def probe_dir(tmp_path_factory) -> Path:
 
 
 def _qemu_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmdline and marker.encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
-def _jail_tmpdirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("snf-image-jail-*")}
+    """The qemu processes (not their supervisor) of this test's helper."""
+    return [
+        pid
+        for pid in leftovers.pids()
+        if leftovers.cmdline(pid).startswith("qemu-system") and marker in leftovers.cmdline(pid)
+    ]
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind(probe_dir):
-    """Every run, good or bad, leaves no qemu process and no temp dir (FIFOs, rules disk)."""
-    before = _jail_tmpdirs()
+def nothing_left_behind(probe_dir, tmp_path, monkeypatch):
+    """Every run, good or bad, leaves nothing: no process, no temporary file (in a TMPDIR of its own)."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    watch = leftovers.Watch(marker=probe_dir, tmpdir=private_tmp)
     yield
-    assert _qemu_pids(str(probe_dir)) == []
-    assert _jail_tmpdirs() - before == set()
+    _, left = watch.wait_clean(2)
+    assert not left, left
 
 
 def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
