@@ -4,15 +4,17 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
 
 from snf_image.copy import copy_stream
 from snf_image.errors import OperatorError
+from snf_image.lifecycle import INHERITED_VARIABLES
 from snf_image.sources.local import LocalStream
 from snf_image.targets import BlockTarget, NbdTarget, TargetError, open_target
-from tests import loopdev
+from tests import leftovers, loopdev
 
 MiB = 1024 * 1024
 
@@ -92,21 +94,28 @@ def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
     assert got[: len(data)] == data and got[len(data) :] == b"\xa5" * (16 * MiB)
 
 
-def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export):
-    """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd."""
+def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export, monkeypatch):
+    """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd, our child."""
     disk, uri = nbd_export
     legacy = uri.replace("nbd://127.0.0.1:", "nbd:127.0.0.1:").replace("/disk0", ":exportname=disk0")
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
-    before = set(os.listdir("/tmp"))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setenv("OSP_IMG_PASSWD", "never-in-a-child-8231")
+    watch = leftovers.Watch(marker=private_tmp, tmpdir=private_tmp)
     with open_target(legacy) as target:
         assert target.size == 32 * MiB
+        (server,) = [pid for pid in leftovers.descendants() if f"--socket={private_tmp}" in leftovers.cmdline(pid)]
+        names = {line.partition("=")[0] for line in leftovers.environ(server).split("\n") if line}
+        assert names <= set(INHERITED_VARIABLES) and "never-in-a-child-8231" not in leftovers.environ(server)
         with LocalStream(image) as stream:
             copy_stream(stream, target, total=stream.size)
         target.flush()
     assert disk.read_bytes()[: len(data)] == data
-    assert not any(name.startswith("snf-image-nbd-") for name in set(os.listdir("/tmp")) - before)
-    assert "snf-image-nbd-" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    _, left = watch.wait_clean(1)
+    assert not left, left
 
 
 def test_unreachable_uri_is_a_clear_error():
