@@ -257,6 +257,7 @@ def customize(instance: Instance, settings: Settings, rules: Rules, progress: Pr
         soft_timeout=settings.helper_soft_timeout,
         hard_timeout=settings.helper_hard_timeout,
         user=settings.helper_user,
+        allow_no_seccomp=settings.helper_allow_no_seccomp,
         accel=settings.helper_accel,
         debug=settings.helper_debug,
         qemu=settings.helper_qemu,

@@ -13,6 +13,7 @@ defaults for that parameter, as in the original (OSP_* and config_url win).
 from __future__ import annotations
 
 import logging
+import pwd
 import re
 import shlex
 from collections.abc import Mapping
@@ -159,6 +160,22 @@ def parse_duration(value: str, name: str) -> float:
     return float(match.group(1)) * factor
 
 
+def _helper_user(value: str) -> str:
+    """The user qemu drops to: never empty (qemu would keep root), never root itself."""
+    user = value.strip()
+    if not user:
+        raise OperatorError(
+            "setting HELPER_USER is empty: the helper VM must not run as root; name an unprivileged user"
+        )
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        uid = None  # not on this node: qemu's -runas says so when the helper starts
+    if uid == 0:
+        raise OperatorError(f"setting HELPER_USER: {user!r} is root; the helper VM must run as an unprivileged user")
+    return user
+
+
 def _positive_int(value: str, name: str) -> int:
     if not re.fullmatch(r"\s*[0-9]{1,9}\s*", value) or int(value) <= 0:
         raise OperatorError(f"setting {name} must be a positive integer, got {value!r}")
@@ -174,6 +191,8 @@ class Settings:
     helper_soft_timeout: float
     helper_hard_timeout: float
     helper_user: str
+    #: Run the helper VM when qemu has no seccomp sandbox (a loud warning each time) instead of refusing.
+    helper_allow_no_seccomp: bool
     helper_memory: int
     helper_debug: bool
     helper_accel: str
@@ -222,6 +241,7 @@ DEFAULTS: dict[str, str] = {
     "HELPER_SOFT_TIMEOUT": "120",
     "HELPER_HARD_TIMEOUT": "5",
     "HELPER_USER": "nobody",
+    "HELPER_ALLOW_NO_SECCOMP": "no",
     "HELPER_MEMORY": "512",
     "HELPER_DEBUG": "no",
     "HELPER_ACCEL": "auto",
@@ -283,7 +303,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         helper_dir=Path(raw["HELPER_DIR"]),
         helper_soft_timeout=parse_duration(raw["HELPER_SOFT_TIMEOUT"], "HELPER_SOFT_TIMEOUT"),
         helper_hard_timeout=parse_duration(raw["HELPER_HARD_TIMEOUT"], "HELPER_HARD_TIMEOUT"),
-        helper_user=raw["HELPER_USER"],
+        helper_user=_helper_user(raw["HELPER_USER"]),
+        helper_allow_no_seccomp=parse_bool(raw["HELPER_ALLOW_NO_SECCOMP"], "HELPER_ALLOW_NO_SECCOMP"),
         helper_memory=_positive_int(raw["HELPER_MEMORY"], "HELPER_MEMORY"),
         helper_debug=parse_bool(raw["HELPER_DEBUG"], "HELPER_DEBUG"),
         helper_accel=accel,

@@ -69,6 +69,10 @@ def test_variant_files_are_required(tmp_path):
         ("HELPER_SOFT_TIMEOUT=soon", "HELPER_SOFT_TIMEOUT"),
         ("HELPER_DEBUG=maybe", "HELPER_DEBUG"),
         ("HELPER_ACCEL=xen", "HELPER_ACCEL"),
+        ("HELPER_USER=", "HELPER_USER is empty"),
+        ("HELPER_USER='  '", "HELPER_USER is empty"),
+        ("HELPER_USER=root", "HELPER_USER: 'root' is root"),
+        ("HELPER_ALLOW_NO_SECCOMP=perhaps", "HELPER_ALLOW_NO_SECCOMP"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path, line, message):
