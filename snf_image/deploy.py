@@ -22,11 +22,13 @@ from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSe
 from .copy import HashingStream, copy_stream, verify_checksum
 from .errors import ImageError, OperatorError
 from .ganeti import Instance, Nic
+from .lifecycle import child_env
 from .params import OsParams
 from .progress import Progress
 from .settings import Settings
 from .sources import select_source
 from .sources.base import ImageStream
+from .sources.network import redact_url
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
@@ -39,16 +41,17 @@ RENAME_TASKS = ("AssignHostname",)
 
 def fetch_config_url(url: str) -> dict[str, str]:
     """Download the JSON object of ``config_url`` (bounded size); values override OSP_*."""
-    log.info("Downloading configuration parameters from %s", url)
+    shown = redact_url(url)
+    log.info("Downloading configuration parameters from %s", shown)
     try:
         with requests.get(url, timeout=CONFIG_URL_TIMEOUT, stream=True) as response:
             response.raise_for_status()
             body = response.raw.read(params.MAX_CONFIG_URL_DOCUMENT + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise OperatorError(f"config_url: cannot download {url}: {exc}") from exc
+    except requests.RequestException as exc:  # its text names the URL, query and all
+        raise OperatorError(f"config_url: cannot download {shown}: {type(exc).__name__}") from None
     if len(body) > params.MAX_CONFIG_URL_DOCUMENT:
-        raise OperatorError(f"config_url: {url} is larger than {params.MAX_CONFIG_URL_DOCUMENT} bytes")
-    return params.parse_config_document(body.decode("utf-8", "replace"), url)
+        raise OperatorError(f"config_url: {shown} is larger than {params.MAX_CONFIG_URL_DOCUMENT} bytes")
+    return params.parse_config_document(body.decode("utf-8", "replace"), shown)
 
 
 def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
@@ -139,7 +142,7 @@ def _write_qcow2(stream: formats.PeekedStream, target: DiskTarget, img_format: s
 
 
 def _run(argv: list[str], what: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True)
+    result = subprocess.run(argv, capture_output=True, text=True, env=child_env())
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ImageError(f"{what} failed: {last}")
@@ -148,7 +151,8 @@ def _run(argv: list[str], what: str) -> str:
 
 def copy_image(instance: Instance, os_params: OsParams, settings: Settings, progress: Progress) -> CopyOutcome:
     """Fetch the image and write it onto disk 0."""
-    progress.info(f"Processing image with ID: {os_params.img_id} and format: {os_params.img_format}")
+    shown = redact_url(os_params.img_id) if "://" in os_params.img_id else os_params.img_id
+    progress.info(f"Processing image with ID: {shown} and format: {os_params.img_format}")
     source = select_source(os_params.img_id, settings)
     source.check(os_params.img_id)
     if not source.delivers_image:

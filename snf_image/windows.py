@@ -82,10 +82,11 @@ def decode_answer_file(data: bytes, url: str) -> str:
 def fetch_answer_file(url: str, settings: Settings) -> str:
     """Download ``os_answer_file`` (bounded size) with the network source's retries and TLS settings."""
     from .sources import select_source
+    from .sources.network import redact_url
 
     source = select_source(url, settings)
     if source.name != "network":
-        raise OperatorError(f"os_answer_file: {url!r} is not an http, https, ftp or ftps URL")
+        raise OperatorError(f"os_answer_file: {redact_url(url)!r} is not an http, https, ftp or ftps URL")
     chunks = bytearray()
     buffer = bytearray(64 * 1024)
     with source.open(url) as stream:
@@ -95,8 +96,8 @@ def fetch_answer_file(url: str, settings: Settings) -> str:
                 break
             chunks += buffer[:count]
             if len(chunks) > MAX_ANSWER_FILE:
-                raise OperatorError(f"os_answer_file: {url} is larger than {MAX_ANSWER_FILE} bytes")
-    return decode_answer_file(bytes(chunks), url)
+                raise OperatorError(f"os_answer_file: {redact_url(url)} is larger than {MAX_ANSWER_FILE} bytes")
+    return decode_answer_file(bytes(chunks), redact_url(url))
 
 
 def answer_files(settings: Settings, answer_file_url: str | None) -> tuple[dict[str, str], dict[str, str]]:
