@@ -23,6 +23,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -41,7 +42,11 @@ BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 ZERO_CHUNK = 4 * 1024 * 1024
-NBD_SCHEMES = ("nbd://", "nbd+unix://", "nbds://", "nbds+unix://")
+#: Userspace disks that both the copy and the helper VM's qemu can open (nbds:// is NBD over TLS:
+#: qemu would need certificates the helper has not).
+USERSPACE_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix", "rbd", "iscsi", "gluster")
+#: What libnbd reaches directly; the other userspace disks go through a private qemu-nbd.
+NBD_SCHEMES = ("nbd://", "nbd+unix://")
 QEMU_NBD_START_TIMEOUT = 10.0
 #: Seconds qemu-nbd gets to flush and exit on SIGTERM before it is killed.
 QEMU_NBD_STOP_TIMEOUT = 10.0
@@ -278,8 +283,24 @@ def is_local(path: str) -> bool:
     return not sep or "/" in scheme
 
 
+def unsupported_disk(path: str) -> str | None:
+    """Why a disk cannot be deployed onto, or None: a userspace URI neither the copy nor the jail could use."""
+    if is_local(path):
+        return None
+    scheme = re.match(r"([a-z][a-z0-9+.-]*):", path)
+    if scheme and scheme.group(1) in USERSPACE_SCHEMES:
+        return None
+    return (
+        f"unsupported disk {path.split('?')[0][:200]!r}: expected a path or a {'/'.join(USERSPACE_SCHEMES)} URI "
+        "(the helper VM's qemu could not open it)"
+    )
+
+
 def open_target(path: str) -> DiskTarget:
     """Open what Ganeti gave as the disk: a regular file, a block device, or a userspace URI."""
+    problem = unsupported_disk(path)
+    if problem is not None:
+        raise OperatorError(problem)
     if not is_local(path):
         return NbdTarget(path)
     try:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from snf_image.contract import constants
 from snf_image.errors import HelperError
+from snf_image.targets import USERSPACE_SCHEMES
 
 from .config import DEFAULT_RUNNER, Channels, HelperConfig, JailDisk, PassedFd
 
-#: Disk URIs passed to qemu as they are; anything else must be an absolute path.
-URI_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix", "rbd", "iscsi", "gluster")
+#: Disk URIs passed to qemu as they are (the copy opens the same); anything else must be an absolute path.
+URI_SCHEMES = USERSPACE_SCHEMES
 
 
 def _escape(value: str) -> str:
