@@ -26,7 +26,7 @@ from .lifecycle import child_env
 from .params import OsParams
 from .progress import Progress
 from .settings import Settings
-from .sources import select_source
+from .sources import select_source, shown_id
 from .sources.base import ImageStream
 from .sources.network import redact_url
 from .targets import DiskTarget, open_target
@@ -151,8 +151,7 @@ def _run(argv: list[str], what: str) -> str:
 
 def copy_image(instance: Instance, os_params: OsParams, settings: Settings, progress: Progress) -> CopyOutcome:
     """Fetch the image and write it onto disk 0."""
-    shown = redact_url(os_params.img_id) if "://" in os_params.img_id else os_params.img_id
-    progress.info(f"Processing image with ID: {shown} and format: {os_params.img_format}")
+    progress.info(f"Processing image with ID: {shown_id(os_params.img_id)} and format: {os_params.img_format}")
     source = select_source(os_params.img_id, settings)
     source.check(os_params.img_id)
     if not source.delivers_image:

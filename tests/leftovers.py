@@ -173,7 +173,8 @@ class ChildSampler:
 
     def __init__(self, interval: float = 0.05, exclude: tuple[int, ...] = (), exclude_cmdline: str = "") -> None:
         """``exclude``: pids not to sample (the deployment itself, whose environment is the input);
-        ``exclude_cmdline``: its command line, which its children carry until they execute theirs."""
+        ``exclude_cmdline``: its command line (e.g. ``/usr/bin/python3 ./create``), which its children
+        carry from fork to exec, with its environment."""
         self.interval = interval
         self.exclude = set(exclude)
         self.exclude_cmdline = exclude_cmdline
