@@ -92,6 +92,11 @@ def behave(probe: str, raw: bytes, rules: dict, result, progress) -> None:
     elif probe == "hang":
         result.flush()
         time.sleep(3600)
+    elif probe == "chatter":  # valid progress lines, within the limits but far more than a pipe holds; then hang
+        for n in range(400):
+            say({"subtype": "warning", "messages": [f"chatter {n} " + "x" * 2000]})
+            time.sleep(0.01)
+        time.sleep(3600)
     elif probe == "crash":
         raise SystemExit("jailprobe: exiting PID 1 on purpose")
     result.flush()

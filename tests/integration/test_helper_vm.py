@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from snf_image import jail
 from snf_image.contract import constants
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import helper_version
+from snf_image.progress import MONITOR_CLOSE_TIMEOUT, Progress
 from tests import leftovers
 from tests.helpervm import ensure_helper, probe_helper_dir
 
@@ -57,7 +59,7 @@ def nothing_left_behind(probe_dir, tmp_path, monkeypatch):
     assert not left, left
 
 
-def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
+def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, on_progress=None, **config):
     progress: list[dict] = []
     log: list[str] = []
     rules = json.dumps({"probe": probe, **(rules_extra or {})}).encode()
@@ -71,7 +73,7 @@ def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     start = time.monotonic()
     error = None
     try:
-        jail.run_helper(cfg, list(disks), rules, progress.append, log.append)
+        jail.run_helper(cfg, list(disks), rules, on_progress or progress.append, log.append)
     except HelperError as exc:
         error = exc
     return error, progress, log, time.monotonic() - start
@@ -144,6 +146,33 @@ def test_hang_times_out(probe_dir):
     assert str(error) == "Image customization failed: the helper VM did not finish on time (25 s)"
     assert 25 <= seconds < 40
     assert any("sending SIGTERM" in line for line in log)
+
+
+def test_a_monitor_that_stops_reading_does_not_suspend_the_timeouts(probe_dir, tmp_path, caplog):
+    """The VM floods valid progress lines at a monitor that reads nothing, then hangs: the soft timeout still fires."""
+    monitor = tmp_path / "monitor"
+    monitor.write_text("#!/bin/sh\nexec sleep 3600\n")
+    monitor.chmod(0o755)
+
+    def too_late(signum, frame):
+        raise AssertionError("the helper's timeouts were suspended")
+
+    previous = signal.signal(signal.SIGALRM, too_late)
+    signal.alarm(150)
+    try:
+        with Progress(str(monitor), "inst1") as progress:
+            error, _, log, seconds = _run(
+                probe_dir, "chatter", on_progress=progress.helper, soft_timeout=30.0, hard_timeout=2.0
+            )
+            closing = time.monotonic()
+        closed = time.monotonic() - closing
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(error) == "Image customization failed: the helper VM did not finish on time (30 s)", "\n".join(log)
+    assert 30 <= seconds < 45
+    assert closed < MONITOR_CLOSE_TIMEOUT + 2
+    assert "progress monitor did not read its last messages" in caplog.text  # it was fed, and stalled
 
 
 def test_version_mismatch_refused_before_boot(probe_dir, tmp_path):
