@@ -287,3 +287,17 @@ def test_qemu_dies(tmp_path):
     ):
         jail.run_helper(config, [], b"{}", print, log.append)
     assert "QEMU: qemu: cannot set up guest memory" in log
+
+
+def test_a_qemu_without_seccomp_is_refused_unless_allowed(tmp_path, caplog):
+    config = _fake_qemu(tmp_path, "sys.exit(0)\n")
+    Path(config.qemu).write_text(Path(config.qemu).read_text().replace('print("\\n-sandbox on")', "pass"))
+    with pytest.raises(HelperError, match=r"has no seccomp sandbox \(-sandbox\): refusing to run the helper VM"):
+        jail.run_helper(config, [], b"{}", print, print)
+    config.allow_no_seccomp = True
+    log: list[str] = []
+    with pytest.raises(HelperError, match="ended without a result"):
+        jail.run_helper(config, [], b"{}", print, log.append)
+    assert any(line.startswith("WARNING: ") and "runs without it" in line for line in log)
+    assert "runs without it (HELPER_ALLOW_NO_SECCOMP)" in caplog.text
+    assert "-sandbox" not in next(line for line in log if line.startswith("starting the helper VM"))
