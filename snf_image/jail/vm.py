@@ -188,9 +188,13 @@ def check_runnable(qemu: str) -> None:
 
 
 def supervised(cmd: Sequence[str], soft_timeout: float, hard_timeout: float) -> list[str]:
-    """``cmd`` under the supervisor: SIGTERM at the soft + hard timeouts plus a margin, SIGKILL a hard timeout on."""
+    """``cmd`` under the supervisor: SIGTERM at the soft + hard timeouts plus a margin, SIGKILL a hard timeout on.
+
+    ``--foreground``: the supervisor signals qemu alone and waits for it, so when the supervisor
+    has exited, qemu is gone (reaped), never merely dying.
+    """
     deadline = soft_timeout + hard_timeout + SUPERVISOR_MARGIN
-    return [SUPERVISOR, f"--kill-after={max(hard_timeout, 0.1):g}s", f"{deadline:g}s", *cmd]
+    return [SUPERVISOR, "--foreground", f"--kill-after={max(hard_timeout, 0.1):g}s", f"{deadline:g}s", *cmd]
 
 
 def passed_fds(cmd: Sequence[str]) -> tuple[int, ...]:
