@@ -209,11 +209,11 @@ def test_sigkill_of_create_still_takes_the_helper_vm_down(osdef, tmp_path):
     sent = time.monotonic()
     deployment.proc.kill()
     deployment.proc.wait()
-    seconds, left = watch.wait_clean(HARD_TIMEOUT + 1)
+    _, left = watch.wait_clean(HARD_TIMEOUT)
+    seconds = time.monotonic() - sent
     assert not left, left
     assert seconds <= HARD_TIMEOUT
     print(f"KILL: {'create: helper VM in a sleeping task':<32} SIGKILL  nothing left after {seconds:5.2f} s")
-    assert time.monotonic() - sent < HARD_TIMEOUT + 1
 
 
 def test_rename_killed_while_the_helper_vm_boots(osdef, tmp_path):
