@@ -119,7 +119,7 @@ def run(
     *,
     tasks: Sequence[LoadedTask] | None = None,
     target: Path | None = None,
-    detector: Callable[[Path], tuple[str, int] | None] = detect.detect_device,
+    detector: Callable[[Path, Callable[[str], None]], tuple[str, int] | None] = detect.detect_device,
     table_reader: Callable[[Path], detect.Table] = detect.read_table,
     on_failure: Callable[[], None] | None = None,
 ) -> None:
@@ -141,7 +141,7 @@ def run(
     root_value = properties.value("ROOT_PARTITION")
     if not osfamily or not root_value:
         reporter.warning("Needed image properties are missing. Autodetecting them...")
-        found = detector(device)
+        found = detector(device, reporter.warning)
         if found is None:
             raise TaskError(
                 "Unable to detect the OS family and root partition of the image; "

@@ -1,13 +1,16 @@
-"""``snf-image``: the same pipeline as Ganeti's create, from a plain command line.
+"""The ``snf-image`` command: Ganeti's create pipeline from a plain command line, and the helper VM image.
 
 ``snf-image deploy`` builds the Ganeti-style environment itself (one disk,
 optional NICs) and runs exactly what the ``create`` script runs. On a
 terminal it draws a live progress bar; otherwise it prints plain lines.
-``snf-image helper build`` builds the helper VM image; ``snf-image verify``
-checks parameters the way Ganeti's ``verify`` does. Secrets never go on the
-command line (every user of the node can read it): the password and its hash
-come from a file or standard input. Ctrl-C (or SIGTERM, SIGHUP) stops a
+``snf-image helper build`` builds the helper VM image, ``snf-image helper
+status`` says whether it matches the installed code, and ``snf-image
+verify`` checks parameters the way Ganeti's ``verify`` does. Secrets never go
+on the command line (every user of the node can read it): the password and its
+hash come from a file or standard input. Ctrl-C (or SIGTERM, SIGHUP) stops a
 deployment after everything it started is stopped and removed.
+
+Help texts are plain text: argparse prints them as they are.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, deploy
+from . import __version__, deploy, helperimage, osstatus, summary
 from .contract.constants import (
     HELPER_TASK_END,
     HELPER_TASK_START,
@@ -35,6 +39,17 @@ from .progress import Progress
 from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, load_settings
 
 log = logging.getLogger("snf-image")
+
+DESCRIPTION = "Deploy VM images onto disks and customize them inside a throw-away helper VM."
+EPILOG = """examples:
+  snf-image deploy --disk /var/tmp/disk.raw --image ./debian.img --format diskdump --hostname web1
+  snf-image deploy --disk /dev/vg/web1 --image https://images.example/debian.img.xz --format diskdump
+  snf-image helper build
+  snf-image helper status
+
+Settings come from /etc/snf-image/snf-image.conf (see snf-image(8))."""
+#: Image ids that are not file paths: those with a scheme, and the null source.
+NULL_IMAGE = "null"
 
 
 class TerminalDisplay:
@@ -151,6 +166,22 @@ def deploy_environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def image_file(value: str) -> Path | None:
+    """The file ``--image`` names, or None when it is an image id (a scheme, or ``null``).
+
+    The person running the command chose the file, so any path is fine; Ganeti's
+    img_id, by contrast, only ever reaches files inside IMAGE_DIR.
+    """
+    if "://" in value or value == NULL_IMAGE:
+        return None
+    path = Path(value).resolve()
+    if not path.is_file():
+        raise OperatorError(
+            f"--image: no such image file: {value} (an image id needs a scheme: local://, https://, ...)"
+        )
+    return path
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     if args.password is not None or args.password_hash is not None:
         raise OperatorError(
@@ -165,13 +196,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if not sep:
             raise OperatorError(f"--set: expected KEY=VALUE, got {item!r}")
         overrides[key] = value
+    path = image_file(args.image)
+    if path is not None:
+        # the local source serves it, confined to the file's own directory
+        overrides["IMAGE_DIR"] = str(path.parent)
+        args.image = f"local://{path.name}"
     settings = load_settings(
         config_dir=args.config_dir, variants_dir=args.variants_dir, variant=args.variant or "", overrides=overrides
     )
     env = parse_environment(deploy_environment(args), "create")
     assert env.instance is not None
     display = TerminalDisplay(sys.stdout)
-    with Progress(settings.progress_monitor, env.instance.name, listener=display) as progress:
+    with (
+        Progress(settings.progress_monitor, env.instance.name, listener=display) as progress,
+        summary.watch("create", env.instance.name, settings, progress) as record,
+    ):
         try:
             if args.no_customize:
                 os_params = deploy.collect_params(env.os.osparams, settings)
@@ -181,6 +220,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         except (SnfImageError, Interrupted) as exc:
             progress.error(str(exc).splitlines()[0])
             raise
+    print(record.line())
     return 0
 
 
@@ -195,27 +235,68 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_helper_build(args: argparse.Namespace) -> int:
-    from . import helperimage
+    from .helperimage import plan
 
     settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
     helper_dir = args.helper_dir or settings.helper_dir
+    steps = plan.describe(helper_dir, args.cache_dir, args.code_only, args.force, args.kernel)
+    if not steps:
+        print(f"The helper VM image in {helper_dir} is up to date; nothing to build.")
+    else:
+        print(
+            f"Building the helper VM image in {helper_dir}:", *(f"  - {step}" for step in steps), sep="\n", flush=True
+        )
+    start = time.monotonic()
     helperimage.build(helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
-    print(f"helper image ready in {helper_dir}")
+    if steps:
+        print(f"Helper VM image ready in {helper_dir} ({time.monotonic() - start:.0f} s).")
+    if helper_dir == settings.helper_dir:
+        osstatus.record(helper_dir)
+    else:
+        print(f"Ganeti uses HELPER_DIR={settings.helper_dir}, not this directory.")
     return 0
 
 
+def cmd_helper_status(args: argparse.Namespace) -> int:
+    settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
+    problem = osstatus.record(settings.helper_dir)
+    if problem is None:
+        print(f"snf-image: the helper VM image in {settings.helper_dir} is ready for this snf-image.")
+        return 0
+    print(f"snf-image: the helper VM image is not ready: {problem}")
+    print(
+        "snf-image: the first build takes minutes, one after an upgrade seconds;"
+        " until then gnt-os diagnose reports snf-image invalid."
+    )
+    return 1
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="snf-image", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(
+        prog="snf-image",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     top.add_argument("--version", action="version", version=f"snf-image {__version__}")
     top.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="settings directory [%(default)s]")
     top.add_argument("--variants-dir", type=Path, default=DEFAULT_VARIANTS_DIR, help="variants [%(default)s]")
     top.add_argument("--debug", action="store_true", help="log debugging details")
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dep = sub.add_parser("deploy", help="deploy an image onto a disk and customize it")
+    dep = sub.add_parser(
+        "deploy",
+        help="deploy an image onto a disk and customize it",
+        description="Copy an image onto a disk and customize it in the helper VM, as Ganeti's create does.",
+    )
     dep.add_argument("--disk", required=True, help="disk file, block device or userspace URI (nbd://...)")
     dep.add_argument("--extra-disk", action="append", default=[], help="a further instance disk (swap, data)")
-    dep.add_argument("--image", required=True, help="image id (local://NAME, http://..., null, ...)")
+    dep.add_argument(
+        "--image",
+        required=True,
+        help="an image file (./debian.img), or an image id: local://NAME (in IMAGE_DIR), http(s)://, ftp(s)://, "
+        "pithos://, null",
+    )
     dep.add_argument("--format", required=True, choices=IMAGE_FORMATS, help="image format")
     dep.add_argument("--hostname", default="snf-image-guest", help="the guest's hostname [%(default)s]")
     dep.add_argument(
@@ -236,18 +317,33 @@ def parser() -> argparse.ArgumentParser:
     dep.add_argument("--no-customize", action="store_true", help="copy only; do not start the helper VM")
     dep.set_defaults(func=cmd_deploy)
 
-    ver = sub.add_parser("verify", help="validate OS parameters as Ganeti's verify does")
-    ver.add_argument("--image", required=True)
-    ver.add_argument("--format", required=True)
-    ver.add_argument("--properties")
-    ver.add_argument("--variant")
+    ver = sub.add_parser(
+        "verify",
+        help="validate OS parameters as Ganeti's verify does",
+        description="Check OS parameters before any disk is touched, as Ganeti's verify script does.",
+    )
+    ver.add_argument("--image", required=True, help="image id, as img_id")
+    ver.add_argument("--format", required=True, help="image format, as img_format")
+    ver.add_argument("--properties", help="image properties, a JSON object")
+    ver.add_argument("--variant", help="variant settings to apply")
     ver.set_defaults(func=cmd_verify)
 
-    helper = sub.add_parser("helper", help="the helper VM image")
-    helper_sub = helper.add_subparsers(dest="helper_command", required=True)
-    build = helper_sub.add_parser("build", help="build (or refresh) the helper image")
+    helper = sub.add_parser(
+        "helper",
+        help="the helper VM image",
+        description="Build the helper VM image, or check that it matches the installed snf-image.",
+    )
+    helper_sub = helper.add_subparsers(dest="helper_command", required=True, metavar="COMMAND")
+    build = helper_sub.add_parser(
+        "build",
+        help="build (or refresh) the helper image",
+        description="Build the helper VM image into HELPER_DIR, or refresh what changed. The first build "
+        "debootstraps a Debian root filesystem (minutes); later ones reuse it from the build cache.",
+    )
     build.add_argument("--helper-dir", type=Path, help="output directory [HELPER_DIR]")
-    build.add_argument("--cache-dir", type=Path, default=Path("/var/cache/snf-image"), help="build cache [%(default)s]")
+    build.add_argument(
+        "--cache-dir", type=Path, default=helperimage.DEFAULT_CACHE_DIR, help="build cache [%(default)s]"
+    )
     build.add_argument("--code-only", action="store_true", help="rebuild only snf-image's own code layer")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument(
@@ -258,6 +354,13 @@ def parser() -> argparse.ArgumentParser:
         "images need it) [%(default)s]",
     )
     build.set_defaults(func=cmd_helper_build)
+    status = helper_sub.add_parser(
+        "status",
+        help="say whether the helper image matches this snf-image",
+        description="Say whether the helper VM image in HELPER_DIR matches the installed snf-image, and record "
+        "it where gnt-os diagnose reads it. Exit status 1 when it does not.",
+    )
+    status.set_defaults(func=cmd_helper_status)
     return top
 
 

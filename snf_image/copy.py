@@ -36,6 +36,7 @@ class HashingStream(ImageStream):
         self._inner = inner
         self.size = inner.size
         self.local_path = inner.local_path
+        self.local_fd = inner.local_fd
         self._hash = hashlib.new(algorithm)
 
     def readinto(self, buffer: memoryview) -> int:

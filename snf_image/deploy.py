@@ -7,51 +7,50 @@ as opaque bytes; whatever reads the image's filesystems runs in the jail
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
-import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
-from . import formats, params, windows
+from . import params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
 from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
 from .copy import HashingStream, copy_stream, verify_checksum
-from .errors import ImageError, OperatorError
+from .errors import ImageError
+from .formats import convert, headers, mbr, sniff, streams
+from .formats.sandbox import SandboxConfig
 from .ganeti import Instance, Nic
-from .lifecycle import child_env
 from .params import OsParams
 from .progress import Progress
 from .settings import Settings
-from .sources import select_source, shown_id
+from .sources import select_source
 from .sources.base import ImageStream
-from .sources.network import redact_url
+from .sources.fetch import local_image, open_image
+from .sources.local import LocalStream
+from .sources.urls import redact_id
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
-
-CONFIG_URL_TIMEOUT = (10, 30)
 
 #: Tasks a rename runs in the jail: what depends on the instance's name.
 RENAME_TASKS = ("AssignHostname",)
 
 
-def fetch_config_url(url: str) -> dict[str, str]:
-    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*."""
-    shown = redact_url(url)
-    log.info("Downloading configuration parameters from %s", shown)
-    try:
-        with requests.get(url, timeout=CONFIG_URL_TIMEOUT, stream=True) as response:
-            response.raise_for_status()
-            body = response.raw.read(params.MAX_CONFIG_URL_DOCUMENT + 1, decode_content=True)
-    except requests.RequestException as exc:  # its text names the URL, query and all
-        raise OperatorError(f"config_url: cannot download {shown}: {type(exc).__name__}") from None
-    if len(body) > params.MAX_CONFIG_URL_DOCUMENT:
-        raise OperatorError(f"config_url: {shown} is larger than {params.MAX_CONFIG_URL_DOCUMENT} bytes")
-    return params.parse_config_document(body.decode("utf-8", "replace"), shown)
+def fetch_config_url(url: str, settings: Settings) -> dict[str, str]:
+    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*.
+
+    Through the image download path: the network source's TLS settings,
+    timeouts, retries, redirect policy and minimum rate; http(s) and ftp(s).
+    """
+    from .sources.network import fetch_document
+    from .sources.urls import redact_url
+
+    log.info("Downloading configuration parameters from %s", redact_url(url))
+    body = fetch_document(url, settings, params.MAX_CONFIG_URL_DOCUMENT, "config_url")
+    return params.parse_config_document(body.decode("utf-8", "replace"), redact_url(url))
 
 
 def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
@@ -59,7 +58,9 @@ def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
     merged = params.merge_sources(settings.param_defaults, osparams)
     if merged.get("config_url"):
         params.validate({"config_url": merged["config_url"]}, require_image=False)
-        merged = params.merge_sources(settings.param_defaults, osparams, fetch_config_url(merged["config_url"]))
+        merged = params.merge_sources(
+            settings.param_defaults, osparams, fetch_config_url(merged["config_url"], settings)
+        )
     result = params.validate(merged)
     assert result is not None  # require_image=True guarantees it
     return result
@@ -82,90 +83,130 @@ class CopyOutcome:
     implied_properties: Mapping[str, str]
 
 
-def write_image(stream: ImageStream, target: DiskTarget, img_format: str, progress: Progress) -> CopyOutcome:
-    """Decode the container, check the declared format and write the image onto ``target``."""
-    peeked = formats.PeekedStream(stream)
-    container = formats.detect_container(peeked.head)
-    if container == formats.QCOW2:
-        _write_qcow2(peeked, target, img_format, progress)
+def write_image(
+    stream: ImageStream,
+    target: DiskTarget,
+    img_format: str,
+    progress: Progress,
+    converter: SandboxConfig,
+    verify_source: Callable[[], None] | None = None,
+    localize: Callable[[], LocalStream] | None = None,
+) -> CopyOutcome:
+    """Decode the container, check the declared format and write the image onto ``target``.
+
+    ``verify_source`` runs once every byte of the source has been read (the checksum): for a
+    container before the converter opens it, for a stream once it is copied. ``localize``
+    gives the image as a checked local file when a container arrives as a remote stream.
+    """
+    peeked = streams.PeekedStream(stream)
+    container = sniff.detect_container(peeked.head)
+    if container in sniff.CONTAINERS:
+        with contextlib.ExitStack() as cleanup:
+            if peeked.local_fd is None and localize is not None:
+                # qcow2/VMDK/... need seeking: fetch the image once into a local file (the node's image
+                # cache, or a private unnamed file), checksum verified there, then convert from its descriptor
+                progress.info(f"Fetching the {sniff.NAMES[container]} image to a local file before converting it...")
+                peeked.close()
+                peeked = streams.PeekedStream(cleanup.enter_context(localize()))
+                verify_source = None
+            _write_container(peeked, container, target, img_format, progress, converter, verify_source)
         return CopyOutcome({})
     size = peeked.size
-    if container in formats.COMPRESSED:
+    if container in sniff.COMPRESSED:
         log.info("the image is %s-compressed; decoding it in the stream", container)
-        peeked = formats.PeekedStream(formats.DecodedStream(peeked, container))
-        inner = formats.detect_container(peeked.head)
-        if inner != formats.RAW:
-            raise ImageError(f"the {container}-compressed image holds a {inner} container; decompress it first")
+        peeked = streams.PeekedStream(streams.DecodedStream(peeked, container))
+        inner = sniff.detect_container(peeked.head)
+        if inner != sniff.RAW:
+            raise ImageError(
+                f"the {container}-compressed image holds a {sniff.NAMES[inner]} container; decompress it first"
+            )
         size = None
-    formats.check_declared_format(img_format, peeked.head)
+    sniff.check_declared_format(img_format, peeked.head)
     offset = 0
     implied: dict[str, str] = {}
     if img_format != FORMAT_DISKDUMP:
-        prefix = formats.mbr_prefix(img_format, size, target.size)
+        prefix = mbr.mbr_prefix(img_format, size, target.size)
         target.write(0, memoryview(prefix))
-        offset = formats.PREFIX_BYTES
+        offset = mbr.PREFIX_BYTES
         implied = {"OSFAMILY": "linux" if img_format == FORMAT_EXTDUMP else "windows", "ROOT_PARTITION": "1"}
     elif size is not None and size > target.size:
         raise ImageError(f"the image ({size} bytes) is larger than the disk ({target.size} bytes)")
     progress.info("Starting image copy...")
     copy_stream(peeked, target, offset=offset, total=size, on_progress=progress.copy_progress)
     progress.info("Image copy finished.")
+    if verify_source is not None:
+        verify_source()
     return CopyOutcome(implied)
 
 
-def _write_qcow2(stream: formats.PeekedStream, target: DiskTarget, img_format: str, progress: Progress) -> None:
-    """Convert a local qcow2 file onto the disk with qemu-img, the format always given explicitly."""
+def _write_container(
+    stream: streams.PeekedStream,
+    container: str,
+    target: DiskTarget,
+    img_format: str,
+    progress: Progress,
+    converter: SandboxConfig,
+    verify_source: Callable[[], None] | None,
+) -> None:
+    """Check, hash, then convert a qcow2/VMDK/VHD/VHDX/VDI image in the sandbox, all from one descriptor.
+
+    The descriptor is the source's own (``local_fd``): the header is read from it, every byte
+    goes through the checksum from it, and the converter reads it; no path is opened again.
+    """
+    name = sniff.NAMES[container]
     if img_format != FORMAT_DISKDUMP:
-        raise ImageError(f"a qcow2 image holds a whole disk: use img_format=diskdump, not {img_format}")
-    if stream.local_path is None:
-        raise ImageError("qcow2 images can only be read from a local file (local source)")
-    header = formats.check_qcow2_header(stream.head)
-    if header.virtual_size > target.size:
-        raise ImageError(f"the image ({header.virtual_size} bytes) is larger than the disk ({target.size} bytes)")
-    info = json.loads(
-        _run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(stream.local_path)], "qemu-img info")
-    )
-    if info.get("backing-filename") or info.get("format-specific", {}).get("data", {}).get("data-file"):
-        raise ImageError("refusing a qcow2 image with a backing file or an external data file")
-    # Whatever checksum wrapper sits below must see every byte of the file.
-    drain = bytearray(1 << 20)
-    while stream.readinto(memoryview(drain)):
+        raise ImageError(f"a {name} image holds a whole disk: use img_format=diskdump, not {img_format}")
+    if stream.local_fd is None:
+        raise ImageError(f"{name} images can only be read from a local file")
+    header = headers.read_header(container, stream.local_fd)
+    headers.check_fits(header, target.size)
+    if verify_source is not None:  # the checksum sees every byte before the converter opens the file
+        _drain(stream)
+        verify_source()
+    with convert.ConvertedImage(stream.local_fd, header, converter) as raw:
+        size = raw.size or 0
+        if size > target.size:
+            raise ImageError(f"the {name} image's disk ({size} bytes) is larger than the disk ({target.size} bytes)")
+        disk = streams.PeekedStream(raw)
+        inner = sniff.detect_container(disk.head)
+        if inner != sniff.RAW:
+            raise ImageError(f"the {name} image holds a {sniff.NAMES[inner]} container, not a disk")
+        sniff.check_declared_format(FORMAT_DISKDUMP, disk.head)
+        progress.info(f"Starting image copy (converting the {name} image)...")
+        copy_stream(disk, target, total=size, on_progress=progress.copy_progress)
+        progress.info("Image copy finished.")
+
+
+def _drain(stream: ImageStream) -> None:
+    """Read the source to its end, so that the checksum wrapping it has seen every byte."""
+    view = memoryview(bytearray(1 << 20))
+    while stream.skip_hole() + stream.readinto(view):
         pass
-    progress.info("Starting image copy...")
-    target.flush()
-    _run(
-        ["qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", str(stream.local_path), target.name],
-        "qemu-img convert",
-    )
-    progress.copy_progress(header.virtual_size, header.virtual_size)
-    progress.info("Image copy finished.")
 
 
-def _run(argv: list[str], what: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, env=child_env())
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ImageError(f"{what} failed: {last}")
-    return result.stdout
-
-
+@summary.timed(summary.PHASE_COPY)
 def copy_image(instance: Instance, os_params: OsParams, settings: Settings, progress: Progress) -> CopyOutcome:
     """Fetch the image and write it onto disk 0."""
-    progress.info(f"Processing image with ID: {shown_id(os_params.img_id)} and format: {os_params.img_format}")
+    progress.info(f"Processing image with ID: {redact_id(os_params.img_id)} and format: {os_params.img_format}")
     source = select_source(os_params.img_id, settings)
+    summary.note_image(os_params.img_id, source.name, os_params.properties)
     source.check(os_params.img_id)
     if not source.delivers_image:
         progress.info("The null source copies nothing; customizing the disk as it is.")
         return CopyOutcome({})
-    with open_target(instance.disks[0].target) as target, source.open(os_params.img_id) as raw:
+    converter = SandboxConfig.from_settings(settings)
+    with (
+        open_target(instance.disks[0].target) as target,
+        open_image(source, os_params.img_id, settings, os_params.img_checksum) as raw,
+    ):
         stream: ImageStream = raw
-        hasher = None
+        verify = None
         if os_params.img_checksum:
             hasher = HashingStream(raw, os_params.img_checksum.partition(":")[0])
             stream = hasher
-        outcome = write_image(stream, target, os_params.img_format, progress)
-        if hasher is not None and os_params.img_checksum:
-            verify_checksum(hasher, os_params.img_checksum)
+            verify = functools.partial(verify_checksum, hasher, os_params.img_checksum)
+        localize = functools.partial(local_image, os_params.img_id, settings, os_params.img_checksum)
+        outcome = write_image(stream, target, os_params.img_format, progress, converter, verify, localize)
         target.flush()
     return outcome
 
@@ -246,6 +287,7 @@ def _personality_file(entry: Mapping[str, Any]) -> PersonalityFile:
     return PersonalityFile(path=entry["path"], contents=entry["contents"], **optional)
 
 
+@summary.timed(summary.PHASE_HELPER)
 def customize(instance: Instance, settings: Settings, rules: Rules, progress: Progress) -> None:
     """Hand the disks and the rules to the helper VM and wait for its verdict."""
     from . import jail, schemas

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import deploy, transfer
+from . import deploy, summary, transfer
 from .errors import SnfImageError
 from .ganeti import ScriptEnvironment, parse_environment
 from .lifecycle import Interrupted, termination_raises
@@ -79,7 +79,10 @@ def _run(script: str, args: list[str], environ: Mapping[str, str], os_dir: Path)
         written = transfer.import_disk(env.transfer.path, sys.stdin.fileno())
         log.info("imported %d bytes onto %s", written, env.transfer.path)
         return 0
-    with Progress(settings.progress_monitor, instance.name) as progress:
+    with (
+        Progress(settings.progress_monitor, instance.name) as progress,
+        summary.watch(script, instance.name, settings, progress),
+    ):
         try:
             if script == "create":
                 deploy.create(instance, env.os.osparams, settings, progress)

@@ -74,6 +74,7 @@ class Progress:
         self._stream = stream or sys.stderr
         #: Also receives every message (the CLI's display); then nothing goes to the log.
         self._listener = listener
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._children = contextlib.ExitStack()
         self._queue: queue.Queue[str | None] = queue.Queue(MONITOR_QUEUE)
@@ -125,7 +126,13 @@ class Progress:
         self._stream.write("[MONITOR] " + line)
         self._stream.flush()
 
+    def observe(self, observer: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every message to ``observer`` (the deployment summary), whatever the delivery."""
+        self._observers.append(observer)
+
     def send(self, message: dict[str, Any]) -> None:
+        for observer in self._observers:
+            observer(message)
         if self._listener is not None:
             self._listener(message)
         line = json.dumps(message, separators=(",", ":"), ensure_ascii=True) + "\n"

@@ -176,6 +176,14 @@ def _helper_user(value: str) -> str:
     return user
 
 
+def parse_size(value: str, name: str) -> int:
+    """A size in bytes with an optional binary suffix: 0, 1048576, 512M, 20G, 1T."""
+    match = re.fullmatch(r"\s*([0-9]{1,15})\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    if not match:
+        raise OperatorError(f"setting {name} must be a size like 0, 500M, 20G; got {value!r}")
+    return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+
+
 def _positive_int(value: str, name: str) -> int:
     if not re.fullmatch(r"\s*[0-9]{1,9}\s*", value) or int(value) <= 0:
         raise OperatorError(f"setting {name} must be a positive integer, got {value!r}")
@@ -197,6 +205,9 @@ class Settings:
     helper_debug: bool
     helper_accel: str
     helper_qemu: str
+    #: The image converter's limits: address space in MiB, CPU time in seconds.
+    converter_memory: int
+    converter_cpu_time: float
     progress_monitor: str
     dhcp_tags: tuple[str, ...]
     stateful_dhcpv6_tags: tuple[str, ...]
@@ -205,14 +216,22 @@ class Settings:
     windows_timezone: str
     image_debug: bool
     cloud_init_debug: bool
+    #: The node-local cache of remote images (snf_image.sources.cache); size 0 turns it off.
+    image_cache_dir: Path
+    image_cache_size: int
     #: Defaults for OS parameters, lower-case names (from IMG_ID=... lines).
     param_defaults: Mapping[str, str]
     raw: Mapping[str, str] = field(repr=False)
+    #: The node exporter textfile of METRICS_FILE (None: no metrics).
+    metrics_file: Path | None = None
+    #: Explicit overrides (the CLI's --set): they win over every file, a source's own file too.
+    overrides: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def source_config(self, name: str) -> dict[str, str]:
         """Settings of one image source: the main settings overlaid with ``backends/src/<name>.conf``."""
         config = dict(self.raw)
         config.update(read_settings_file(self.config_dir / "backends" / "src" / name))
+        config.update(self.overrides)
         return config
 
     def source_priority(self, name: str, default: int) -> int:
@@ -246,6 +265,8 @@ DEFAULTS: dict[str, str] = {
     "HELPER_DEBUG": "no",
     "HELPER_ACCEL": "auto",
     "KVM": "qemu-system-x86_64",
+    "CONVERTER_MEMORY": "1024",
+    "CONVERTER_CPU_TIME": "30m",
     "PROGRESS_MONITOR": "",
     "DHCP_TAGS": "auto dhcp nfdhcpd",
     "STATEFUL_DHCPV6_TAGS": "dhcpv6 stateful_dhcpv6",
@@ -254,6 +275,9 @@ DEFAULTS: dict[str, str] = {
     "WINDOWS_TIMEZONE": "GMT Standard Time",
     "IMAGE_DEBUG": "no",
     "CLOUD_INIT_DEBUG": "no",
+    "IMAGE_CACHE_DIR": "/var/cache/snf-image/images",
+    "IMAGE_CACHE_SIZE": "0",
+    "METRICS_FILE": "",
 }
 
 
@@ -281,10 +305,10 @@ def load_settings(
             raise OperatorError(f"unofficial variant {variant!r} is unsupported")
         raw.update(read_settings_file(base))
     raw.update(overrides or {})
-    return build_settings(raw, config_dir)
+    return build_settings(raw, config_dir, overrides)
 
 
-def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
+def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[str, str] | None = None) -> Settings:
     """Validate merged raw settings into :class:`Settings`; one error per bad key."""
     for key in sorted(set(raw) & OBSOLETE_KEYS):
         log.warning("setting %s is obsolete and ignored", key)
@@ -309,6 +333,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         helper_debug=parse_bool(raw["HELPER_DEBUG"], "HELPER_DEBUG"),
         helper_accel=accel,
         helper_qemu=raw["KVM"],
+        converter_memory=_positive_int(raw["CONVERTER_MEMORY"], "CONVERTER_MEMORY"),
+        converter_cpu_time=parse_duration(raw["CONVERTER_CPU_TIME"], "CONVERTER_CPU_TIME"),
         progress_monitor=raw["PROGRESS_MONITOR"].strip(),
         dhcp_tags=tuple(raw["DHCP_TAGS"].split()),
         stateful_dhcpv6_tags=tuple(raw["STATEFUL_DHCPV6_TAGS"].split()),
@@ -317,6 +343,19 @@ def build_settings(raw: Mapping[str, str], config_dir: Path) -> Settings:
         windows_timezone=raw["WINDOWS_TIMEZONE"],
         image_debug=parse_bool(raw["IMAGE_DEBUG"], "IMAGE_DEBUG"),
         cloud_init_debug=parse_bool(raw["CLOUD_INIT_DEBUG"], "CLOUD_INIT_DEBUG"),
+        image_cache_dir=Path(raw["IMAGE_CACHE_DIR"]),
+        image_cache_size=parse_size(raw["IMAGE_CACHE_SIZE"], "IMAGE_CACHE_SIZE"),
         param_defaults=param_defaults,
         raw=dict(raw),
+        metrics_file=_metrics_file(raw.get("METRICS_FILE", "")),
+        overrides=dict(overrides or {}),
     )
+
+
+def _metrics_file(value: str) -> Path | None:
+    if not value.strip():
+        return None
+    path = Path(value.strip())
+    if not path.is_absolute() or not path.name.endswith(".prom"):
+        raise OperatorError(f"setting METRICS_FILE must be an absolute path ending in .prom, got {value!r}")
+    return path

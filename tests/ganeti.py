@@ -35,6 +35,9 @@ from pathlib import Path
 
 import pytest
 
+from snf_image import __version__
+from tests import debpkg
+
 STATE_DIR = Path(os.environ.get("SNF_IMAGE_GANETI_STATE", "/var/tmp/snf-image-gnt"))
 NET = "198.51.100"
 NODE = "node1.gnt.test"
@@ -552,10 +555,10 @@ class Cluster:
 # --------------------------------------------------------------------------- pytest fixtures
 
 REPO = Path(__file__).resolve().parent.parent
-OS_INSTALL_DIR = Path("/usr/share/ganeti/os/snf-image")
 SNF_CONFIG = Path("/etc/snf-image/snf-image.conf")
-SNF_VARIANT = Path("/etc/ganeti/snf-image/variants/default.conf")
-SNF_COMMAND = Path("/usr/local/bin/snf-image")
+SNF_COMMAND = Path("/usr/bin/snf-image")
+#: The copy an earlier scripts/install made: it would shadow the package's modules.
+LEGACY_COPY = Path("/usr/local/lib/python3.11/dist-packages/snf_image/INSTALLED-BY-SNF-IMAGE")
 MONITOR_TEXT = """#!/usr/bin/python3
 # PROGRESS_MONITOR of the e2e tests: appends its stdin to monitor/<instance>.jsonl, line by line.
 import pathlib
@@ -584,20 +587,27 @@ def ensure_ganeti() -> None:
 
 @dataclass
 class Deployment:
-    """The cluster plus an installed, configured snf-image: where tests put images and read progress."""
+    """The cluster plus snf-image installed from its .deb and configured: where tests put images and read progress."""
 
     cluster: Cluster
     image_dir: Path
     monitor_dir: Path
     helper_dir: Path
+    metrics_file: Path
     settings: dict[str, str]
+    #: What the installation saw (tests check it): the upgrade, and Ganeti's verdict before the helper existed.
+    previous_version: str = ""
+    settings_edited: str = ""
+    settings_after_upgrade: str = ""
+    diagnose_before_helper: str = ""
+    status_before_helper: Result | None = None
 
     def configure(self, **extra: str) -> None:
-        """Write /etc/snf-image/snf-image.conf (Ganeti resets the environment: settings live in files)."""
+        """Write /etc/snf-image/snf-image.conf, the package's conffile (Ganeti resets the environment)."""
         values = {**self.settings, **extra}
-        text = "# written by snf-image's e2e tests; restored afterwards\n"
+        text = "# edited by snf-image's e2e tests; the package's purge removes it\n"
         text += "".join(f'{key}="{value}"\n' for key, value in values.items())
-        self.cluster.replace_file(SNF_CONFIG, text)
+        SNF_CONFIG.write_text(text)
 
     def monitor_messages(self, instance: str) -> list[dict]:
         path = self.monitor_dir / f"{instance}.jsonl"
@@ -605,6 +615,24 @@ class Deployment:
 
     def reset_monitor(self, instance: str) -> None:
         (self.monitor_dir / f"{instance}.jsonl").unlink(missing_ok=True)
+
+    def install(self) -> None:
+        """As an operator: the previous build, the settings edited, an upgrade to this build; no helper yet."""
+        assert not LEGACY_COPY.exists(), f"{LEGACY_COPY.parent} shadows the package: run scripts/install --remove"
+        if debpkg.installed_version() is not None:
+            log("purging the snf-image package left installed (by a crashed run?)")
+            debpkg.apt("purge", debpkg.PACKAGE)
+        deb = debpkg.built_deb()
+        self.previous_version = f"{__version__}~e2e.prev"
+        previous = debpkg.previous_build(deb, self.previous_version, self.cluster.state_dir)
+        debpkg.apt("install", str(previous))
+        assert debpkg.installed_version() == self.previous_version
+        self.configure()
+        self.settings_edited = SNF_CONFIG.read_text()
+        debpkg.apt("install", str(deb))
+        self.settings_after_upgrade = SNF_CONFIG.read_text()
+        self.status_before_helper = run([SNF_COMMAND, "helper", "status"], check=False, env=NS_ENV)
+        self.diagnose_before_helper = self.cluster.gnt("gnt-os", "diagnose", check=False).output
 
 
 @pytest.fixture(scope="session")
@@ -621,30 +649,13 @@ def ganeti_cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def snf_image_installed() -> Iterator[Path]:
-    """scripts/install for real; what was not installed before the session is removed after it."""
-    before = {path: path.exists() for path in (OS_INSTALL_DIR, SNF_CONFIG, SNF_VARIANT, SNF_COMMAND)}
-    run(["/usr/bin/python3", REPO / "scripts" / "install"], timeout=300)
-    try:
-        yield OS_INSTALL_DIR
-    finally:
-        if not before[OS_INSTALL_DIR]:
-            run(["/usr/bin/python3", REPO / "scripts" / "install", "--uninstall"], check=False)
-        for path in (SNF_CONFIG, SNF_VARIANT):
-            if not before[path]:
-                path.unlink(missing_ok=True)
-                for parent in (path.parent, path.parent.parent):
-                    with contextlib.suppress(OSError):
-                        if parent.name in ("snf-image", "variants"):
-                            parent.rmdir()
-
-
-@pytest.fixture(scope="session")
-def snf_deployment(ganeti_cluster: Cluster, snf_image_installed: Path) -> Deployment:
-    """snf-image installed and configured for the cluster: image dir, monitor, TCG helper, settings file."""
+def snf_deployment(ganeti_cluster: Cluster) -> Iterator[Deployment]:
+    """snf-image installed from its .deb and configured for the cluster; purged at the end of the session."""
     base = ganeti_cluster.state_dir
-    deployment = Deployment(ganeti_cluster, base / "images", base / "monitor", base / "helper", {})
-    for directory in (deployment.image_dir, deployment.monitor_dir):
+    deployment = Deployment(
+        ganeti_cluster, base / "images", base / "monitor", base / "helper", base / "metrics" / "snf-image.prom", {}
+    )
+    for directory in (deployment.image_dir, deployment.monitor_dir, deployment.metrics_file.parent):
         directory.mkdir(parents=True, exist_ok=True)
     monitor = base / "progress-monitor"
     monitor.write_text(MONITOR_TEXT)
@@ -655,9 +666,14 @@ def snf_deployment(ganeti_cluster: Cluster, snf_image_installed: Path) -> Deploy
         # KVM here is nested and broken; "auto" would probe it (seconds) in every create process.
         "HELPER_ACCEL": "tcg",
         "PROGRESS_MONITOR": str(monitor),
+        "METRICS_FILE": str(deployment.metrics_file),
     }
-    deployment.configure()
-    return deployment
+    try:
+        deployment.install()
+        yield deployment
+    finally:
+        if debpkg.installed_version() is not None:
+            debpkg.apt("purge", debpkg.PACKAGE)
 
 
 @pytest.fixture(scope="session")
@@ -665,7 +681,8 @@ def snf_helper(snf_deployment: Deployment) -> Path:
     """The test helper image (tests/helpervm.py) installed as the cluster's HELPER_DIR.
 
     The big files are symlinked from the test cache; the *installed* snf-image then
-    brings the code layer up to date, so the helper matches the code Ganeti runs.
+    brings the code layer up to date, so the helper matches the code Ganeti runs
+    (and, HELPER_DIR being the one its settings name, Ganeti sees the OS valid).
     """
     from tests import helpervm
 

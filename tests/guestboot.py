@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +64,14 @@ def tail(child: pexpect.spawn, size: int = 4000) -> str:
     return ANSI.sub("", seen)[-size:]
 
 
-def qemu_argv(disk: Path, kernel: Path, initrd: Path, cmdline: str, mac: str, memory: int = 1024) -> list[str]:
-    """The qemu command line: TCG, direct kernel boot, the disk as virtio, one restricted user NIC, serial on stdio."""
+def qemu_argv(
+    disk: Path, kernel: Path, initrd: Path, cmdline: str, mac: str, memory: int = 1024, extra_disks: Sequence[Path] = ()
+) -> list[str]:
+    """The qemu command line: TCG, direct kernel boot, the disks as virtio, one restricted user NIC, serial on stdio.
+
+    ``extra_disks`` follow the boot disk in order (vdb, vdc, ...), as an instance's further disks do.
+    """
+    drives = [arg for extra in extra_disks for arg in ("-drive", f"file={extra},format=raw,if=virtio")]
     return [
         "qemu-system-x86_64",
         "-nodefaults",
@@ -86,6 +92,7 @@ def qemu_argv(disk: Path, kernel: Path, initrd: Path, cmdline: str, mac: str, me
         cmdline,
         "-drive",
         f"file={disk},format=raw,if=virtio",
+        *drives,
         "-netdev",
         "user,id=n0,restrict=on",
         "-device",
@@ -115,6 +122,7 @@ def booted(
     boot_timeout: float = 300,
     times: BootTimes | None = None,
     ready: str | None = None,
+    extra_disks: Sequence[Path] = (),
 ) -> Iterator[Console]:
     """Boot ``disk``, log in as root on ttyS0 with ``password``, yield the shell; qemu is killed on exit.
 
@@ -126,7 +134,7 @@ def booted(
     interleave with command output.
     """
     times = times or BootTimes()
-    argv = qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", mac)
+    argv = qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", mac, extra_disks=extra_disks)
     started = time.monotonic()
     with open(log, "w", encoding="utf-8", errors="replace") as logfile:
         child = pexpect.spawn(

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import kernel as custom_kernel
@@ -60,6 +61,37 @@ def base_key(packages: Iterable[str], kernel: str = "debian") -> str:
     return key
 
 
+@dataclass(frozen=True)
+class BuildState:
+    """What ``helper_dir`` holds against what this code and ``kernel`` need."""
+
+    key: str  # the base key wanted (rootfs, and the custom kernel if any)
+    version: str  # the helper version wanted
+    base_ok: bool  # a complete base image, of whatever key
+    base_current: bool  # ... of the wanted key
+    code_current: bool  # the code layer is this code's
+
+
+def build_state(helper_dir: Path, kernel: str = "debian") -> BuildState:
+    """Compare ``helper_dir`` with what a build would make; reads only small stamp files."""
+    key = base_key(read_package_list(), kernel)
+    version = helper_version()
+    base_stamp = helper_dir / ".base-key"
+    base_ok = base_stamp.exists() and all(
+        (helper_dir / n).exists() for n in ("image", "kernel", "initrd-base", "packages")
+    )
+    version_file = helper_dir / "version"
+    return BuildState(
+        key=key,
+        version=version,
+        base_ok=base_ok,
+        base_current=base_ok and base_stamp.read_text().strip() == key,
+        code_current=version_file.exists()
+        and version_file.read_text().strip() == version
+        and (helper_dir / "initrd").exists(),
+    )
+
+
 def build(
     helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = "debian"
 ) -> bool:
@@ -73,16 +105,13 @@ def build(
         raise ValueError(f"kernel must be one of {', '.join(KERNEL_FLAVOURS)}, not {kernel!r}")
     helper_dir = Path(helper_dir)
     cache_dir = Path(cache_dir)
-    version = helper_version()
+    state = build_state(helper_dir, kernel)
+    version, key = state.version, state.key
+    base_ok, base_current, current = state.base_ok, state.base_current, state.code_current
     packages = read_package_list()
-    key = base_key(packages, kernel)
     base_stamp = helper_dir / ".base-key"
-    base_files = [helper_dir / n for n in ("image", "kernel", "initrd-base", "packages")]
-    base_ok = base_stamp.exists() and all(p.exists() for p in base_files)
-    base_current = base_ok and base_stamp.read_text().strip() == key
     version_file = helper_dir / "version"
     initrd = helper_dir / "initrd"
-    current = version_file.exists() and version_file.read_text().strip() == version and initrd.exists()
 
     if code_only:
         if not base_ok:

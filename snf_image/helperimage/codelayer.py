@@ -1,49 +1,65 @@
-"""What the jail's code layer holds, and the helper version that hashes it.
+"""What the jail's code layer holds, where its sources are, and the helper version that hashes it.
 
 The code layer is the jail's Python code: the host's contract package (and
 the package's ``__init__`` with its version), ``helper`` and ``tasks``, plus
 ``helper/init``. Nothing else of the host goes into the VM. The version
 stamp hashes every file of it, so a host whose code changed refuses a helper
 built from older code.
+
+``helper`` and ``tasks`` are never importable on the host. In a checkout they
+sit beside ``snf_image/``; an installed snf-image (wheel, ``pip install .``,
+the Debian package) carries them as data in ``snf_image/helperimage/jailcode/``
+(setup.py's build step copies them there), so no top-level ``helper`` or
+``tasks`` package ever lands in site-packages.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
 
+import snf_image
 from snf_image import __version__
 from snf_image.errors import HelperError
 
-#: (package, sub-path within it or "" for all of it) that make up the code layer.
-CODE_PARTS = (("snf_image", "__init__.py"), ("snf_image", "contract"), ("helper", ""), ("tasks", ""))
+#: Where an installed snf-image keeps the jail's own packages (setup.py copies them there).
+JAIL_CODE_DIR = "jailcode"
+#: The jail's own packages, found under :func:`jail_sources`.
+JAIL_PACKAGES = ("helper", "tasks")
+#: The parts of the host package the jail gets: its version and the contract.
+HOST_PARTS = ("__init__.py", "contract")
 CODE_SUFFIXES = (".py", ".json")
 CODE_EXTRA = ("helper/init",)
 
 
-def _package_dir(package: str) -> Path:
-    """Where ``package`` lives, found without importing it (the host never imports the jail)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise HelperError(f"cannot find the {package} package to build the helper's code layer")
-    return Path(next(iter(spec.submodule_search_locations)))
+def jail_sources() -> Path:
+    """The directory holding ``helper/`` and ``tasks/``: installed as package data, else a checkout's root."""
+    host = Path(snf_image.__file__).resolve().parent
+    for root in (host / "helperimage" / JAIL_CODE_DIR, host.parent):
+        if all((root / rel).is_file() for rel in CODE_EXTRA) and all((root / p).is_dir() for p in JAIL_PACKAGES):
+            return root
+    raise HelperError(f"cannot find the jail's code (helper/, tasks/) in {host / 'helperimage' / JAIL_CODE_DIR}")
+
+
+def _code_files(base: Path) -> list[Path]:
+    paths = [base] if base.is_file() else sorted(base.rglob("*"))
+    return [p for p in paths if p.is_file() and p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts]
 
 
 def code_layer_files() -> list[tuple[str, Path]]:
     """(path inside the code layer, source file) for every file of the code layer, sorted."""
     files: dict[str, Path] = {}
-    for package, part in CODE_PARTS:
-        top = _package_dir(package)
-        base = top / part if part else top
-        paths = [base] if base.is_file() else base.rglob("*")
-        for path in paths:
-            if path.is_file() and path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
-                files[f"{package}/{path.relative_to(top).as_posix()}"] = path
+    host = Path(snf_image.__file__).resolve().parent
+    for part in HOST_PARTS:
+        for path in _code_files(host / part):
+            files[f"snf_image/{path.relative_to(host).as_posix()}"] = path
+    root = jail_sources()
+    for package in JAIL_PACKAGES:
+        for path in _code_files(root / package):
+            files[path.relative_to(root).as_posix()] = path
     for rel in CODE_EXTRA:
-        package, _, name = rel.partition("/")
-        files[rel] = _package_dir(package) / name
+        files[rel] = root / rel
     return sorted(files.items())
 
 

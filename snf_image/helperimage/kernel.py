@@ -71,6 +71,16 @@ def kernel_key(source_version: str, config_text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _kernel_dir(cache_dir: Path) -> Path:
+    return cache_dir / f"kernel-{kernel_key(source_version(), KERNEL_CONFIG.read_text('utf-8'))}"
+
+
+def cached_kernel(cache_dir: Path) -> Path | None:
+    """The custom kernel's directory in ``cache_dir`` if a build left it there (needs linux-source installed)."""
+    out = _kernel_dir(cache_dir)
+    return out if (out / "bzImage").exists() and (out / "release").exists() else None
+
+
 def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None = None) -> Path:
     """``cache_dir/kernel-<key>`` holding ``bzImage``, ``config`` and ``release``, built if not cached.
 
@@ -79,10 +89,8 @@ def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None 
     """
     if not KERNEL_SOURCE.exists():
         raise SystemExit(f"{KERNEL_SOURCE} is missing: apt-get install {KERNEL_SOURCE_PACKAGE} {KERNEL_BUILD_DEPS}")
-    config_text = KERNEL_CONFIG.read_text("utf-8")
-    key = kernel_key(source_version(), config_text)
-    out = cache_dir / f"kernel-{key}"
-    if (out / "bzImage").exists() and (out / "release").exists() and not force:
+    out = _kernel_dir(cache_dir)
+    if cached_kernel(cache_dir) is not None and not force:
         return out
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob("kernel-*"):  # other keys, half-built leftovers
@@ -91,7 +99,7 @@ def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None 
             shutil.rmtree(old)
         else:
             old.unlink()
-    work = cache_dir / f"kernel-{key}.tmp"
+    work = out.with_name(out.name + ".tmp")
     work.mkdir()
     jobs = jobs or os.cpu_count() or 1
     start = time.monotonic()
@@ -105,7 +113,7 @@ def ensure_custom_kernel(cache_dir: Path, force: bool = False, jobs: int | None 
     log(f"compiling the kernel with {jobs} jobs")
     subprocess.run([*make, "bzImage"], check=True, stdout=subprocess.DEVNULL)
     release = subprocess.run([*make, "kernelrelease"], check=True, capture_output=True, text=True).stdout.strip()
-    result = cache_dir / f"kernel-{key}.result"
+    result = out.with_name(out.name + ".result")
     result.mkdir()
     shutil.copyfile(work / "arch/x86/boot/bzImage", result / "bzImage")
     shutil.copyfile(work / ".config", result / "config")

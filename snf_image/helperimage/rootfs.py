@@ -82,13 +82,21 @@ def remove_tree(path: Path) -> None:
         path.unlink()
 
 
+def cached_rootfs(cache_dir: Path, packages: list[str]) -> Path | None:
+    """The finished rootfs for ``packages`` in ``cache_dir``, if a build left one there."""
+    key = rootfs_key(packages)
+    root = cache_dir / f"rootfs-{key}"
+    return root if (cache_dir / f"rootfs-{key}.done").exists() and root.is_dir() else None
+
+
 def ensure_rootfs(cache_dir: Path, packages: list[str], force: bool = False) -> Path:
     """The debootstrapped, trimmed rootfs for ``packages``, built if not cached."""
+    cached = cached_rootfs(cache_dir, packages)
+    if cached is not None and not force:
+        return cached
     key = rootfs_key(packages)
     root = cache_dir / f"rootfs-{key}"
     done = cache_dir / f"rootfs-{key}.done"
-    if done.exists() and root.is_dir() and not force:
-        return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob("rootfs-*"):  # other keys, half-built leftovers
         log(f"removing stale {old}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import OperatorError
 from .base import ImageSource, ImageStream
+from .urls import redact_id
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -43,7 +44,7 @@ def _builtin_classes() -> list[type[ImageSource]]:
     return classes
 
 
-__all__ = ["ImageSource", "ImageStream", "available_sources", "select_source", "shown_id"]
+__all__ = ["ImageSource", "ImageStream", "available_sources", "select_source"]
 
 
 def _plugin_classes() -> list[type[ImageSource]]:
@@ -81,17 +82,10 @@ def available_sources(settings: Settings) -> list[ImageSource]:
     return [source for _, _, source in ranked]
 
 
-def shown_id(img_id: str) -> str:
-    """An image id as messages and logs show it: a URL without credentials and query (signed URLs)."""
-    from .network import redact_url
-
-    return redact_url(img_id) if "://" in img_id else img_id
-
-
 def select_source(img_id: str, settings: Settings) -> ImageSource:
     """The source that handles ``img_id``; OperatorError when none does."""
     for source in available_sources(settings):
         if source.probe(img_id):
-            log.info("image %r is handled by the %s source", shown_id(img_id), source.name)
+            log.info("image %r is handled by the %s source", redact_id(img_id), source.name)
             return source
-    raise OperatorError(f"img_id: no source can handle image id {shown_id(img_id)!r}")
+    raise OperatorError(f"img_id: no source can handle image id {redact_id(img_id)!r}")

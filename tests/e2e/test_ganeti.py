@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from snf_image import schemas
+from snf_image import __version__, metrics, schemas
 from snf_image.contract import constants
+from tests import debpkg
 from tests.ganeti import (
     COMMON_ADD_ARGS,
     EXPORT_DIR,
@@ -197,6 +199,20 @@ def add(
     return cluster.gnt(*args, *extra, "-O", params, *COMMON_ADD_ARGS, name, check=check)
 
 
+def summary_lines(log_text: str) -> list[str]:
+    """The deployment's summary lines of an OS log (after the log's timestamp and level)."""
+    return [line.split(" INFO ", 1)[1] for line in log_text.splitlines() if " INFO summary: " in line]
+
+
+def prometheus_samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """METRICS_FILE read with Prometheus' own parser."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(path.read_text())
+        for sample in family.samples
+    }
+
+
 def last_log(cluster: Cluster, kind: str, name: str) -> str:
     logs = cluster.os_logs(kind, name)
     assert logs, f"no {kind} log for {name}"
@@ -206,7 +222,30 @@ def last_log(cluster: Cluster, kind: str, name: str) -> str:
 # --------------------------------------------------------------------------- installation
 
 
-def test_os_is_valid_and_lists_every_parameter(ganeti_cluster: Cluster, snf_deployment: Deployment) -> None:
+def test_upgrade_keeps_the_edited_settings(snf_deployment: Deployment) -> None:
+    """The session installed the previous build, edited snf-image.conf, then upgraded to this build."""
+    assert snf_deployment.previous_version == f"{__version__}~e2e.prev"
+    assert debpkg.installed_version() == __version__
+    assert snf_deployment.settings_edited.startswith("# edited by snf-image's e2e tests")
+    assert snf_deployment.settings_after_upgrade == snf_deployment.settings_edited
+
+
+def test_os_is_invalid_until_the_helper_is_built(
+    ganeti_cluster: Cluster, snf_deployment: Deployment, snf_helper: Path
+) -> None:
+    status = snf_deployment.status_before_helper
+    assert status is not None and status.returncode == 1, status
+    assert "build it with: snf-image helper build" in status.output, status.output
+    before = snf_deployment.diagnose_before_helper
+    assert "OS: snf-image [global status: invalid]" in before, before
+    assert "run: snf-image helper build" in before, before
+    after = ganeti_cluster.gnt("gnt-os", "diagnose").output
+    assert "OS: snf-image [global status: valid]" in after, after
+
+
+def test_os_is_valid_and_lists_every_parameter(
+    ganeti_cluster: Cluster, snf_deployment: Deployment, snf_helper: Path
+) -> None:
     diagnose = ganeti_cluster.gnt("gnt-os", "diagnose")
     assert "OS: snf-image [global status: valid]" in diagnose.output, diagnose.output
     assert "snf-image+default" in ganeti_cluster.gnt("gnt-os", "list").output
@@ -240,7 +279,12 @@ def test_os_is_valid_and_lists_every_parameter(ganeti_cluster: Cluster, snf_depl
     ids=["bad-format", "not-json", "broken-json"],
 )
 def test_verify_refuses_bad_parameters_before_any_disk(
-    ganeti_cluster: Cluster, snf_deployment: Deployment, instances: Instances, params: str, reason: str
+    ganeti_cluster: Cluster,
+    snf_deployment: Deployment,
+    snf_helper: Path,
+    instances: Instances,
+    params: str,
+    reason: str,
 ) -> None:
     name = instances("inst9.gnt.test")
     result = add(ganeti_cluster, name, params, check=False)
@@ -252,7 +296,7 @@ def test_verify_refuses_bad_parameters_before_any_disk(
 
 
 def test_unreachable_image_fails_the_job_with_its_reason(
-    ganeti_cluster: Cluster, snf_deployment: Deployment, instances: Instances
+    ganeti_cluster: Cluster, snf_deployment: Deployment, snf_helper: Path, instances: Instances
 ) -> None:
     name = instances("inst9.gnt.test")
     params = image_params(f"http://{NODE_IP}:9/debian.img", "s3cr3t")  # nothing listens on port 9
@@ -268,6 +312,9 @@ def test_unreachable_image_fails_the_job_with_its_reason(
     monitor = snf_deployment.monitor_messages(name)
     assert [m["type"] for m in monitor].count(constants.MSG_ERROR) == 1, monitor
     assert name in ganeti_cluster.instances()  # Ganeti keeps a failed create's instance (the fixture removes it)
+    (line,) = summary_lines(log_text)
+    assert f"instance={name} image=http://{NODE_IP}:9/debian.img source=network" in line, line
+    assert line.endswith(" result=failure"), line
 
 
 # --------------------------------------------------------------------------- deployments
@@ -296,6 +343,14 @@ def test_add_from_local_image_and_progress_stream(
     for task in ("FixPartitionTable", "AssignHostname", "ChangePassword"):
         assert task in starts, starts
     assert messages[-1]["type"] == constants.MSG_INFO, messages[-1]
+
+    (line,) = summary_lines(last_log(ganeti_cluster, "add", name))
+    assert f"operation=create instance={name} image=local://debian.img source=local bytes=" in line, line
+    assert " os_family=linux copy=" in line and " helper=" in line and line.endswith(" result=success"), line
+    found = prometheus_samples(deploy.metrics_file)
+    assert found[(metrics.DEPLOYMENTS, (("operation", "create"), ("os_family", "linux"), ("result", "success")))] >= 1
+    assert found[(metrics.PHASE_SECONDS + "_count", (("phase", "helper"),))] >= 1
+    assert found[(metrics.HELPERS_RUNNING, ())] == 0
 
 
 def test_add_over_http_from_inside_the_cluster_network(
@@ -410,3 +465,19 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not chunk:
                 return True
+
+
+# --------------------------------------------------------------------------- last: the package goes
+
+
+def test_purge_leaves_no_file_of_ours(ganeti_cluster: Cluster, snf_deployment: Deployment, snf_helper: Path) -> None:
+    """apt purge: the package's files, its settings and the state snf-image made on the node are gone."""
+    files = debpkg.package_files()
+    assert Path("/usr/share/ganeti/os/snf-image/create") in files
+    assert Path(
+        "/var/lib/snf-image/ganeti-os/ganeti_api_version"
+    ).is_file()  # what Ganeti reads: state, not a package file
+    debpkg.apt("purge", debpkg.PACKAGE)
+    assert debpkg.installed_version() is None
+    assert debpkg.leftovers(files) == []
+    assert "snf-image" not in ganeti_cluster.gnt("gnt-os", "diagnose").output

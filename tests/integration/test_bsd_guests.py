@@ -3,7 +3,10 @@
 Images: tests/bsdimages.py (makefs UFS, sgdisk GPT, the project's disklabel
 writer). Each is deployed by ``create`` onto a bigger disk with a password,
 an SSH key, two NICs and a personality file, with OSFAMILY and ROOT_PARTITION
-left to detection. Then it is read back: the partition tables from the host,
+left to detection: UFS1 and UFS2 roots, in GPT partitions (FreeBSD) and in
+disklabels of MBR slices (OpenBSD FFS1, NetBSD FFSv2), and a FreeBSD whose
+UFS1 root comes after a UFS2 /var that detection must turn down, saying so.
+Then it is read back: the partition tables from the host,
 the UFS through a second helper VM running tests/ufsprobe.py (read-only
 mounts, no code of the tasks) -- the host has no UFS driver. The kernel's
 own view of the partitions (/proc/partitions in that VM) checks the
@@ -89,6 +92,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def deploy(family: str, helper_dir: Path, workdir: Path) -> Deployed:
+    """create of the bsdimages ``family`` image (once per module run)."""
     if family in _done:
         return _done[family]
     images = workdir / "images"
@@ -99,7 +103,7 @@ def deploy(family: str, helper_dir: Path, workdir: Path) -> Deployed:
     with open(disk, "wb") as f:
         f.truncate(DISK)
     env = create_env(
-        f"{family}1.example.test",
+        f"{family.replace('-', '')}1.example.test",
         disk,
         OSP_IMG_ID=f"local://{image.path.name}",
         OSP_IMG_FORMAT="diskdump",
@@ -119,6 +123,15 @@ def deploy(family: str, helper_dir: Path, workdir: Path) -> Deployed:
     print(f"\n[timing] {family}: create took {seconds:.1f}s")
     _done[family] = Deployed(image, disk, monitor_messages(result.stderr), seconds)
     return _done[family]
+
+
+def helper_warnings(done: Deployed) -> list[str]:
+    return [m["messages"][0] for m in done.messages if m.get("subtype") == "warning"]
+
+
+def rejections(done: Deployed) -> list[str]:
+    """The partitions detection turned down, with its reasons."""
+    return [w for w in helper_warnings(done) if w.startswith("Partition ")]
 
 
 def inspect(probe_dir: Path, disk: Path, inspect: list[dict]) -> tuple[list[dict], dict[int, int]]:
@@ -249,8 +262,9 @@ def test_netbsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
 
 def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     done = deploy("freebsd", helper_dir, workdir)
-    warnings = [m["messages"][0] for m in done.messages if m.get("subtype") == "warning"]
+    warnings = helper_warnings(done)
     assert "Detected OSFAMILY: freebsd" in warnings and "Detected ROOT_PARTITION: 3" in warnings
+    assert rejections(done) == []  # freebsd-boot and freebsd-swap are never candidates
     verify = subprocess.run(["sgdisk", "--verify", str(done.disk)], capture_output=True, text=True)
     assert "No problems found" in verify.stdout, verify.stdout  # backup header at the new end
     total = DISK // SECTOR
@@ -272,6 +286,26 @@ def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     assert "/usr/sbin/pwd_mkdb -p /etc/master.passwd" in rc_local and "rm -f /etc/rc.local" in rc_local
     ssh_dir = next(f["entries"] for f in facts if f.get("dir") == "/etc/ssh")
     assert ssh_dir == ["moduli", "sshd_config"]
+
+
+def test_freebsd_ufs1_root_after_a_rejected_ufs2_partition(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
+    """Detection mounts each UFS with the ufstype its superblock shows, and says why it turned /var down."""
+    done = deploy("freebsd-ufs1", helper_dir, workdir)
+    warnings = helper_warnings(done)
+    assert "Detected OSFAMILY: freebsd" in warnings and "Detected ROOT_PARTITION: 4" in warnings
+    assert rejections(done) == ["Partition 3 is not a freebsd root: its UFS2 filesystem has no /etc/fstab"]
+    total = DISK // SECTOR
+    facts, partitions = inspect(probe_dir, done.disk, [
+        {"partition": 4, "paths": COMMON_PATHS},
+        {"partition": 3, "paths": ["/log/messages"]},
+    ])  # fmt: skip
+    assert partitions[4] == total - 2048 - 51200 and partitions[3] == 16 * MIB // SECTOR  # the root grown
+    assert {f["partition"]: f["ufstype"] for f in facts if "ufstype" in f} == {4: "44bsd", 3: "ufs2"}
+    found = files(facts)
+    check_common(found, "freebsd", "$6$", passlib_hash.sha512_crypt.verify)
+    rc_conf = found["/etc/rc.conf"]["text"].splitlines()
+    assert 'hostname="freebsdufs11.example.test"' in rc_conf and 'growfs_enable="YES"' in rc_conf
+    assert found["/log/messages"]["text"].startswith("Jan  1 00:00:00 freebsd-image syslogd")  # /var untouched
 
 
 def test_debian_kernel_is_a_clear_error(workdir: Path, tmp_path: Path) -> None:

@@ -102,6 +102,67 @@ def test_help_and_version():
     assert "deploy" in snf_image("--help").stdout
 
 
+def test_deploy_takes_an_image_file_by_its_path(setup, tmp_path):
+    """--image ./FILE deploys that file (the person chose it), wherever IMAGE_DIR points."""
+    image, disk, conf = setup
+    (conf / "snf-image.conf").write_text(f"IMAGE_DIR={tmp_path / 'elsewhere'}\n")
+    args = deploy_args(disk, conf)
+    args[args.index("local://img.raw")] = "./img.raw"
+    result = subprocess.run(
+        ["/usr/bin/python3", "-m", "snf_image", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert disk.read_bytes()[: 8 * MiB] == image.read_bytes()
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("summary: operation=create instance=snf-image-guest image=local://img.raw source=local")
+    assert f"bytes={8 * MiB} " in summary and summary.endswith("result=success"), summary
+
+    args[args.index("./img.raw")] = "./missing.img"
+    result = snf_image(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "snf-image: error: --image: no such image file: ./missing.img "
+        "(an image id needs a scheme: local://, https://, ...)"
+    ]
+
+
+def test_helper_build_says_what_it_does(tmp_path):
+    """A helper dir already up to date: said, and nothing built; HELPER_DIR's Ganeti status left alone."""
+    from tests import helpervm
+
+    built = helpervm.ensure_helper()
+    target = tmp_path / "helper"
+    target.mkdir()
+    for name in ("image", "kernel", "initrd-base", "packages", ".base-key", "initrd", "version"):
+        (target / name).symlink_to(built / name)
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "snf-image.conf").write_text(f"HELPER_DIR={tmp_path / 'other'}\n")
+    result = snf_image("--config-dir", str(conf), "helper", "build", "--helper-dir", str(target))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"The helper VM image in {target} is up to date; nothing to build.",
+        f"Ganeti uses HELPER_DIR={tmp_path / 'other'}, not this directory.",
+    ]
+
+
+def test_helper_status(tmp_path):
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "snf-image.conf").write_text(f"HELPER_DIR={tmp_path / 'helper'}\n")
+    result = snf_image("--config-dir", str(conf), "helper", "status")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith(
+        "snf-image: the helper VM image is not ready: helper image is missing"
+    )
+    assert "build it with: snf-image helper build" in result.stdout
+
+
 def test_the_password_comes_from_a_file_or_standard_input(tmp_path, monkeypatch):
     from snf_image import cli
 

@@ -83,6 +83,9 @@ def test_verify_checks_that_a_source_resolves_the_image(osdef):
     assert b"ERROR: img_id: image 'missing.img' not found" in result.stderr
     result = osdef.run("verify", verify_env(img_id="local://../../etc/passwd", img_format="diskdump"), "parameters")
     assert b"points outside the image directory" in result.stderr
+    result = osdef.run("verify", verify_env(img_id="pithos://a/c/../../b/o", img_format="diskdump"), "parameters")
+    assert result.returncode == 1
+    assert b"ERROR: invalid image id 'pithos://a/c/../../b/o': '.' and '..' segments are not allowed" in result.stderr
 
 
 def test_the_helper_image_is_not_an_image(osdef):
@@ -129,6 +132,10 @@ def test_create_failure_is_one_image_error_and_leaves_the_disk(osdef, tmp_path):
         # refused before disk 0 is written, not by the helper VM afterwards
         ({"DISK_COUNT": "2", "DISK_1_URI": "nbds://127.0.0.1/x"}, "ERROR: DISK_1_URI: unsupported disk 'nbds://"),
         ({"DISK_0_PATH": "nbds+unix:///x?socket=/run/x.sock"}, "ERROR: DISK_0_PATH: unsupported disk 'nbds+unix:///x'"),
+        (
+            {"OSP_IMG_ID": "pithos://a/c/%2e%2e/%2e%2e/b/o"},
+            "ERROR: invalid image id 'pithos://a/c/%2e%2e/%2e%2e/b/o': '.' and '..' segments are not allowed",
+        ),
     ],
 )
 def test_create_refuses_bad_input_with_one_line(osdef, tmp_path, change, message):

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests import guests, helpervm, leftovers
-from tests.httpserver import ImageServer
 from tests.osenv import create_env, install
+from tests.servers import ImageServer
 
 pytestmark = pytest.mark.vm
 

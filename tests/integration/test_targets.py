@@ -2,10 +2,7 @@
 
 import os
 import re
-import socket
-import subprocess
 import tempfile
-import time
 
 import pytest
 
@@ -14,7 +11,7 @@ from snf_image.errors import OperatorError
 from snf_image.lifecycle import INHERITED_VARIABLES
 from snf_image.sources.local import LocalStream
 from snf_image.targets import BlockTarget, NbdTarget, TargetError, open_target
-from tests import leftovers, loopdev
+from tests import leftovers, loopdev, nbdserver
 
 MiB = 1024 * 1024
 
@@ -42,50 +39,20 @@ def test_block_device_gets_exact_bytes_and_zeroed_runs(tmp_path):
     assert os.stat(backing).st_blocks * 512 < 24 * MiB
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nbd_export(tmp_path):
     """A real qemu-nbd serving a disk file on loopback TCP."""
     disk = tmp_path / "remote-disk.raw"
     disk.write_bytes(b"\xa5" * (32 * MiB))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "qemu-nbd",
-            "--format=raw",
-            "--bind=127.0.0.1",
-            f"--port={port}",
-            "--export-name=disk0",
-            "--persistent",
-            "--shared=4",
-            str(disk),
-        ],
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "qemu-nbd did not start"
-            time.sleep(0.05)
-    yield disk, f"nbd://127.0.0.1:{port}/disk0"
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stderr.close()
+    with nbdserver.serve(disk) as server:
+        yield disk, server
 
 
 def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
-    disk, uri = nbd_export
+    disk, server = nbd_export
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
-    with open_target(uri) as target:
+    with open_target(server.uri) as target:
         assert isinstance(target, NbdTarget) and target.size == 32 * MiB
         with LocalStream(image) as stream:
             copy_stream(stream, target, total=stream.size)
@@ -96,8 +63,7 @@ def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
 
 def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export, monkeypatch):
     """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd, our child."""
-    disk, uri = nbd_export
-    legacy = uri.replace("nbd://127.0.0.1:", "nbd:127.0.0.1:").replace("/disk0", ":exportname=disk0")
+    disk, export = nbd_export
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
     private_tmp = tmp_path / "tmp"
@@ -105,7 +71,7 @@ def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export, monkeypatch
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     monkeypatch.setenv("OSP_IMG_PASSWD", "never-in-a-child-8231")
     watch = leftovers.Watch(marker=private_tmp, tmpdir=private_tmp)
-    with open_target(legacy) as target:
+    with open_target(export.qemu_uri) as target:
         assert target.size == 32 * MiB
         (server,) = [pid for pid in leftovers.descendants() if f"--socket={private_tmp}" in leftovers.cmdline(pid)]
         names = {line.partition("=")[0] for line in leftovers.environ(server).split("\n") if line}

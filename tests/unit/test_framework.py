@@ -244,7 +244,7 @@ def run_runner(tmp_path: Path, props: dict[str, str], tasks: list[LoadedTask], *
             tasks=tasks,
             target=tmp_path,
             table_reader=one_partition,
-            detector=kw.pop("detector", lambda dev: ("linux", 1)),
+            detector=kw.pop("detector", lambda dev, warn: ("linux", 1)),
             **kw,
         )
     finally:
@@ -267,7 +267,7 @@ def test_runner_exclude_all_tasks(tmp_path: Path) -> None:
 def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
     seen: list[Context] = []
     task = LoadedTask(Task(name="Look", order=1, families=ALL), seen.append)
-    lines = run_runner(tmp_path, {}, [task], detector=lambda dev: ("linux", 1))
+    lines = run_runner(tmp_path, {}, [task], detector=lambda dev, warn: ("linux", 1))
     assert [m for ln in lines if ln["subtype"] == "warning" for m in ln["messages"]] == [
         "Needed image properties are missing. Autodetecting them...",
         "Detected OSFAMILY: linux",
@@ -279,7 +279,7 @@ def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
 
 
 def test_runner_uses_given_properties(tmp_path: Path) -> None:
-    def no_detection(dev: Path) -> None:
+    def no_detection(dev: Path, warn: object) -> None:
         raise AssertionError("must not detect")
 
     seen: list[Context] = []
@@ -307,7 +307,7 @@ def test_runner_rejects_bad_properties(tmp_path: Path, props: dict[str, str], me
 
 def test_runner_detection_failure(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="Unable to detect"):
-        run_runner(tmp_path, {}, [], detector=lambda dev: None)
+        run_runner(tmp_path, {}, [], detector=lambda dev, warn: None)
 
 
 def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:

@@ -73,12 +73,22 @@ def test_variant_files_are_required(tmp_path):
         ("HELPER_USER='  '", "HELPER_USER is empty"),
         ("HELPER_USER=root", "HELPER_USER: 'root' is root"),
         ("HELPER_ALLOW_NO_SECCOMP=perhaps", "HELPER_ALLOW_NO_SECCOMP"),
+        ("CONVERTER_MEMORY=0", "CONVERTER_MEMORY"),
+        ("CONVERTER_CPU_TIME=forever", "CONVERTER_CPU_TIME"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path, line, message):
     _write(tmp_path / "snf-image.conf", line + "\n")
     with pytest.raises(OperatorError, match=message):
         load_settings(tmp_path, tmp_path, "")
+
+
+def test_converter_limits_default_and_override(tmp_path):
+    from snf_image.formats.sandbox import SandboxConfig
+
+    assert SandboxConfig.from_settings(load_settings(tmp_path, tmp_path, "")) == SandboxConfig("nobody", 1024, 1800)
+    _write(tmp_path / "snf-image.conf", "HELPER_USER=converter\nCONVERTER_MEMORY=512\nCONVERTER_CPU_TIME=90.5s\n")
+    assert SandboxConfig.from_settings(load_settings(tmp_path, tmp_path, "")) == SandboxConfig("converter", 512, 91)
 
 
 def test_obsolete_keys_of_the_original_still_load(tmp_path, caplog):
@@ -99,3 +109,13 @@ def test_source_priorities_and_disabling(tmp_path):
     assert settings.source_disabled("pithos") and settings.source_disabled("null")
     assert not settings.source_disabled("local")
     assert settings.source_config("local")["IMAGE_DIR"] == "/srv/images"
+
+
+def test_image_cache_settings(tmp_path):
+    settings = load_settings(config_dir=tmp_path)
+    assert (settings.image_cache_dir, settings.image_cache_size) == (Path("/var/cache/snf-image/images"), 0)
+    for value, size in [("0", 0), ("1048576", 1048576), ("500M", 500 << 20), ("20G", 20 << 30), ("1TiB", 1 << 40)]:
+        assert load_settings(config_dir=tmp_path, overrides={"IMAGE_CACHE_SIZE": value}).image_cache_size == size
+    for bad in ("-1", "1.5G", "lots", ""):
+        with pytest.raises(OperatorError, match="IMAGE_CACHE_SIZE must be a size like 0, 500M, 20G"):
+            load_settings(config_dir=tmp_path, overrides={"IMAGE_CACHE_SIZE": bad})
