@@ -161,18 +161,20 @@ def parse_duration(value: str, name: str) -> float:
 
 
 def _helper_user(value: str) -> str:
-    """The user qemu drops to: never empty (qemu would keep root), never root itself."""
+    """The user qemu and the image converter run as: never empty (qemu would keep root), never privileged."""
     user = value.strip()
     if not user:
         raise OperatorError(
-            "setting HELPER_USER is empty: the helper VM must not run as root; name an unprivileged user"
+            "setting HELPER_USER is empty: the helper VM and the image converter must run as an unprivileged user"
         )
     try:
-        uid = pwd.getpwnam(user).pw_uid
+        entry = pwd.getpwnam(user)
     except KeyError:
-        uid = None  # not on this node: qemu's -runas says so when the helper starts
-    if uid == 0:
-        raise OperatorError(f"setting HELPER_USER: {user!r} is root; the helper VM must run as an unprivileged user")
+        return user  # not on this node: qemu's -runas and the converter say so when they start
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise OperatorError(
+            f"setting HELPER_USER: {user!r} is privileged; the helper VM and the image converter must not run as root"
+        )
     return user
 
 

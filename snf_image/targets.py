@@ -30,7 +30,6 @@ import struct
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 from . import lifecycle
 from .errors import OperatorError, SnfImageError
@@ -186,6 +185,7 @@ class NbdTarget(DiskTarget):
         self.name = uri
         self._readonly = readonly
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._dir_fd: int | None = None
         self._children = contextlib.ExitStack()
         self._handle = nbd.NBD()
         self._nbd_error = nbd.Error
@@ -206,7 +206,10 @@ class NbdTarget(DiskTarget):
     def _start_qemu_nbd(self, uri: str) -> str:
         """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path once it listens."""
         self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-nbd-")
-        socket_path = str(Path(self._tmpdir.name) / "disk.sock")
+        # a unix socket's path has at most 107 bytes and TMPDIR may be longer: both qemu-nbd and we
+        # reach the directory through this descriptor (qemu-nbd inherits it under the same number)
+        self._dir_fd = os.open(self._tmpdir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        socket_path = f"/proc/self/fd/{self._dir_fd}/disk.sock"
         argv = [
             "qemu-nbd",
             "--format=raw",
@@ -221,6 +224,7 @@ class NbdTarget(DiskTarget):
             lifecycle.spawned(
                 argv,
                 grace=QEMU_NBD_STOP_TIMEOUT,
+                pass_fds=(self._dir_fd,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -279,6 +283,9 @@ class NbdTarget(DiskTarget):
             with contextlib.suppress(Exception):  # already disconnected: nothing to release
                 handle.shutdown()
         self._children.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None

@@ -148,6 +148,23 @@ def test_create_killed_during_the_copy(osdef, tmp_path, sig):
 
 
 @pytest.mark.parametrize("sig", TERMINATING, ids=lambda s: s.name)
+def test_create_killed_while_a_qcow2_image_is_converted(osdef, tmp_path, sig):
+    """The converter (qemu-storage-daemon in bubblewrap) is stopped with the deployment."""
+    _, disk = big_local_image(osdef, tmp_path)
+    raw = osdef.image_dir / "big.img"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, raw.with_suffix(".qcow2")], check=True)
+    raw.unlink()
+    env = create_env("kill.qcow2", disk, OSP_IMG_ID="local://big.qcow2", OSP_IMG_FORMAT="diskdump")
+    deployment, watch = start(osdef, "create", env, tmp_path)
+    deployment.wait_until(lambda d: d.info_seen("Starting image copy (converting the qcow2 image)..."), "converting")
+    converter = [p for p in leftovers.descendants() if "qemu-storage-daemon" in leftovers.cmdline(p)]
+    assert converter, "no converter running"
+    kill_and_check(deployment, watch, sig, "create: qcow2 conversion")
+    assert not deployment.info_seen("Image copy finished.")
+    one_image_error(deployment, sig)
+
+
+@pytest.mark.parametrize("sig", TERMINATING, ids=lambda s: s.name)
 def test_create_killed_during_a_stalled_download(osdef, tmp_path, sig):
     disk = tmp_path / "disk.raw"
     disk.write_bytes(bytes(8 * MiB))

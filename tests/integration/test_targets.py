@@ -62,18 +62,21 @@ def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
 
 
 def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export, monkeypatch):
-    """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd, our child."""
+    """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd, our child.
+
+    Its socket lives in a TMPDIR too long for a unix socket's path (107 bytes).
+    """
     disk, export = nbd_export
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
-    private_tmp = tmp_path / "tmp"
+    private_tmp = tmp_path / ("long-tmpdir-" + "x" * 100)
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     monkeypatch.setenv("OSP_IMG_PASSWD", "never-in-a-child-8231")
     watch = leftovers.Watch(marker=private_tmp, tmpdir=private_tmp)
     with open_target(export.qemu_uri) as target:
         assert target.size == 32 * MiB
-        (server,) = [pid for pid in leftovers.descendants() if f"--socket={private_tmp}" in leftovers.cmdline(pid)]
+        (server,) = [pid for pid in leftovers.descendants() if "--socket=/proc/self/fd/" in leftovers.cmdline(pid)]
         names = {line.partition("=")[0] for line in leftovers.environ(server).split("\n") if line}
         assert names <= set(INHERITED_VARIABLES) and "never-in-a-child-8231" not in leftovers.environ(server)
         with LocalStream(image) as stream:

@@ -71,7 +71,7 @@ def test_variant_files_are_required(tmp_path):
         ("HELPER_ACCEL=xen", "HELPER_ACCEL"),
         ("HELPER_USER=", "HELPER_USER is empty"),
         ("HELPER_USER='  '", "HELPER_USER is empty"),
-        ("HELPER_USER=root", "HELPER_USER: 'root' is root"),
+        ("HELPER_USER=root", "HELPER_USER: 'root' is privileged"),
         ("HELPER_ALLOW_NO_SECCOMP=perhaps", "HELPER_ALLOW_NO_SECCOMP"),
         ("CONVERTER_MEMORY=0", "CONVERTER_MEMORY"),
         ("CONVERTER_CPU_TIME=forever", "CONVERTER_CPU_TIME"),
