@@ -15,7 +15,9 @@ Every child starts through :func:`spawned`:
 * with a parent-death signal (``setpriv --pdeathsig``), so that even a SIGKILL of this process,
   which runs no code at all, takes the child down. A child that changes its credentials
   (qemu's ``-runas``) loses that signal: run it under a supervisor that keeps it
-  (:mod:`snf_image.jail.vm` uses coreutils' ``timeout``).
+  (:mod:`snf_image.jail.vm` uses coreutils' ``timeout``, whose own deadline also covers a
+  SIGKILL in the instant before setpriv has set the signal). The signal follows the *thread*
+  that started the child: children are started from the main thread, which lives as long as we do.
 """
 
 from __future__ import annotations
