@@ -60,6 +60,8 @@ _RULES_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcn
 class _Outcome:
     returncode: int | None = None
     timed_out: bool = False
+    #: timed out because the console stayed silent (see boot's stall_timeout)
+    stalled: bool = False
     violation: str | None = None
     result: bytes = b""
     console_tail: deque = dataclasses.field(default_factory=lambda: deque(maxlen=CONSOLE_TAIL))
@@ -96,6 +98,7 @@ class _Relay:
         self.console = LineSplitter(CONSOLE_MAX_LINE, strict=False)
         self.qemu_out = LineSplitter(CONSOLE_MAX_LINE, strict=False)
         self.console_lines = 0
+        self.last_console = time.monotonic()
 
     def log_console(self, lines: list[bytes]) -> None:
         for raw in lines:
@@ -109,6 +112,7 @@ class _Relay:
 
     def handle(self, name: str, data: bytes) -> None:
         if name == "console":
+            self.last_console = time.monotonic()
             self.log_console(self.console.feed(data))
         elif name == "qemu":
             for raw in self.qemu_out.feed(data):
@@ -139,11 +143,13 @@ def _relay_until_exit(
     soft_timeout: float,
     hard_timeout: float,
     start: float,
+    stall_timeout: float | None = None,
 ) -> None:
     """Relay the channels until qemu exits: SIGTERM at the soft timeout, SIGKILL after the hard one.
 
     The supervisor does the escalation: it passes the SIGTERM on to qemu and SIGKILLs it
     ``hard_timeout`` seconds later; only if it has not after a margin more, this SIGKILLs them.
+    With ``stall_timeout``, a console silent for that long counts as the soft timeout too.
     """
     log = relay.log
     pidfd = os.pidfd_open(proc.pid)
@@ -156,9 +162,15 @@ def _relay_until_exit(
         exited = False
         while not exited:
             now = time.monotonic()
-            if hard is None and now >= soft:
+            stalled = stall_timeout is not None and now >= relay.last_console + stall_timeout
+            if hard is None and (now >= soft or stalled):
                 relay.outcome.timed_out = True
-                log(f"helper VM did not finish in {soft_timeout:g} s: sending SIGTERM (SIGKILL {hard_timeout:g} s on)")
+                relay.outcome.stalled = stalled and now < soft
+                if relay.outcome.stalled:
+                    why = f"console silent for {stall_timeout:g} s"
+                else:
+                    why = f"did not finish in {soft_timeout:g} s"
+                log(f"helper VM {why}: sending SIGTERM, SIGKILL {hard_timeout:g} s on")
                 proc.send_signal(signal.SIGTERM)
                 hard = now + hard_timeout + SUPERVISOR_MARGIN
             elif hard is not None and now >= hard:
@@ -166,6 +178,8 @@ def _relay_until_exit(
                 lifecycle.signal_group(proc, signal.SIGKILL)
                 hard = float("inf")
             wait = (soft if hard is None else hard) - now
+            if hard is None and stall_timeout is not None:
+                wait = min(wait, relay.last_console + stall_timeout - now)
             for key, _ in sel.select(max(0.0, min(wait, 1.0))):
                 if key.data == "exit":
                     exited = True
@@ -213,8 +227,13 @@ def boot(
     hard_timeout: float,
     on_progress: Callable[[dict], None],
     log: Callable[[str], None],
+    stall_timeout: float | None = None,
 ) -> _Outcome:
-    """Run qemu to its end, relaying the channels (our read ends in ``fds``); the VM is gone when this returns."""
+    """Run qemu to its end, relaying the channels (our read ends in ``fds``); the VM is gone when this returns.
+
+    ``stall_timeout``: give up as at the soft timeout once the console has been silent
+    that long (the KVM probe: a hung kernel prints nothing more).
+    """
     check_runnable(cmd[0])
     outcome = _Outcome()
     relay = _Relay(outcome, on_progress, log)
@@ -233,7 +252,7 @@ def boot(
                 os.set_blocking(proc.stdout.fileno(), False)
                 sources = {**fds, "qemu": proc.stdout.fileno()}
                 try:
-                    _relay_until_exit(proc, sources, relay, soft_timeout, hard_timeout, start)
+                    _relay_until_exit(proc, sources, relay, soft_timeout, hard_timeout, start, stall_timeout)
                 except ProtocolViolation as exc:
                     outcome.violation = str(exc)
                     log(f"helper VM broke the protocol ({exc}): killing it")
