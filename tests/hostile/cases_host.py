@@ -94,6 +94,8 @@ CASES = [
          boots=False),
     Case("host-helper-image", "the helper VM's own image (HELPER_DIR inside IMAGE_DIR) as the image",
          helper_image, "helper VM's directory", boots=False),
+    Case("host-fifo", "a FIFO as the image (would block the read forever)", fifo, "not a regular file",
+         boots=False),
     Case("host-device", "IMAGE_DIR entry symlinked to a host device node", device, OUTSIDE, boots=False),
     Case("host-redirect-file", "image URL redirecting to file:// of the canary", redirect_to_file,
          "redirect", boots=False),
