@@ -208,7 +208,7 @@ def mount_bsd(ctx: Context) -> None:
     for entry, number in chosen:
         if number == ctx.root_partition:
             continue
-        mountpoint = fsutil.resolve(ctx.target, entry.mountpoint)
+        mountpoint = fsutil.directory(ctx.target, entry.mountpoint)
         if not mountpoint.is_dir():
             raise TaskError(f"fstab mount point {entry.mountpoint} is not a directory in the image")
         mount_ufs(ctx, ctx.partition(number), mountpoint)
@@ -233,7 +233,7 @@ def mount_linux(ctx: Context) -> None:
         device = find_device(entry.device, partitions)
         if device == root:
             continue
-        mountpoint = fsutil.resolve(ctx.target, entry.mountpoint)
+        mountpoint = fsutil.directory(ctx.target, entry.mountpoint)
         if not mountpoint.is_dir():
             raise TaskError(f"fstab mount point {entry.mountpoint} is not a directory in the image")
         options = ["rw"]

@@ -98,6 +98,14 @@ class Tree:
             subprocess.run(["rm", "-rf", "--one-file-system", path], check=True)
         path.symlink_to(target)
 
+    def node(self, guest_path: str, mode: int, major: int = 0, minor: int = 0) -> None:
+        """A device node or FIFO (``stat.S_IFCHR | 0o666``, ...) at ``guest_path``, whatever was there gone."""
+        path = self.path(guest_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        os.mknod(path, mode, os.makedev(major, minor))
+
     def sparse(self, guest_path: str, size: int, head: str = "") -> None:
         """A file of ``size`` bytes that is a hole after ``head``."""
         self.write(guest_path, head)
