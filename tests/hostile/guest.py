@@ -157,26 +157,33 @@ def make_disk(
     *,
     table: str = "msdos",
     size: int = IMAGE_SIZE,
-    extra: str = "",
+    second: Tree | None = None,
+    second_size: int = 8 * MiB,
     mke2fs: tuple[str, ...] = (),
 ) -> Disk:
-    """``image``: a partition table (``table``: msdos or gpt) with the tree's ext4 at 1 MiB filling it.
+    """``image``: a partition table (``table``: msdos or gpt) with the tree's ext4 at 1 MiB as partition 1.
 
-    ``extra``: more sfdisk lines after the root partition (their contents stay zero).
+    ``second``: a second partition of ``second_size`` at the end, holding that tree's ext4.
+    ``mke2fs``: more options for the root filesystem.
     """
-    root_size = size - ROOT_START - (1 * MiB if table == "gpt" or extra else 0) - (8 * MiB if extra else 0)
-    fs_image = image.with_suffix(".fs")
-    make_ext4(tree, fs_image, root_size, *mke2fs)
+    room = (1 * MiB if table == "gpt" else 0) + (second_size if second is not None else 0)
+    root_size = size - ROOT_START - room
+    parts = [(tree, ROOT_START, root_size, mke2fs)]
+    if second is not None:
+        parts.append((second, ROOT_START + root_size, second_size, ()))
     with open(image, "wb") as f:
         f.truncate(size)
     label = "dos" if table == "msdos" else "gpt"
-    script = f"label: {label}\nunit: sectors\n\nstart={ROOT_START // SECTOR}, size={root_size // SECTOR}, type=" + (
-        "83\n" if table == "msdos" else "0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"
-    )
-    sh("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", image, input=(script + extra).encode())
-    sh("dd", f"if={fs_image}", f"of={image}", "bs=1M", f"seek={ROOT_START // MiB}", "conv=notrunc,sparse",
-       "status=none")  # fmt: skip
-    fs_image.unlink()
+    kind = "83" if table == "msdos" else "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+    lines = [f"label: {label}", "unit: sectors", ""]
+    lines += [f"start={start // SECTOR}, size={length // SECTOR}, type={kind}" for _, start, length, _ in parts]
+    sh("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", image, input=("\n".join(lines) + "\n").encode())
+    for number, (source, start, length, options) in enumerate(parts, start=1):
+        fs_image = image.with_suffix(f".fs{number}")
+        make_ext4(source, fs_image, length, *options)
+        sh("dd", f"if={fs_image}", f"of={image}", "bs=1M", f"seek={start // MiB}", "conv=notrunc,sparse",
+           "status=none")  # fmt: skip
+        fs_image.unlink()
     return Disk(image, ROOT_START, tree.fs_uuid)
 
 

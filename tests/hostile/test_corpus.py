@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpervm
-from tests.hostile import cases_formats, cases_guest, cases_host
+from tests.hostile import cases_disk, cases_formats, cases_guest, cases_host
 from tests.hostile.case import Case
 from tests.hostile.lab import SECRETS, Lab
 from tests.hostile.verdict import REFUSED, judge
@@ -26,6 +26,7 @@ CASES: list[Case] = [
     *cases_host.CASES,
     *cases_formats.CASES,
     *cases_guest.CASES,
+    *cases_disk.CASES,
 ]
 
 
