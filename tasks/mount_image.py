@@ -91,8 +91,10 @@ def to_mount(entries: list[FstabEntry]) -> list[FstabEntry]:
     """The entries MountImage mounts, sorted by mount point; TaskError for a non-persistent device name."""
     chosen = []
     for e in entries:
-        if e.mountpoint in ("/", "none", "swap") or not e.mountpoint.startswith("/"):
+        if e.mountpoint in ("none", "swap") or not e.mountpoint.startswith("/"):
             continue
+        if not os.path.normpath(e.mountpoint).strip("/"):
+            continue  # the root, however spelt ("/", "/.", "//"): never mounted over
         if e.fstype in SKIP_FSTYPES or e.device in ("none", "proc", "tmpfs") or "noauto" in e.options:
             continue
         if any(word in f"{e.device} {e.mountpoint}" for word in ("floppy", "cdrom")):
