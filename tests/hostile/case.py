@@ -27,6 +27,8 @@ class Case:
     harmless: Callable[[Lab], None] | None = None
     #: Whether the case reaches the helper VM (for the report; cases refused on the host boot nothing).
     boots: bool = True
+    #: Checked whatever the verdict: what hostile code reached, read back from the guest it wrote to.
+    afterwards: Callable[[Lab], None] | None = None
 
 
 def password_set(lab: Lab, text: str) -> None:

@@ -106,6 +106,7 @@ class Lab:
         self.config_url = self.secret_url(self.http({"/config.json": config}), "/config.json", CONFIG_TOKEN)
         self.output = root / "output"
         self.output.mkdir()
+        self.last_run: Run | None = None
 
     @property
     def image_dir(self) -> Path:
@@ -188,7 +189,7 @@ class Lab:
             for path, stamp in _files(self.root).items()
             if before.get(path) != stamp and path not in (self.disk, out, err, monitor_out)
         }
-        return Run(
+        self.last_run = Run(
             returncode=proc.returncode,
             stdout=out.read_text(errors="replace"),
             stderr=err.read_text(errors="replace"),
@@ -198,6 +199,7 @@ class Lab:
             children=children,
             files=made,
         )
+        return self.last_run
 
     def close(self) -> None:
         for server in self.servers:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpervm
-from tests.hostile import cases_disk, cases_formats, cases_guest, cases_host
+from tests.hostile import cases_code, cases_disk, cases_formats, cases_guest, cases_host
 from tests.hostile.case import Case
 from tests.hostile.lab import SECRETS, Lab
 from tests.hostile.verdict import REFUSED, judge
@@ -27,6 +27,7 @@ CASES: list[Case] = [
     *cases_formats.CASES,
     *cases_guest.CASES,
     *cases_disk.CASES,
+    *cases_code.CASES,
 ]
 
 
@@ -56,6 +57,8 @@ def test_hostile_case(case: Case, tmp_path: Path, helper_dir: Path) -> None:
             disk=lab.disk,
             secrets=SECRETS,
         )
+        if case.afterwards is not None:
+            case.afterwards(lab)
     finally:
         lab.close()
     said = run.error_lines[0].removeprefix("ERROR: ") if outcome == REFUSED else ""
