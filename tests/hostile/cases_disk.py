@@ -188,7 +188,8 @@ def fstab_hundreds(lab: Lab) -> Deployment:
     """500 fstab lines: junk, and 40 entries mounting the second partition inside itself, ever deeper."""
     second = second_fs(lab, "n")
     depth = 40
-    entries = [f"UUID={second.fs_uuid} /mnt{'/n' * level} ext4 defaults 0 2" for level in range(1, depth + 1)]
+    options = "suid,dev,exec,X-mount.mkdir=0777"  # ignored: the helper mounts rw, whatever fstab asks
+    entries = [f"UUID={second.fs_uuid} /mnt{'/n' * level} ext4 {options} 0 2" for level in range(1, depth + 1)]
     junk = [f"# {i}\n garbage line {i}\tx" for i in range(230)]
 
     def edit(t: Tree) -> None:

@@ -128,6 +128,18 @@ def personality_final_link_harmless(lab: Lab) -> None:
     assert found.read("/etc/motd") == "hi\n"
 
 
+def interfaces_to_shadow(lab: Lab) -> Deployment:
+    """/etc/network/interfaces -> /etc/shadow: ConfigureNetwork backs it up, then writes its own."""
+    return deploy(lab, lambda t: t.link("etc/network/interfaces", "/etc/shadow"))
+
+
+def interfaces_harmless(lab: Lab) -> None:
+    found = tasks_did_their_work(lab)
+    entry = found.entry("/etc/network/interfaces")
+    assert entry is not None and entry.kind == "regular", entry
+    assert "address 192.0.2.10" in found.read("/etc/network/interfaces")
+
+
 def hostname_loop(lab: Lab) -> Deployment:
     def edit(t: Tree) -> None:
         t.link("etc/hostname", "hostname.d/x")
@@ -176,6 +188,16 @@ def hosts_hard_link_harmless(lab: Lab) -> None:
 
 
 # --- a symlinked directory on the way ----------------------------------------------------------------
+
+
+def etc_elsewhere(lab: Lab) -> Deployment:
+    """/etc -> /srv/etc, a whole copy: the guest boots with it, but every write in /etc would land in /srv."""
+
+    def edit(t: Tree) -> None:
+        t.path("etc").rename(t.path("srv/etc"))
+        t.link("etc", "/srv/etc")
+
+    return deploy(lab, edit)
 
 
 def etc_network_elsewhere(lab: Lab) -> Deployment:
@@ -275,6 +297,8 @@ CASES = [
          harmless=host_key_harmless),
     Case("guest-personality-final-link", "personality file /etc/motd -> /etc/shadow", personality_final_link,
          harmless=personality_final_link_harmless),
+    Case("guest-interfaces-to-shadow", "/etc/network/interfaces -> /etc/shadow", interfaces_to_shadow,
+         harmless=interfaces_harmless),
     Case("guest-hostname-loop", "/etc/hostname in a loop of symlinks", hostname_loop, "/etc/hostname"),
     Case("guest-hostname-fifo", "/etc/hostname is a FIFO (a read would block)", hostname_fifo,
          harmless=replaced_node_harmless),
@@ -283,6 +307,8 @@ CASES = [
     Case("guest-shadow-directory", "/etc/shadow is a directory", shadow_directory, "/etc/shadow"),
     Case("guest-hosts-hard-link", "/etc/hosts is a hard link to /etc/shadow", hosts_hard_link,
          harmless=hosts_hard_link_harmless),
+    Case("guest-etc-elsewhere", "/etc -> /srv/etc (every file the tasks write)", etc_elsewhere,
+         f"/etc is a {LINK}"),
     Case("guest-etc-network-elsewhere", "/etc/network -> /srv/net (interfaces written there)",
          etc_network_elsewhere, f"/etc/network.*{LINK}"),
     Case("guest-root-ssh-to-etc", "/root/.ssh -> /etc (authorized_keys would land in /etc)", root_ssh_to_etc,
