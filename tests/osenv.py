@@ -40,7 +40,9 @@ class OsDefinition:
         return self.root / "tmp"
 
     def configure(self, **settings: str) -> None:
-        lines = [f'{key}="{value}"' for key, value in {"IMAGE_DIR": str(self.image_dir), **settings}.items()]
+        # the installation's own helper slots: tests of other checkouts on this machine do not queue with its VMs
+        private = {"IMAGE_DIR": str(self.image_dir), "HELPER_SLOTS_DIR": str(self.root / "helper-slots")}
+        lines = [f'{key}="{value}"' for key, value in {**private, **settings}.items()]
         (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
 
     def run(
