@@ -13,13 +13,13 @@ order, first hit wins. The partition type names the family to look for;
 a look inside confirms it. msdos a5/a6/a9 are FreeBSD/OpenBSD/NetBSD slices
 whose root is the ``a`` partition of the slice's disklabel, numbered as the
 kernel numbers it (after the logical partitions); 07 (NTFS) with
-``windows/system32`` is Windows; 83 with ``/etc/fstab`` is Linux. GPT: the
-FreeBSD UFS GUID is FreeBSD, the Microsoft basic data GUID Windows; the
-types that never hold a root (swap, boot loaders, EFI system) are passed
-over and anything else is checked for Linux. A BSD root is a UFS1 or UFS2
-filesystem (the superblock says which, and Linux must be told) with
-``/etc/fstab``. Every candidate turned down is named, with the reason, in
-a warning the operator sees.
+``Windows/System32`` (or ``WINNT``, any case) is Windows; 83 with
+``/etc/fstab`` is Linux. GPT: the FreeBSD UFS GUID is FreeBSD, the Microsoft
+basic data GUID Windows; the types that never hold a root (swap, boot
+loaders, EFI system) are passed over and anything else is checked for
+Linux. A BSD root is a UFS1 or UFS2 filesystem (the superblock says which,
+and Linux must be told) with ``/etc/fstab``. Every candidate turned down is
+named, with the reason, in a warning the operator sees.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import disklabel, disks, fsutil, registry, ufs
+from . import disklabel, disks, fsutil, registry, ufs, windows
 from .commands import CommandError, TaskError
 
 log = logging.getLogger(__name__)
@@ -282,20 +282,6 @@ def detect(table: Table, probe: Probe, warn: Callable[[str], None]) -> tuple[str
     return None
 
 
-def _find_icase(root: Path, path: str) -> Path | None:
-    """``path`` under ``root`` matching each component case-insensitively, as Windows would."""
-    current = root
-    for part in path.strip("/").split("/"):
-        try:
-            match = next((e for e in current.iterdir() if e.name.lower() == part.lower()), None)
-        except OSError:
-            return None
-        if match is None or match.is_symlink():
-            return None
-        current = match
-    return current
-
-
 def windows_version(root: Path) -> str:
     """The OSFAMILY of a mounted Windows root: "windows", or "windows-legacy" for NT < 6 (XP/2003).
 
@@ -303,9 +289,10 @@ def windows_version(root: Path) -> str:
     unreadable hive leaves it "windows", and InstallUnattend reports the
     problem with the image.
     """
-    software = _find_icase(root, "windows/system32/config/software")
+    windir = windows.windows_dir(root)
+    software = fsutil.resolve(root, f"{windir}/System32/config/SOFTWARE", ignore_case=True) if windir else None
     if software is None or not software.is_file():
-        log.info("no SOFTWARE hive under windows/system32/config")
+        log.info("no SOFTWARE hive under the Windows directory")
         return "windows"
     try:
         with registry.opened(software) as hive:
@@ -343,9 +330,8 @@ def probe_partition(device: Path, number: int, check: str) -> str:
     try:
         with disks.mounted(part, fstype=mount_type, options=options) as root:
             if check == CHECK_WINDOWS:
-                system32 = _find_icase(root, "windows/system32")
-                if system32 is None or not system32.is_dir():
-                    raise Rejected(f"its {holds} has no windows/system32")
+                if windows.windows_dir(root) is None:
+                    raise Rejected(f"its {holds} has no Windows/System32")
                 return windows_version(root)
             if not fsutil.resolve(root, "/etc/fstab").is_file():
                 raise Rejected(f"its {holds} has no /etc/fstab")

@@ -12,12 +12,13 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import params, summary, windows
+from . import hostkeys, params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
-from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
+from .contract.rules import HostKey, PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings, new_result_token
 from .copy import HashingStream, copy_stream, verify_checksum
 from .errors import ImageError
 from .formats import convert, headers, mbr, sniff, streams
@@ -219,6 +220,7 @@ def build_rules(
     implied_properties: Mapping[str, str] | None = None,
     answer_files: Mapping[str, str] | None = None,
     answer_properties: Mapping[str, str] | None = None,
+    ssh_host_keys: tuple[HostKey, ...] = (),
     only_tasks: tuple[str, ...] | None = None,
 ) -> Rules:
     """The per-deployment rules for the jail, complete.
@@ -234,6 +236,7 @@ def build_rules(
     p = os_params
     return Rules(
         instance_name=instance.name,
+        result_token=new_result_token(),
         old_instance_name=instance.old_name,
         hypervisor=instance.hypervisor,
         img_format=p.img_format if p else FORMAT_DISKDUMP,
@@ -258,6 +261,7 @@ def build_rules(
             cloud_init_debug=settings.cloud_init_debug,
         ),
         files=dict(answer_files or {}),
+        ssh_host_keys=ssh_host_keys,
         only_tasks=only_tasks,
         debug=settings.helper_debug,
     )
@@ -301,19 +305,10 @@ def _run_helper(instance: Instance, settings: Settings, rules: Rules, progress: 
     problem = schemas.first_error("rules", json.loads(data))
     if problem is not None:
         raise AssertionError(f"built invalid rules: {problem}")
-    config = jail.HelperConfig(
-        helper_dir=settings.helper_dir,
-        memory_mib=settings.helper_memory,
-        soft_timeout=settings.helper_soft_timeout,
-        hard_timeout=settings.helper_hard_timeout,
-        user=settings.helper_user,
-        accel=settings.helper_accel,
-        debug=settings.helper_debug,
-        qemu=settings.helper_qemu,
-    )
+    config = jail.HelperConfig.from_settings(settings)
     disks = [jail.JailDisk(disk.target, disk.index, readonly=disk.access == "ro") for disk in instance.disks]
     progress.info("Starting customization VM...")
-    jail.run_helper(config, disks, data, progress.helper, log=_helper_log)
+    jail.run_helper(config, disks, data, progress.helper, log=_helper_log, token=rules.result_token)
     progress.info("Customization VM exited normally.")
 
 
@@ -326,7 +321,9 @@ def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, 
     os_params = collect_params(osparams, settings)
     # before the copy: a bad WINDOWS_TIMEZONE or an unreachable os_answer_file fails fast
     files, answer_properties = windows.answer_files(settings, os_params.os_answer_file)
-    outcome = copy_image(instance, os_params, settings, progress)
+    with ThreadPoolExecutor(max_workers=1) as keygen:  # the instance's SSH host keys, made while the image copies
+        host_keys = keygen.submit(hostkeys.generate, instance.name)
+        outcome = copy_image(instance, os_params, settings, progress)
     rules = build_rules(
         instance,
         settings,
@@ -334,6 +331,7 @@ def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, 
         implied_properties=outcome.implied_properties,
         answer_files=files,
         answer_properties=answer_properties,
+        ssh_host_keys=host_keys.result(),
     )
     customize(instance, settings, rules, progress)
     progress.info("Image customization finished successfully.")

@@ -12,7 +12,7 @@ import yaml
 from helper.commands import TaskError
 from snf_image.contract.rules import RulesNic, RulesSettings
 from tasks import _network
-from tasks._network import NicPlan, plan_nics
+from tasks._nics import NicPlan, plan_nics
 
 SETTINGS = RulesSettings(
     dhcp_tags=("auto", "dhcp", "nfdhcpd"),
