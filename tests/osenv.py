@@ -45,20 +45,23 @@ class OsDefinition:
         lines = [f'{key}="{value}"' for key, value in {**private, **settings}.items()]
         (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
 
-    def run(
-        self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()
-    ) -> subprocess.CompletedProcess:
-        full = {
+    def script_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The whole environment a script gets: Ganeti's PATH, our settings, a TMPDIR of its own, ``env``."""
+        return {
             "PATH": GANETI_PATH,
             "SNF_IMAGE_CONFIG_DIR": str(self.config_dir),
             "SNF_IMAGE_VARIANTS_DIR": str(self.variants_dir),
             "TMPDIR": str(self.tmpdir),
             **env,
         }
+
+    def run(
+        self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["./" + script, *args],
             cwd=self.os_dir,
-            env=full,
+            env=self.script_env(env),
             input=stdin,
             capture_output=True,
             umask=0o077,
@@ -66,12 +69,16 @@ class OsDefinition:
             timeout=600,
         )
 
+    def start(self, script: str, env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
+        """The script started as :meth:`run` runs it, without waiting (a test may signal it)."""
+        return subprocess.Popen(["./" + script, *args], cwd=self.os_dir, env=self.script_env(env), umask=0o077, **popen)
 
-def install(root: Path) -> OsDefinition:
-    """Symlink the repository as an OS definition and lay out settings under ``root``."""
+
+def install(root: Path, repo: Path = REPO) -> OsDefinition:
+    """Symlink the repository (or another checkout: benchmarks) as an OS definition; settings under ``root``."""
     definition = OsDefinition(root)
     definition.os_dir.parent.mkdir(parents=True)
-    os.symlink(REPO, definition.os_dir)
+    os.symlink(repo, definition.os_dir)
     for path in (definition.config_dir, definition.variants_dir, definition.image_dir, definition.tmpdir):
         path.mkdir()
     (definition.variants_dir / "default.conf").write_text("# default variant\n")
