@@ -93,28 +93,29 @@ def _fill(stream: ImageStream, view: memoryview, stop: threading.Event) -> tuple
     return filled, 0
 
 
-def _write_runs(target: DiskTarget, buffer: bytearray, length: int, offset: int) -> None:
-    """Write the data runs of ``buffer[:length]`` and zero its all-zero blocks."""
-    view = memoryview(buffer)
+def zero_runs(data: memoryview) -> Iterator[tuple[int, int, bool]]:
+    """The runs of ``data`` as (start, end, all zeros), judged per ZERO_BLOCK block."""
     run_start = 0
     run_is_zero: bool | None = None
-    for block in range(0, length, ZERO_BLOCK):
-        end = min(block + ZERO_BLOCK, length)
-        is_zero = buffer.startswith(_ZEROS[: end - block], block, end)
+    for block in range(0, len(data), ZERO_BLOCK):
+        end = min(block + ZERO_BLOCK, len(data))
+        is_zero = _ZEROS.startswith(data[block:end])  # a memcmp, no copy
         if run_is_zero is None:
             run_is_zero = is_zero
         elif is_zero != run_is_zero:
-            _flush_run(target, view, run_start, block, offset, run_is_zero)
+            yield run_start, block, run_is_zero
             run_start, run_is_zero = block, is_zero
     if run_is_zero is not None:
-        _flush_run(target, view, run_start, length, offset, run_is_zero)
+        yield run_start, len(data), run_is_zero
 
 
-def _flush_run(target: DiskTarget, view: memoryview, start: int, end: int, offset: int, zero: bool) -> None:
-    if zero:
-        target.zero(offset + start, end - start)
-    else:
-        target.write(offset + start, view[start:end])
+def _write_runs(target: DiskTarget, data: memoryview, offset: int) -> None:
+    """Write the data runs of ``data`` at ``offset`` and zero its all-zero blocks."""
+    for start, end, zero in zero_runs(data):
+        if zero:
+            target.zero(offset + start, end - start)
+        else:
+            target.write(offset + start, data[start:end])
 
 
 class _ReadAhead:
@@ -223,7 +224,7 @@ def copy_stream(
                 position += hole
             if n:
                 _check_fits(target, offset + position + n)
-                _write_runs(target, buffer, n, offset + position)
+                _write_runs(target, memoryview(buffer)[:n], offset + position)
                 behind.written(offset + position, n)
                 position += n
             reader.release(buffer)
