@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.osenv import OsDefinition
 
 #: Seconds between two looks at /proc.
-SAMPLE_INTERVAL = 0.02
+SAMPLE_INTERVAL = 0.1
 
 
 @dataclass
