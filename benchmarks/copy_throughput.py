@@ -11,9 +11,10 @@ before each run; the tools take turns, ``--runs`` rounds, and the medians are pr
 makes the copy durable before it exits: ours and dd flush (fsync), qemu-img -t writeback
 flushes when it closes the disk; qemu-img's default (cache=unsafe) never flushes, its
 output is still in the page cache when it exits. Each copy runs in a child process, so
-its peak RSS and CPU time are its own. ``--repo`` measures another checkout's copy.
+its peak RSS and CPU time are its own. ``--repo`` measures another checkout's copy;
+``--compare`` adds one (as "before") to the same rounds.
 
-  /usr/bin/python3 benchmarks/copy_throughput.py [--runs 5] [--repo /tmp/baseline] [--keep]
+  /usr/bin/python3 benchmarks/copy_throughput.py [--runs 5] [--repo DIR] [--compare /tmp/baseline] [--keep]
 """
 
 from __future__ import annotations
@@ -98,11 +99,17 @@ def timed(argv: list[str], disk: Path) -> Run:
     return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, written)
 
 
-def tools(repo: Path, disk: Path) -> dict[str, object]:
+def tools(repo: Path, disk: Path, compare: Path | None) -> dict[str, object]:
     ours = [sys.executable, "-c", OURS.format(repo=str(repo))]
+    theirs = [sys.executable, "-c", OURS.format(repo=str(compare))] if compare else []
+    before = {
+        "before": lambda src: [*theirs, str(src), str(disk)],
+        "before +sha256": lambda src: [*theirs, str(src), str(disk), "sha256"],
+    }
     return {
         "snf-image": lambda src: [*ours, str(src), str(disk)],
         "snf-image +sha256": lambda src: [*ours, str(src), str(disk), "sha256"],
+        **(before if compare else {}),
         "dd bs=4M fsync": lambda src: ["dd", f"if={src}", f"of={disk}", "bs=4M", "conv=notrunc,fsync", "status=none"],
         "qemu-img -t wb": lambda src: [
             *("qemu-img", "convert", "-t", "writeback", "-n", "-f", "raw", "-O", "raw"),
@@ -117,14 +124,17 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/snf-image-bench"))
     parser.add_argument("--runs", type=int, default=5, help="rounds; the medians are printed")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose copy is measured")
+    parser.add_argument("--compare", type=Path, help="another checkout, measured in the same rounds as 'before'")
     parser.add_argument("--keep", action="store_true", help="keep the generated images for the next run")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     images = make_images(args.dir)
     disk = args.dir / "disk.raw"
-    commands = tools(args.repo.resolve(), disk)
+    commands = tools(args.repo.resolve(), disk, args.compare.resolve() if args.compare else None)
     cold = drop_caches()
     print(f"snf-image from {args.repo.resolve()}; {args.runs} rounds, medians; load average {os.getloadavg()[0]:.1f}")
+    if args.compare:
+        print(f"'before' is the copy of {args.compare.resolve()}")
     print(f"page cache dropped before each run: {'yes' if cold else 'no (not allowed here)'}")
     header = f"{'image':28} {'tool':18} {'seconds':>8} {'MB/s':>6} {'CPU s':>6} {'RSS MiB':>8} {'written MiB':>12}"
     print(f"{header} {'vs snf-image':>13}")

@@ -88,6 +88,7 @@ try:
 except ImportError:  # before the structure work
     from helper import build as builder
 target = Path(sys.argv[1])
+helpervm.CACHE.mkdir(parents=True, exist_ok=True)
 with open(helpervm.CACHE / "helper.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     builder.build(target, helpervm.CACHE / "helper-build")
@@ -106,11 +107,19 @@ def fresh_node_state(argv: list[str]) -> None:
 
 
 def helper_for(repo: Path) -> Path:
-    """That checkout's helper image, built by its own code (the slow build cache is shared)."""
-    target = HELPERS / ("this" if repo == REPO else repo.name) / "helper"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", BUILD_HELPER, str(target)], cwd=repo, check=True, stdout=subprocess.DEVNULL)
-    return target
+    """That checkout's helper image, built by its own code.
+
+    This checkout shares the suite's build cache; another gets a cache of its own, as a
+    build removes the rootfs of other keys (its package list may differ).
+    """
+    place = HELPERS / ("this" if repo == REPO else repo.name)
+    env = dict(os.environ)
+    if repo != REPO:
+        env["SNF_IMAGE_TEST_CACHE"] = str(place / "cache")
+    place.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-c", BUILD_HELPER, str(place / "helper")]
+    subprocess.run(command, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+    return place / "helper"
 
 
 def events(log: str) -> list[tuple[float, str, dict | None]]:
@@ -164,15 +173,15 @@ def timeline(log: str) -> str:
     origin = seen[0][0]
     marks = []
     for stamp, text, message in seen:
-        said = message["messages"][0] if message and message["type"] == "image-info" else text
+        said = message["messages"][0] if message and message["type"] == "image-info" else ""
         for needle, label in (
-            ("Starting image copy", "copy"),
-            ("Image copy finished", "copied"),
-            ("Waiting for a helper VM slot", "waits"),
-            ("starting the helper VM", "helper"),
-            ("helper VM ended", "ended"),
+            (said.startswith("Starting image copy"), "copy"),
+            (said.startswith("Image copy finished"), "copied"),
+            (said.startswith("Waiting for a helper VM slot"), "waits"),
+            (text.startswith("starting the helper VM"), "helper"),
+            (text.startswith("helper VM ended"), "ended"),
         ):
-            if said.startswith(needle):
+            if needle:
                 marks.append(f"{label} {stamp - origin:5.1f}")
     return ", ".join(marks)
 
