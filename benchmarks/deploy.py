@@ -249,7 +249,7 @@ def first_and_second(node: Node) -> None:
 def libguestfs(tool: str, disk: Path, *args: str) -> float:
     env = {**os.environ, "LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
     start = time.monotonic()
-    subprocess.run([tool, "-a", str(disk), "--format", "raw", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run([tool, "--format", "raw", "-a", str(disk), *args], check=True, stdout=subprocess.DEVNULL, env=env)
     return time.monotonic() - start
 
 

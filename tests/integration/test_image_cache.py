@@ -108,6 +108,11 @@ def test_an_entry_takes_the_images_data_not_its_size(server: ImageServer, tmp_pa
     assert entry.stat().st_size == len(image)
     assert entry.stat().st_blocks * 512 <= len(DATA) + 2 * MiB < len(image) // 3
     assert fetched(url, settings) == (image, LocalStream)
+    # its holes are checked without being read: data turned into a hole is damage all the same
+    subprocess.run(
+        ["fallocate", "--punch-hole", "--offset", str(8 * MiB), "--length", str(MiB), str(entry)], check=True
+    )
+    assert fetched(url, settings) == (image, FillingStream)
 
 
 def test_last_modified_revalidates_too(server: ImageServer, tmp_path: Path) -> None:
