@@ -32,6 +32,8 @@ BUFFER_SIZE = 8 * 1024 * 1024
 ZERO_BLOCK = 64 * 1024
 _ZEROS = bytes(ZERO_BLOCK)
 PROGRESS_INTERVAL = 3.0
+#: Seconds to wait for the reader thread to stop when the copy ends early.
+READER_STOP_TIMEOUT = 2.0
 _HASH_ZEROS = bytes(1024 * 1024)
 
 
@@ -170,10 +172,14 @@ class _ReadAhead:
         self._free.put(buffer)
 
     def close(self) -> None:
-        """Stop the reader (also after an error of the writing side) and wait for it."""
+        """Stop the reader (also after an error of the writing side or a signal) and wait for it, boundedly.
+
+        A reader blocked on a stalled source (a server that sends nothing) is left behind: a
+        daemon thread, it ends with its read, or with the process.
+        """
         self._stop.set()
         self._free.put(bytearray(0))
-        self._thread.join()
+        self._thread.join(READER_STOP_TIMEOUT)
 
 
 class _WriteBehind:
