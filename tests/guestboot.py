@@ -5,9 +5,11 @@ proves the guest uses them: that the NIC comes up under the configured name
 with the configured address, that root can log in with the injected
 password, that sshd finds host keys. The guest boots with its own kernel and
 initrd (host copies from the guest image's metadata) straight from the
-deployed disk, with one virtio NIC on a qemu user network with
-``restrict=on`` (no route out of the VM) and the serial console on qemu's
-stdio, driven with pexpect. Everything has a deadline and qemu is always
+deployed disk, by default with one virtio NIC on a qemu user network with
+``restrict=on`` (no route out of the VM); a test of several NICs passes its
+own (taps of a private network, tests/guestnet.py) and the command prefix
+that runs qemu where they are. The serial console is on qemu's stdio,
+driven with pexpect. Everything has a deadline and qemu is always
 killed on the way out.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,14 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 class BootError(AssertionError):
     """The guest did not boot or answer in time; carries the console's tail."""
+
+
+@dataclass(frozen=True)
+class GuestNic:
+    """One virtio NIC of the booted guest: its MAC and the qemu -netdev backend (without id)."""
+
+    mac: str
+    netdev: str = "user,restrict=on"
 
 
 @dataclass
@@ -64,8 +74,13 @@ def tail(child: pexpect.spawn, size: int = 4000) -> str:
     return ANSI.sub("", seen)[-size:]
 
 
-def qemu_argv(disk: Path, kernel: Path, initrd: Path, cmdline: str, mac: str, memory: int = 1024) -> list[str]:
-    """The qemu command line: TCG, direct kernel boot, the disk as virtio, one restricted user NIC, serial on stdio."""
+def qemu_argv(
+    disk: Path, kernel: Path, initrd: Path, cmdline: str, nics: Sequence[GuestNic], memory: int = 1024
+) -> list[str]:
+    """The qemu command line: TCG, direct kernel boot, the disk as virtio, ``nics`` as virtio NICs, serial on stdio."""
+    network = []
+    for index, nic in enumerate(nics):
+        network += ["-netdev", f"{nic.netdev},id=n{index}", "-device", f"virtio-net-pci,netdev=n{index},mac={nic.mac}"]
     return [
         "qemu-system-x86_64",
         "-nodefaults",
@@ -86,10 +101,7 @@ def qemu_argv(disk: Path, kernel: Path, initrd: Path, cmdline: str, mac: str, me
         cmdline,
         "-drive",
         f"file={disk},format=raw,if=virtio",
-        "-netdev",
-        "user,id=n0,restrict=on",
-        "-device",
-        f"virtio-net-pci,netdev=n0,mac={mac}",
+        *network,
         "-serial",
         "stdio",
     ]
@@ -115,18 +127,22 @@ def booted(
     boot_timeout: float = 300,
     times: BootTimes | None = None,
     ready: str | None = None,
+    nics: Sequence[GuestNic] = (),
+    prefix: Sequence[str] = (),
 ) -> Iterator[Console]:
     """Boot ``disk``, log in as root on ttyS0 with ``password``, yield the shell; qemu is killed on exit.
 
     ``ready``: a console regex to wait for before logging in -- the getty
     starts before cloud-init's config stage has set the password, so a
     cloud-init guest is logged into only after cloud-init says it finished.
+    ``nics``: the guest's NICs (default: one user-network NIC with ``mac``);
+    ``prefix``: a command qemu runs under (``ip netns exec NS`` for taps there).
     The whole console goes to ``log`` (a failing test's best evidence).
     Kernel messages are silenced on the console after login so they do not
     interleave with command output.
     """
     times = times or BootTimes()
-    argv = qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", mac)
+    argv = [*prefix, *qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", nics or [GuestNic(mac)])]
     started = time.monotonic()
     with open(log, "w", encoding="utf-8", errors="replace") as logfile:
         child = pexpect.spawn(
