@@ -99,6 +99,23 @@ def test_ipv6_from_subnet6_or_gateway6_alone() -> None:
     assert one(tags=("dhcpv6",)).ipv6 is None
 
 
+def test_ipv6_ip_is_static_in_its_subnet6() -> None:
+    """Ganeti lets a NIC's IP be IPv6: configured like an IPv4 one, with subnet6 and gateway6."""
+    p = one(ip="2001:db8::5", subnet6="2001:db8::/64", gateway6="2001:db8::1", tags=("stateless_dhcpv6", "dhcp"))
+    assert (p.ipv4, p.ipv6) == (None, "static")
+    assert p.address6 == ipaddress.IPv6Interface("2001:db8::5/64")
+    assert p.gateway6 == ipaddress.IPv6Address("2001:db8::1")
+    link_local = one(ip="2001:db8::5", subnet6="2001:db8::/64", gateway6="fe80::1")
+    assert link_local.gateway6 == ipaddress.IPv6Address("fe80::1")
+    assert one(ip="2001:db8::5", subnet6="2001:db8::/64").gateway6 is None
+
+
+def test_ipv6_ip_without_subnet6_or_with_the_stateful_tag_is_dhcpv6() -> None:
+    """As an IPv4 IP without a subnet is DHCP's to hand out, an IPv6 one without subnet6 is DHCPv6's."""
+    assert (one(ip="2001:db8::5").ipv6, one(ip="2001:db8::5").address6) == ("dhcp", None)
+    assert one(ip="2001:db8::5", subnet6="2001:db8::/64", tags=("dhcpv6",)).ipv6 == "dhcp"
+
+
 def test_dual_stack() -> None:
     p = one(ip="192.0.2.10", subnet="192.0.2.0/24", subnet6="2001:db8::/64", tags=("nfdhcpd",))
     assert (p.ipv4, p.ipv6) == ("dhcp", "slaac_dhcp")
@@ -144,7 +161,9 @@ def test_order_names_and_mac_normalised() -> None:
         ({"mac": "zz:00:00:00:00:01"}, "invalid MAC"),
         ({"mac": None}, "invalid MAC"),
         ({"ip": "192.0.2.300"}, "invalid IP"),
-        ({"ip": "2001:db8::5"}, "expected an IPv4"),
+        ({"ip": "2001:db8::5", "subnet6": "2001:db8:1::/64"}, "not in subnet6"),
+        ({"ip": "2001:db8::5", "subnet6": "2001:db8::/64", "gateway6": "2001:db8:1::1"}, "neither in subnet6"),
+        ({"ip": "2001:db8::5", "subnet6": "2001:db8::/64", "subnet": "garbage/24"}, "invalid subnet"),
         ({"ip": "192.0.2.1; rm -rf /"}, "invalid IP"),
         ({"ip": "192.0.2.10", "subnet": "192.0.2.0"}, "CIDR"),
         ({"ip": "192.0.2.10", "subnet": "garbage/24"}, "invalid subnet"),
@@ -528,3 +547,85 @@ def test_networkd_dhcp(ipv4: str | None, ipv6: str | None, dhcp: str) -> None:
     text = _network.render_networkd(dynamic(ipv4=ipv4, ipv6=ipv6))
     assert f"\nDHCP={dhcp}\n" in text
     assert ("IPv6AcceptRA=yes" in text) == bool(ipv6)
+
+
+# --- static IPv6 in every format ------------------------------------------------------------------
+
+
+def static6(index: int = 0, gateway6: str | None = "2001:db8::1") -> NicPlan:
+    """A NIC whose Ganeti IP is IPv6: the address in subnet6, gateway6 as its default route."""
+    return NicPlan(
+        index=index,
+        mac=MAC0,
+        name=f"nic{index}",
+        ipv6="static",
+        address6=ipaddress.IPv6Interface("2001:db8::5/64"),
+        subnet6=ipaddress.IPv6Network("2001:db8::/64"),
+        gateway6=ipaddress.IPv6Address(gateway6) if gateway6 else None,
+    )
+
+
+def test_interfaces_static_ipv6() -> None:
+    lines = _network.render_interfaces_block([static6(1)])
+    assert lines[3:-1] == [
+        "auto nic1",
+        "allow-hotplug nic1",
+        "iface nic1 inet6 static",
+        "    address 2001:db8::5",
+        "    netmask 64",
+        "    accept_ra 0",
+        "    gateway 2001:db8::1",
+        "    metric 101",
+    ]
+    assert "gateway" not in "\n".join(_network.render_interfaces_block([static6(gateway6=None)]))
+
+
+def test_ifcfg_static_ipv6() -> None:
+    assert _network.render_ifcfg(static6()).splitlines()[7:] == [
+        "BOOTPROTO=none",
+        "IPV4_FAILURE_FATAL=no",
+        "IPV6INIT=yes",
+        "IPV6_FAILURE_FATAL=no",
+        "IPV6_AUTOCONF=no",
+        "IPV6ADDR=2001:db8::5/64",
+        "IPV6_DEFAULTGW=2001:db8::1",
+        "IPV6_ROUTE_METRIC=100",
+    ]
+    assert "IPV6_DEFAULTGW=fe80::1%nic0\n" in _network.render_ifcfg(static6(gateway6="fe80::1"))
+
+
+def test_nmconnection_static_ipv6() -> None:
+    lines = _network.render_nmconnection(static6())
+    assert lines.split("[ipv6]\n", 1)[1].splitlines() == [
+        "addr-gen-mode=eui64",
+        "ip6-privacy=0",
+        "method=manual",
+        "address1=2001:db8::5/64,2001:db8::1",
+        "route-metric=100",
+    ]
+
+
+def test_v2_static_ipv6_with_static_ipv4() -> None:
+    dual = dataclasses.replace(static(), ipv6="static", address6=ipaddress.IPv6Interface("2001:db8::5/64"))
+    dual = dataclasses.replace(dual, gateway6=ipaddress.IPv6Address("fe80::1"))
+    entry = _network.network_config_v2([dual])["ethernets"]["nic0"]
+    assert entry["addresses"] == ["192.0.2.10/24", "2001:db8::5/64"]
+    assert entry["routes"] == [
+        {"to": "0.0.0.0/0", "via": "192.0.2.1", "metric": 100},
+        {"to": "::/0", "via": "fe80::1", "metric": 100},
+    ]
+    assert entry["accept-ra"] is False and entry["dhcp6"] is False
+
+
+def test_networkd_static_ipv6() -> None:
+    assert _network.render_networkd(static6()).splitlines()[4:] == [
+        "[Network]",
+        "DHCP=no",
+        "Address=2001:db8::5/64",
+        "IPv6AcceptRA=no",
+        "",
+        "[Route]",
+        "Gateway=2001:db8::1",
+        "Metric=100",
+    ]
+
