@@ -557,11 +557,11 @@ def render_nmconnection(plan: NicPlan) -> str:
     return f"# {HEADER}\n" + join_lines(lines)
 
 
-# --- netplan / cloud-init network-config v2 -------------------------------------
+# --- netplan (network config v2) and cloud-init's network-config (v1) -------------
 
 
 def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
-    """The network config version 2 (netplan's schema, also cloud-init's network-config) for ``plans``.
+    """The network config version 2 (netplan's schema) for ``plans``.
 
     Default routes are explicit ``routes`` with a metric per NIC (valid in
     every netplan version, unlike ``to: default``); IPv6 comes from router
@@ -599,6 +599,46 @@ def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
 def render_netplan(plans: Sequence[NicPlan]) -> dict[str, Any]:
     """The content of /etc/netplan/<ours>.yaml (to be dumped with yaml.safe_dump)."""
     return {"network": network_config_v2(plans)}
+
+
+CLOUD_INIT_IPV6_TYPES = {"slaac": "ipv6_slaac", "slaac_dhcp": "ipv6_dhcpv6-stateless", "dhcp": "ipv6_dhcpv6-stateful"}
+
+
+def network_config_v1(plans: Sequence[NicPlan]) -> dict[str, Any]:
+    """cloud-init's network-config version 1 for ``plans`` (the seed's ``network-config``).
+
+    Version 1, not 2, because cloud-init turns version 2 into version 1
+    before rendering and loses on the way what the NICs need: a ``routes``
+    entry drops its metric and becomes ``post-up route add`` in ENI, which
+    fails on images without net-tools (the default route of a static NIC
+    is silently missing), and ``dhcp6`` is always stateful, so a network
+    for SLAAC plus stateless DHCPv6 gets a DHCPv6 client that never gets an
+    address. In version 1 each subnet has its own ``gateway`` and ``metric``
+    (rendered natively by every renderer) and the IPv6 types say SLAAC,
+    stateless or stateful DHCPv6 (cloud-init >= 20.1).
+    """
+    config: list[dict[str, Any]] = []
+    for p in plans:
+        subnets: list[dict[str, Any]] = []
+        if p.ipv4 == "static" and p.address is not None:
+            subnet: dict[str, Any] = {"type": "static", "address": p.address.with_prefixlen}
+            if p.gateway is not None:
+                subnet.update(gateway=str(p.gateway), metric=p.metric)
+            subnets.append(subnet)
+        elif p.ipv4 == "dhcp":
+            subnets.append({"type": "dhcp4", "metric": p.metric})
+        if p.ipv6 == "static" and p.address6 is not None:
+            subnet = {"type": "static6", "address": p.address6.with_prefixlen}
+            if p.gateway6 is not None:
+                subnet.update(gateway=str(p.gateway6), metric=p.metric)
+            subnets.append(subnet)
+        elif p.ipv6 is not None:
+            subnets.append({"type": CLOUD_INIT_IPV6_TYPES[p.ipv6]})
+        entry: dict[str, Any] = {"type": "physical", "name": p.name, "mac_address": p.mac, "subnets": subnets}
+        if p.ipv6 == "static":
+            entry["accept-ra"] = False
+        config.append(entry)
+    return {"version": 1, "config": config}
 
 
 def _netplan_claims(key: str, entry: Any, names: Sequence[str], macs: set[str]) -> bool:

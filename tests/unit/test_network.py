@@ -629,3 +629,34 @@ def test_networkd_static_ipv6() -> None:
         "Metric=100",
     ]
 
+
+# --- cloud-init network-config v1 ---------------------------------------------------------------
+
+
+def test_network_config_v1_every_mode() -> None:
+    """Gateways and metrics per subnet, the three IPv6 types: what cloud-init renders without loss."""
+    plans = [
+        static(0, ipv6="slaac"),
+        dynamic(1, MAC1, ipv6="slaac_dhcp"),
+        dynamic(2, "aa:00:00:00:00:03", None, "dhcp"),
+        static6(3),
+        dynamic(4, "aa:00:00:00:00:05", None, None),
+    ]
+    plans[3] = dataclasses.replace(plans[3], mac="aa:00:00:00:00:04")
+    config = _network.network_config_v1(plans)
+    assert config["version"] == 1
+    assert [(c["type"], c["name"], c["mac_address"]) for c in config["config"]] == [
+        ("physical", f"nic{p.index}", p.mac) for p in plans
+    ]
+    assert [c["subnets"] for c in config["config"]] == [
+        [
+            {"type": "static", "address": "192.0.2.10/24", "gateway": "192.0.2.1", "metric": 100},
+            {"type": "ipv6_slaac"},
+        ],
+        [{"type": "dhcp4", "metric": 101}, {"type": "ipv6_dhcpv6-stateless"}],
+        [{"type": "ipv6_dhcpv6-stateful"}],
+        [{"type": "static6", "address": "2001:db8::5/64", "gateway": "2001:db8::1", "metric": 103}],
+        [],
+    ]
+    assert config["config"][3]["accept-ra"] is False
+    assert "accept-ra" not in config["config"][0]

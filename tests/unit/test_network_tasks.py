@@ -349,18 +349,18 @@ def test_initialize_datasource_and_unknown_network(tmp_path: Path) -> None:
         st = (seed / name).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
     net = yaml.safe_load((seed / "network-config").read_text())
-    assert net["version"] == 2
-    nic0 = net["ethernets"]["nic0"]
+    assert net["version"] == 1
+    nic0, nic1 = net["config"]
     assert nic0 == {
-        "match": {"macaddress": MAC0},
-        "set-name": "nic0",
-        "dhcp4": False,
-        "dhcp6": False,
-        "addresses": ["192.0.2.10/24"],
-        "routes": [{"to": "0.0.0.0/0", "via": "192.0.2.1", "metric": 100}],
-        "accept-ra": True,
+        "type": "physical",
+        "name": "nic0",
+        "mac_address": MAC0,
+        "subnets": [
+            {"type": "static", "address": "192.0.2.10/24", "gateway": "192.0.2.1", "metric": 100},
+            {"type": "ipv6_slaac"},
+        ],
     }
-    assert net["ethernets"]["nic1"]["dhcp4"] is True
+    assert nic1["subnets"] == [{"type": "dhcp4", "metric": 101}]
     script = tmp_path / "var/lib/cloud/scripts/per-once/snf-image-clear-user-data.sh"
     assert stat.S_IMODE(script.stat().st_mode) == 0o700
     assert ": > /var/lib/cloud/seed/nocloud-net/user-data" in script.read_text()
