@@ -475,9 +475,9 @@ def render_ifcfg(plan: NicPlan) -> str:
         elif plan.ipv6 == "static" and plan.address6 is not None:
             lines += ["IPV6_AUTOCONF=no", f"IPV6ADDR={plan.address6.with_prefixlen}"]
             if plan.gateway6 is not None:
-                # initscripts and NetworkManager's ifcfg-rh read a link-local gateway as ADDRESS%DEVICE
-                scope = f"%{plan.name}" if plan.gateway6.is_link_local else ""
-                lines += [f"IPV6_DEFAULTGW={plan.gateway6}{scope}", f"IPV6_ROUTE_METRIC={plan.metric}"]
+                # ADDRESS%DEVICE: required for a link-local gateway, and initscripts' sysconfig.txt asks for it
+                # whenever several interfaces have IPv6 (NetworkManager's ifcfg-rh reader drops the scope)
+                lines += [f"IPV6_DEFAULTGW={plan.gateway6}%{plan.name}", f"IPV6_ROUTE_METRIC={plan.metric}"]
         elif plan.ipv6 == "slaac":
             lines += ["IPV6_AUTOCONF=yes", "IPV6_PRIVACY=no"]
         else:

@@ -588,7 +588,7 @@ def test_ifcfg_static_ipv6() -> None:
         "IPV6_FAILURE_FATAL=no",
         "IPV6_AUTOCONF=no",
         "IPV6ADDR=2001:db8::5/64",
-        "IPV6_DEFAULTGW=2001:db8::1",
+        "IPV6_DEFAULTGW=2001:db8::1%nic0",
         "IPV6_ROUTE_METRIC=100",
     ]
     assert "IPV6_DEFAULTGW=fe80::1%nic0\n" in _network.render_ifcfg(static6(gateway6="fe80::1"))

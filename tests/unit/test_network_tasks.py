@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import os
 import stat
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -282,6 +283,83 @@ def test_redhat_ifcfg(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     configure_network.run(make_ctx(tmp_path))
     assert snapshot(tmp_path) == before
+
+
+def sourced(path: Path) -> dict[str, str]:
+    """The variables an ifcfg file sets when sourced by bash, which is how initscripts' ifup reads it."""
+    out = subprocess.run(
+        ["env", "-i", "bash", "-c", 'set -a; . "$1"; env -0', "bash", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=10,
+    ).stdout.decode()
+    ignore = {"PWD", "SHLVL", "_"}
+    return dict(item.split("=", 1) for item in out.split("\0") if item and item.split("=", 1)[0] not in ignore)
+
+
+def test_redhat_ifcfg_every_mode_as_initscripts_and_networkmanager_read_it(tmp_path: Path) -> None:
+    """Each mode's ifcfg file, sourced by bash as initscripts does, sets what RHEL's readers act on.
+
+    The keys and values are the ones initscripts' doc/sysconfig.txt and
+    NetworkManager's ifcfg-rh plugin define: BOOTPROTO, IPADDR/PREFIX,
+    GATEWAY/METRIC, IPV6INIT, IPV6_AUTOCONF (SLAAC), DHCPV6C (+ ``-S`` for
+    stateless), IPV6ADDR, IPV6_DEFAULTGW (with %DEVICE); bash's view equals
+    the plain KEY=value reading NetworkManager's svGetValue does.
+    """
+    put(tmp_path, "/etc/redhat-release", "Rocky Linux release 9.3 (Blue Onyx)\n")
+    scripts = "/etc/sysconfig/network-scripts"
+    put(tmp_path, f"{scripts}/ifcfg-eth0", "DEVICE=eth0\nBOOTPROTO=dhcp\nONBOOT=yes\n")
+    macs = [f"aa:00:00:00:01:0{i}" for i in range(5)]
+    nics = (
+        RulesNic(index=0, mac=macs[0], ip="192.0.2.10", subnet="192.0.2.0/24", gateway="192.0.2.1", tags=()),
+        RulesNic(index=1, mac=macs[1], ip="10.0.1.5", subnet="10.0.1.0/24", subnet6="2001:db8:1::/64", tags=("dhcp",)),
+        RulesNic(index=2, mac=macs[2], subnet6="2001:db8:2::/64", gateway6="2001:db8:2::1", tags=("dhcpv6",)),
+        RulesNic(
+            index=3, mac=macs[3], ip="2001:db8:3::5", subnet6="2001:db8:3::/64", gateway6="2001:db8:3::1", tags=()
+        ),
+        RulesNic(
+            index=4,
+            mac=macs[4],
+            ip="10.0.4.5",
+            subnet="10.0.4.0/24",
+            subnet6="2001:db8:4::/64",
+            tags=("dhcp", "nfdhcpd"),
+        ),
+    )
+    configure_network.run(make_ctx(tmp_path, nics=nics))
+    common = {"TYPE": "Ethernet", "ONBOOT": "yes", "NM_CONTROLLED": "yes", "IPV6_FAILURE_FATAL": "no"}
+    no_ipv4 = {"BOOTPROTO": "none", "IPV4_FAILURE_FATAL": "no"}
+    slaac = {"IPV6INIT": "yes", "IPV6_AUTOCONF": "yes", "IPV6_PRIVACY": "no"}
+    meanings = [
+        {
+            "BOOTPROTO": "none",
+            "IPADDR": "192.0.2.10",
+            "PREFIX": "24",
+            "NETMASK": "255.255.255.0",
+            "GATEWAY": "192.0.2.1",
+            "METRIC": "100",
+            "IPV4_ROUTE_METRIC": "100",
+            "IPV6INIT": "no",
+        },
+        {"BOOTPROTO": "dhcp", **slaac},
+        {**no_ipv4, "IPV6INIT": "yes", "IPV6_AUTOCONF": "no", "DHCPV6C": "yes"},
+        {
+            **no_ipv4,
+            "IPV6INIT": "yes",
+            "IPV6_AUTOCONF": "no",
+            "IPV6ADDR": "2001:db8:3::5/64",
+            "IPV6_DEFAULTGW": "2001:db8:3::1%nic3",
+            "IPV6_ROUTE_METRIC": "103",
+        },
+        {"BOOTPROTO": "dhcp", **slaac, "DHCPV6C": "yes", "DHCPV6C_OPTIONS": "-S"},
+    ]
+    assert sorted(os.listdir(tmp_path / scripts.lstrip("/"))) == [f"ifcfg-nic{i}" for i in range(5)]
+    for index, meaning in enumerate(meanings):
+        path = tmp_path / scripts.lstrip("/") / f"ifcfg-nic{index}"
+        identity = {"DEVICE": f"nic{index}", "NAME": f"nic{index}", "HWADDR": macs[index]}
+        assert sourced(path) == {**identity, **common, **meaning}, f"ifcfg-nic{index}"
+        assert configure_network.ifcfg_values(path.read_text()) == sourced(path)
+    assert "NETWORKING_IPV6=yes" in read(tmp_path, "/etc/sysconfig/network")
 
 
 # --- hostile images --------------------------------------------------------------------------------------
