@@ -565,7 +565,10 @@ def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
 
     Default routes are explicit ``routes`` with a metric per NIC (valid in
     every netplan version, unlike ``to: default``); IPv6 comes from router
-    advertisements (``accept-ra``) and DHCPv6 (``dhcp6``).
+    advertisements (``accept-ra``) and DHCPv6 (``dhcp6``). A NIC using DHCP
+    gives its learned routes its own metric too (``dhcpN-overrides``):
+    networkd merges equal-metric IPv6 default routes of two NICs into one
+    multipath route across unrelated networks.
     """
     ethernets: dict[str, Any] = {}
     for p in plans:
@@ -592,6 +595,10 @@ def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
             entry["accept-ra"] = True
         elif p.ipv6 == "static":
             entry["accept-ra"] = False
+        # networkd applies a [DHCP] RouteMetric to the DHCPv4 and the router advertisement routes
+        for family in ("dhcp4", "dhcp6"):
+            if entry[family]:
+                entry[f"{family}-overrides"] = {"route-metric": p.metric}
         ethernets[p.name] = entry
     return {"version": 2, "ethernets": ethernets}
 
@@ -698,6 +705,12 @@ def render_networkd(plan: NicPlan) -> str:
         lines += ["IPv6AcceptRA=yes", "IPv6PrivacyExtensions=no"]
     else:
         lines.append("IPv6AcceptRA=no")
+    # every default route of NIC N, learned or static, has its metric: networkd would merge two NICs'
+    # equal-metric IPv6 default routes into one multipath route across unrelated networks
+    if plan.ipv4 == "dhcp":
+        lines += ["", "[DHCPv4]", f"RouteMetric={plan.metric}"]
+    if plan.ipv6 in ("slaac", "slaac_dhcp", "dhcp"):
+        lines += ["", "[IPv6AcceptRA]", f"RouteMetric={plan.metric}"]
     if plan.ipv4 == "static" and plan.gateway is not None:
         lines += ["", "[Route]", f"Gateway={plan.gateway}", f"Metric={plan.metric}"]
     if plan.ipv6 == "static" and plan.gateway6 is not None:

@@ -502,7 +502,14 @@ def test_netplan_parses_back() -> None:
                     "routes": [{"to": "0.0.0.0/0", "via": "192.0.2.1", "metric": 100}],
                     "accept-ra": True,
                 },
-                "nic1": {"match": {"macaddress": MAC1}, "set-name": "nic1", "dhcp4": True, "dhcp6": True},
+                "nic1": {
+                    "match": {"macaddress": MAC1},
+                    "set-name": "nic1",
+                    "dhcp4": True,
+                    "dhcp6": True,
+                    "dhcp4-overrides": {"route-metric": 101},
+                    "dhcp6-overrides": {"route-metric": 101},
+                },
                 "nic2": {
                     "match": {"macaddress": "aa:00:00:00:00:03"},
                     "set-name": "nic2",
@@ -533,6 +540,9 @@ def test_networkd_static() -> None:
         "IPv6AcceptRA=yes",
         "IPv6PrivacyExtensions=no",
         "",
+        "[IPv6AcceptRA]",
+        "RouteMetric=100",
+        "",
         "[Route]",
         "Gateway=192.0.2.1",
         "Metric=100",
@@ -547,6 +557,9 @@ def test_networkd_dhcp(ipv4: str | None, ipv6: str | None, dhcp: str) -> None:
     text = _network.render_networkd(dynamic(ipv4=ipv4, ipv6=ipv6))
     assert f"\nDHCP={dhcp}\n" in text
     assert ("IPv6AcceptRA=yes" in text) == bool(ipv6)
+    # learned routes carry the NIC's metric: no multipath default across two NICs' networks
+    assert ("[DHCPv4]\nRouteMetric=100\n" in text) == (ipv4 == "dhcp")
+    assert ("[IPv6AcceptRA]\nRouteMetric=100\n" in text) == bool(ipv6)
 
 
 # --- static IPv6 in every format ------------------------------------------------------------------
