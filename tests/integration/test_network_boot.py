@@ -31,9 +31,11 @@ a new MAC with a static address -- must boot with only the new
 configuration: no leftover NIC, address, route or file naming an old MAC.
 
 The stacks: ifupdown (ext4-msdos), NetworkManager keyfiles (nm), netplan
-rendered to systemd-networkd (networkd) and cloud-init applying the
-product's ``network-config`` (cloudinit, with ConfigureNetwork excluded so
-that the seed's network-config is what configures the NICs).
+rendered to systemd-networkd (networkd), systemd-networkd's own .network
+files (systemd-networkd: no netplan, an image DHCP file for en*/eth*
+beside ours) and cloud-init applying the product's ``network-config``
+(cloudinit, with ConfigureNetwork excluded so that the seed's
+network-config is what configures the NICs).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ KINDS = {
     "ext4-msdos": (1, {}, True),
     "nm": (2, {}, True),
     "networkd": (3, {}, False),
+    "systemd-networkd": (5, {}, False),
     "cloudinit": (4, {"CLOUD_INIT": "yes", "EXCLUDE_TASK_ConfigureNetwork": "yes"}, False),
 }
 
