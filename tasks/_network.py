@@ -36,6 +36,7 @@ from ._unix import join_lines, newline_of, split_lines
 
 IPV4_MODES = ("dhcp", "static")
 IPV6_MODES = ("dhcp", "slaac", "slaac_dhcp", "static")
+RA_MODES = ("slaac", "slaac_dhcp", "dhcp")  # the IPv6 modes that take the default route from router advertisements
 DEFAULT_NIC_CONFIGS = ("", "dhcp", "dhcpv6", "slaac", "slaac_dhcp", "dhcp+dhcpv6", "dhcp+slaac", "dhcp+slaac_dhcp")
 NAME_PREFIX = "nic"
 METRIC_BASE = 100  # default route metric of NIC N: METRIC_BASE + N, so two gateways never collide
@@ -709,10 +710,15 @@ def render_networkd(plan: NicPlan) -> str:
     # equal-metric IPv6 default routes into one multipath route across unrelated networks
     if plan.ipv4 == "dhcp":
         lines += ["", "[DHCPv4]", f"RouteMetric={plan.metric}"]
-    if plan.ipv6 in ("slaac", "slaac_dhcp", "dhcp"):
+    if plan.ipv6 in RA_MODES:
         lines += ["", "[IPv6AcceptRA]", f"RouteMetric={plan.metric}"]
     if plan.ipv4 == "static" and plan.gateway is not None:
         lines += ["", "[Route]", f"Gateway={plan.gateway}", f"Metric={plan.metric}"]
     if plan.ipv6 == "static" and plan.gateway6 is not None:
         lines += ["", "[Route]", f"Gateway={plan.gateway6}", f"Metric={plan.metric}"]
     return join_lines(lines)
+
+
+def render_networkd_ra_metric(plan: NicPlan) -> str:
+    """A networkd drop-in giving the routes of ``plan``'s router advertisements its metric (see ConfigureNetwork)."""
+    return join_lines([f"# {HEADER}", "[IPv6AcceptRA]", f"RouteMetric={plan.metric}"])

@@ -4,7 +4,10 @@ Each NIC gets IPv4 by DHCP or statically and IPv6 statically (a NIC IP
 that is IPv6), by SLAAC, SLAAC plus stateless DHCPv6, or stateful DHCPv6,
 from the NIC's IP, its network's subnets, gateways and tags and the DHCP
 tag settings; each static gateway is a default route with metric 100 + N
-for Ganeti NIC N, so that several never collide; a single NIC without
+for Ganeti NIC N, so that several never collide (with networkd, and
+netplan through a drop-in beside the file it renders, the DHCP and router
+advertisement routes too: networkd would merge equal-metric IPv6 default
+routes of two NICs into one multipath route); a single NIC without
 any of this gets DEFAULT_NIC_CONFIG (see ``tasks/_network.py``:
 ``plan_nics``). Malformed addresses in the rules fail the task.
 
@@ -84,6 +87,7 @@ NETPLAN_DIR = "/etc/netplan"
 NETPLAN_FILE = f"{NETPLAN_DIR}/60-snf-image.yaml"
 NM_DIR = "/etc/NetworkManager/system-connections"
 NETWORKD_DIR = "/etc/systemd/network"
+NETPLAN_DROPIN = "60-snf-image.conf"  # in 10-netplan-<name>.network.d/
 IFCFG_DIR = "/etc/sysconfig/network-scripts"
 SYSCONFIG_NETWORK = "/etc/sysconfig/network"
 WANTS = "/etc/systemd/system/multi-user.target.wants"
@@ -214,6 +218,34 @@ def apply_netplan(ctx: Context, plans: Sequence[NicPlan]) -> None:
             log.info("removed the entries for this instance's NICs from %s", path)
     text = f"# {_network.HEADER}\n" + _cloud_init.dump(_network.render_netplan(plans))
     install(ctx, NETPLAN_FILE, text, mode=0o600)
+    write_netplan_ra_metrics(ctx, plans)
+
+
+def write_netplan_ra_metrics(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    """A networkd drop-in per netplan NIC that takes router advertisements: their routes get the NIC's metric.
+
+    netplan has no setting for it (its route-metric overrides reach the
+    advertisement routes only on a NIC with DHCP), and two NICs whose RA
+    default routes share networkd's default metric become one multipath
+    route across unrelated networks. netplan names the file it renders for
+    our ethernet ``nicN`` ``10-netplan-nicN.network``; a renderer other
+    than networkd ignores the drop-in. Ours for NICs gone are removed.
+    """
+    wanted = {
+        f"{NETWORKD_DIR}/10-netplan-{p.name}.network.d/{NETPLAN_DROPIN}": _network.render_networkd_ra_metric(p)
+        for p in plans
+        if p.ipv6 in _network.RA_MODES
+    }
+    directory = fsutil.resolve(ctx.target, NETWORKD_DIR)
+    found = (
+        sorted(e.name for e in directory.iterdir() if e.is_dir() and not e.is_symlink()) if directory.is_dir() else []
+    )
+    for name in found:
+        path = f"{NETWORKD_DIR}/{name}/{NETPLAN_DROPIN}"
+        if fnmatch.fnmatchcase(name, "10-netplan-*.network.d") and path not in wanted:
+            _unix.remove(ctx.target, path)
+    for path, text in wanted.items():
+        install(ctx, path, text)
 
 
 def nm_profile_mac(text: str) -> str | None:

@@ -214,10 +214,25 @@ def test_netplan_wins_over_networkd(tmp_path: Path) -> None:
     stock = yaml.safe_load(read(tmp_path, "/etc/netplan/50-cloud-init.yaml"))
     assert stock == {"network": {"version": 2}}
     assert backups(tmp_path) == ["etc/netplan/50-cloud-init.yaml"]
-    assert not (tmp_path / "etc/systemd/network").exists()
+    # nic0 takes router advertisements: their routes get its metric through a drop-in on netplan's file
+    dropins = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "etc/systemd/network").rglob("*.conf"))
+    assert dropins == ["etc/systemd/network/10-netplan-nic0.network.d/60-snf-image.conf"]
+    assert read(tmp_path, f"/{dropins[0]}").splitlines()[1:] == ["[IPv6AcceptRA]", "RouteMetric=100"]
     # cloud-init is in the image: it must not regenerate the network config
     cfg = yaml.safe_load(read(tmp_path, "/etc/cloud/cloud.cfg.d/98_snf-image-ConfigureNetwork.cfg"))
     assert cfg == {"network": {"config": "disabled"}}
+
+
+def test_netplan_drop_ins_follow_the_nics(tmp_path: Path) -> None:
+    """A redeployment whose NIC has no IPv6 any more loses its drop-in; the image's own drop-ins stay."""
+    put(tmp_path, "/usr/sbin/netplan", "", 0o755)
+    put(tmp_path, "/etc/netplan/50-image.yaml", "network: {version: 2}\n")
+    image_dropin = put(tmp_path, "/etc/systemd/network/10-netplan-nic0.network.d/mtu.conf", "[Link]\nMTUBytes=9000\n")
+    configure_network.run(make_ctx(tmp_path))
+    ours = tmp_path / "etc/systemd/network/10-netplan-nic0.network.d/60-snf-image.conf"
+    assert ours.is_file()
+    configure_network.run(make_ctx(tmp_path, nics=(dataclasses.replace(NICS[0], subnet6=None, gateway6=None),)))
+    assert not ours.exists() and image_dropin.is_file()
 
 
 def test_netplan_keeps_the_image_entries_for_other_devices(tmp_path: Path) -> None:
