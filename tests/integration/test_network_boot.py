@@ -1,34 +1,38 @@
 """Several NICs, IPv4 and IPv6, proven in booted guests on a network with real DHCP and RA servers.
 
 Each network stack the product writes for a Debian guest gets one deployment
-through the real ``create`` with four NICs on four Ganeti networks, then
+through the real ``create`` with five NICs on five Ganeti networks, then
 one boot on a private network (tests/guestnet.py) where dnsmasq serves what
 each network's tags promise:
 
 ====  ==========================================  ==================================
 NIC   Ganeti network (IP, subnets, tags)           what the guest must end up with
 ====  ==========================================  ==================================
-0     IP, SUBNET, GATEWAY; no server on the link   the static address, default route
-                                                   via GATEWAY with metric 100
+0     IP, SUBNET, GATEWAY, SUBNET6, GATEWAY6;      the static address, default route
+      routers advertise SUBNET6                    via GATEWAY with metric 100; SLAAC
+                                                   address, v6 default route from RA
 1     IP, SUBNET, SUBNET6, GATEWAY6; tag ``dhcp``  DHCPv4 lease, SLAAC (EUI-64)
                                                    address, v4 and v6 default routes
 2     SUBNET6, GATEWAY6 only; tag ``dhcpv6``       stateful DHCPv6 lease only, v6
                                                    default route from the RA
 3     IPv6 IP, SUBNET6, GATEWAY6; no server        the static IPv6 address, default
                                                    route via GATEWAY6, metric 103
+4     SUBNET6, GATEWAY6 only; no tag               SLAAC address, v6 default route
 ====  ==========================================  ==================================
 
 Checked in the booted guest: the interface with each MAC is ``nicN``; its
 global addresses are exactly the expected ones (no more, no less); the
 default routes of both families are exactly one per NIC that should have
-one, via the right gateway. Checked from the network's side: each address
-answers a ping from the MAC of its NIC, and the DHCP leases are the ones the
-guest holds. Then, for some stacks, a reinstall over the same disk from a
-snapshot of that deployed guest (an image that already holds snf-image's
-configuration for four other NICs) with two NICs -- the old NIC 1's MAC
-now on a network tagged ``nfdhcpd`` (DHCPv4 + SLAAC + stateless DHCPv6), and
-a new MAC with a static address -- must boot with only the new
-configuration: no leftover NIC, address, route or file naming an old MAC.
+one, via the right gateway (never merged into one multipath route, which
+NICs 0 and 4, both without DHCP, would be on networkd if they shared a
+metric). Checked from the network's side: each address answers a ping from
+the MAC of its NIC, and the DHCP leases are the ones the guest holds. Then,
+for some stacks, a reinstall over the same disk from a snapshot of that
+deployed guest (an image that already holds snf-image's configuration for
+five other NICs) with two NICs -- the old NIC 1's MAC now on a network
+tagged ``nfdhcpd`` (DHCPv4 + SLAAC + stateless DHCPv6), and a new MAC with
+a static IPv4 address only -- must boot with only the new configuration:
+no leftover NIC, address, route or file naming an old MAC.
 
 The stacks: ifupdown (ext4-msdos), NetworkManager keyfiles (nm), netplan
 rendered to systemd-networkd (networkd), systemd-networkd's own .network
@@ -64,7 +68,12 @@ SETTLE_TIMEOUT = 150  # seconds for DHCP, SLAAC and DHCPv6 to finish on every NI
 CLOUD_INIT_READY = r"Cloud-init v\. \S+ finished"
 METRIC_BASE = 100  # tasks/_network.py: NIC N's static default route has metric 100 + N
 
-STATIC = Segment("lan0", gateway4=ipaddress.IPv4Interface("10.20.0.1/24"))
+STATIC_SLAAC = Segment(
+    "lan0",
+    gateway4=ipaddress.IPv4Interface("10.20.0.1/24"),
+    gateway6=ipaddress.IPv6Interface("2001:db8:20::1/64"),
+    ipv6="slaac",
+)
 DHCP_SLAAC = Segment(
     "lan1",
     gateway4=ipaddress.IPv4Interface("10.20.1.1/24"),
@@ -81,7 +90,9 @@ DHCP_STATELESS = Segment(
     ipv6="slaac_dhcp",
 )
 STATIC6 = Segment("lan4", gateway6=ipaddress.IPv6Interface("2001:db8:24::1/64"))
-SEGMENTS = (STATIC, DHCP_SLAAC, DHCPV6, DHCP_STATELESS, STATIC6)
+SLAAC = Segment("lan5", gateway6=ipaddress.IPv6Interface("2001:db8:25::1/64"), ipv6="slaac")
+STATIC = Segment("lan6", gateway4=ipaddress.IPv4Interface("10.20.6.1/24"))
+SEGMENTS = (STATIC_SLAAC, DHCP_SLAAC, DHCPV6, DHCP_STATELESS, STATIC6, SLAAC, STATIC)
 
 
 @dataclass(frozen=True)
@@ -135,12 +146,13 @@ KINDS = {
 
 
 def first_nics(kind: str) -> list[Nic]:
-    m0, m1, m2, m3 = macs(KINDS[kind][0], 0, 1, 2, 4)
+    m0, m1, m2, m3, m4 = macs(KINDS[kind][0], 0, 1, 2, 4, 5)
     return [
-        Nic(m0, STATIC, ip="10.20.0.77", ipv4="static"),
+        Nic(m0, STATIC_SLAAC, ip="10.20.0.77", ipv4="static", ipv6="slaac"),
         Nic(m1, DHCP_SLAAC, ip="10.20.1.77", tags="dhcp", ipv4="dhcp", ipv6="slaac"),
         Nic(m2, DHCPV6, tags="dhcpv6", ipv6="dhcp"),
         Nic(m3, STATIC6, ip="2001:db8:24::77", ipv6="static"),
+        Nic(m4, SLAAC, ipv6="slaac"),
     ]
 
 
@@ -148,7 +160,7 @@ def reinstall_nics(kind: str) -> list[Nic]:
     _, m1, m3 = macs(KINDS[kind][0], 0, 1, 3)
     return [
         Nic(m1, DHCP_STATELESS, ip="10.20.3.77", tags="nfdhcpd", ipv4="dhcp", ipv6="slaac_dhcp"),
-        Nic(m3, STATIC, ip="10.20.0.78", ipv4="static"),
+        Nic(m3, STATIC, ip="10.20.6.78", ipv4="static"),
     ]
 
 
@@ -200,7 +212,7 @@ def create(osdef: OsDefinition, kind: str, disk: Path, image_name: str, nics: li
 
 
 def first_deployment(kind: str, osdef: OsDefinition, workdir: Path) -> Deployed:
-    """The four-NIC deployment of ``kind`` (once per module run)."""
+    """The five-NIC deployment of ``kind`` (once per module run)."""
     if kind in _first:
         return _first[kind]
     image = guests.guest_image(kind)
@@ -404,8 +416,8 @@ def boot_and_check(found: Deployed, nics: list[Nic], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_four_nics_booted(kind: str, osdef: OsDefinition, tmp_path_factory, tmp_path: Path) -> None:
-    """Static IPv4; DHCPv4 + SLAAC; stateful DHCPv6; static IPv6: each on its MAC's NIC with its routes, no more."""
+def test_five_nics_booted(kind: str, osdef: OsDefinition, tmp_path_factory, tmp_path: Path) -> None:
+    """Static v4 + SLAAC; DHCPv4 + SLAAC; DHCPv6; static v6; SLAAC: each on its MAC's NIC with its routes, no more."""
     found = first_deployment(kind, osdef, tmp_path_factory.mktemp(kind))
     boot_and_check(found, found.nics, tmp_path)
 
