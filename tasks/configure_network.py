@@ -64,7 +64,7 @@ import yaml
 from helper import fsutil
 from helper.framework import LINUX, UNIX, Context, Task
 
-from . import _bsd, _cloud_init, _network, _unix
+from . import _bsd, _cloud_init, _ifupdown, _network, _unix
 from ._network import NicPlan
 
 TASK = Task(
@@ -151,7 +151,7 @@ def discard(ctx: Context, path: str) -> None:
 
 
 def _is_ours(text: str) -> bool:
-    return _network.HEADER in text.split("\n", 2)[0] or text.startswith(_network.BEGIN)
+    return _network.HEADER in text.split("\n", 2)[0] or text.startswith(_ifupdown.BEGIN)
 
 
 def listdir(ctx: Context, directory: str) -> list[str]:
@@ -289,7 +289,7 @@ def apply_networkd(ctx: Context, plans: Sequence[NicPlan]) -> None:
 def _source_files(ctx: Context, text: str) -> list[str]:
     """Guest paths of the files /etc/network/interfaces sources (one level)."""
     found: list[str] = []
-    for keyword, pattern in _network.interfaces_sources(text):
+    for keyword, pattern in _ifupdown.interfaces_sources(text):
         path = PurePosixPath(pattern if pattern.startswith("/") else f"/etc/network/{pattern}")
         if keyword == "source-directory":
             names = [n for n in listdir(ctx, str(path)) if SOURCE_DIRECTORY_NAME.match(n)]
@@ -307,7 +307,7 @@ def apply_ifupdown(ctx: Context, plans: Sequence[NicPlan]) -> None:
     names = [p.name for p in plans]
     for path in _source_files(ctx, text):
         old = _unix.read_optional(ctx.target, path) or ""
-        new = _network.strip_interfaces(old, names)
+        new = _ifupdown.strip_interfaces(old, names)
         if new != old:
             backup(ctx, path)
             _unix.write_file(
@@ -316,7 +316,7 @@ def apply_ifupdown(ctx: Context, plans: Sequence[NicPlan]) -> None:
                 new.encode("utf-8", "surrogateescape"),
                 mode=fsutil.resolve(ctx.target, path).stat().st_mode & 0o7777,
             )
-    install(ctx, INTERFACES, _network.render_interfaces(text, plans))
+    install(ctx, INTERFACES, _ifupdown.render_interfaces(text, plans))
 
 
 def ifcfg_values(text: str) -> dict[str, str]:
@@ -362,7 +362,7 @@ def _networkd(ctx: Context) -> bool:
     return enabled(ctx, "systemd-networkd.service")
 
 
-def _ifupdown(ctx: Context) -> bool:
+def _has_ifupdown(ctx: Context) -> bool:
     return fsutil.resolve(ctx.target, INTERFACES).is_file() and installed(ctx, "/sbin/ifup", "/usr/sbin/ifup")
 
 
@@ -439,7 +439,7 @@ BACKENDS: list[Backend] = [
     Backend("netplan", LINUX, _netplan, apply_netplan),
     NETWORKMANAGER,
     Backend("systemd-networkd", LINUX, _networkd, apply_networkd),
-    Backend("ifupdown", LINUX, _ifupdown, apply_ifupdown),
+    Backend("ifupdown", LINUX, _has_ifupdown, apply_ifupdown),
     Backend("ifcfg", LINUX, _redhat, apply_ifcfg),
     Backend("FreeBSD rc.conf", frozenset({"freebsd"}), _always, apply_freebsd),
     Backend("NetBSD ifconfig.if", frozenset({"netbsd"}), _always, apply_netbsd),
