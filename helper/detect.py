@@ -9,13 +9,17 @@ out) and so is the decision; only :func:`probe_partition` mounts anything,
 read-only.
 
 Detection (as the original's ``detect_image_properties``): partitions in
-order, first hit wins. msdos a5/a6/a9 are FreeBSD/OpenBSD/NetBSD slices;
-07 (NTFS) with ``windows/system32`` is Windows; 83 with ``/etc/fstab`` is
-Linux; for the BSD slices the root is the ``a`` partition of the slice's
-disklabel, numbered as the kernel numbers it (after the logical partitions).
-GPT: the FreeBSD UFS GUID with ``/etc/fstab`` is FreeBSD, the
-Microsoft basic data GUID with ``windows/system32`` is Windows, anything
-else is checked for Linux.
+order, first hit wins. The partition type names the family to look for;
+a look inside confirms it. msdos a5/a6/a9 are FreeBSD/OpenBSD/NetBSD slices
+whose root is the ``a`` partition of the slice's disklabel, numbered as the
+kernel numbers it (after the logical partitions); 07 (NTFS) with
+``Windows/System32`` (or ``WINNT``, any case) is Windows; 83 with
+``/etc/fstab`` is Linux. GPT: the FreeBSD UFS GUID is FreeBSD, the Microsoft
+basic data GUID Windows; the types that never hold a root (swap, boot
+loaders, EFI system) are passed over and anything else is checked for
+Linux. A BSD root is a UFS1 or UFS2 filesystem (the superblock says which,
+and Linux must be told) with ``/etc/fstab``. Every candidate turned down is
+named, with the reason, in a warning the operator sees.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import disklabel, disks, fsutil, registry
+from . import disklabel, disks, fsutil, registry, ufs, windows
 from .commands import CommandError, TaskError
 
 log = logging.getLogger(__name__)
@@ -44,11 +48,18 @@ GUID_FREEBSD_UFS = "516E7CB6-6ECF-11D6-8FF8-00022D09712B"
 GUID_MS_BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
 GUID_LINUX_SWAP = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"
 GUID_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
-GUID_NOT_ROOT = frozenset({GUID_LINUX_SWAP, GUID_BIOS_BOOT})
+GUID_EFI_SYSTEM = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GUID_MS_RESERVED = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
+GUID_MS_RECOVERY = "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC"
+GUID_FREEBSD_BOOT = "83BD6B9D-7F41-11DC-BE0B-001560B84F0F"
+GUID_FREEBSD_SWAP = "516E7CB5-6ECF-11D6-8FF8-00022D09712B"
+GUID_NOT_ROOT = frozenset(
+    {GUID_LINUX_SWAP, GUID_BIOS_BOOT, GUID_EFI_SYSTEM, GUID_MS_RESERVED, GUID_MS_RECOVERY, GUID_FREEBSD_BOOT,
+     GUID_FREEBSD_SWAP}
+)  # fmt: skip
 
 LINUX_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "jfs", "btrfs", "reiserfs", "reiser4", "zfs_member"})
 WINDOWS_FS = frozenset({"ntfs", "vfat", "msdos"})
-FREEBSD_FS = frozenset({"ufs"})
 
 Reader = Callable[[int, int], bytes]
 
@@ -219,63 +230,56 @@ def partition_to_resize(table: Table) -> int | None:
     return last.number
 
 
-# What to look for on a candidate partition.
+# What to look for on a candidate partition: the family whose root it may be.
 CHECK_LINUX = "linux"
 CHECK_WINDOWS = "windows"
-CHECK_FREEBSD = "freebsd"
+#: A BSD root: UFS (1 or 2) with /etc/fstab.
+BSD_FAMILIES = frozenset(MBR_FAMILIES.values())
 
-Probe = Callable[[int, str], str | None]
+
+class Rejected(Exception):
+    """A candidate partition is not the root; the message says why."""
 
 
-def candidates(table: Table) -> list[tuple[Partition, str | None, str | None]]:
-    """(partition, family if decided by type alone, check to run otherwise), in detection order."""
-    found: list[tuple[Partition, str | None, str | None]] = []
+#: ``probe(number, check)``: the family found on partition ``number``, or Rejected.
+Probe = Callable[[int, str], str]
+
+
+def candidates(table: Table) -> list[tuple[Partition, str]]:
+    """(partition, family to check it for), in detection order."""
+    found: list[tuple[Partition, str]] = []
     for p in table.partitions:
         if p.kind in ("extended", "bsd"):
             continue
         if table.label == "msdos":
             if p.type in MBR_FAMILIES:
                 root = next((q for q in table.partitions if q.parent == p.number and q.letter == "a"), p)
-                found.append((root, MBR_FAMILIES[p.type], None))
+                found.append((root, MBR_FAMILIES[p.type]))
             elif p.type == MBR_NTFS:
-                found.append((p, None, CHECK_WINDOWS))
+                found.append((p, CHECK_WINDOWS))
             elif p.type == MBR_LINUX:
-                found.append((p, None, CHECK_LINUX))
+                found.append((p, CHECK_LINUX))
         elif p.type == GUID_FREEBSD_UFS:
-            found.append((p, None, CHECK_FREEBSD))
+            found.append((p, "freebsd"))
         elif p.type == GUID_MS_BASIC_DATA:
-            found.append((p, None, CHECK_WINDOWS))
+            found.append((p, CHECK_WINDOWS))
         elif p.type not in GUID_NOT_ROOT:
-            found.append((p, None, CHECK_LINUX))
+            found.append((p, CHECK_LINUX))
     return found
 
 
-def detect(table: Table, probe: Probe) -> tuple[str, int] | None:
+def detect(table: Table, probe: Probe, warn: Callable[[str], None]) -> tuple[str, int] | None:
     """(OSFAMILY, ROOT_PARTITION) of the first partition that looks like a root, or None.
 
-    ``probe(number, check)`` looks inside partition ``number`` and returns
-    the family it found for ``check`` (or None): the only impure step.
+    ``probe`` looks inside a partition: the only impure step. Each partition
+    it turns down is reported through ``warn``, with the reason.
     """
-    for partition, family, check in candidates(table):
-        if family is None and check is not None:
-            family = probe(partition.number, check)
-        if family is not None:
-            return family, partition.number
-    return None
-
-
-def _find_icase(root: Path, path: str) -> Path | None:
-    """``path`` under ``root`` matching each component case-insensitively, as Windows would."""
-    current = root
-    for part in path.strip("/").split("/"):
+    for partition, check in candidates(table):
         try:
-            match = next((e for e in current.iterdir() if e.name.lower() == part.lower()), None)
-        except OSError:
-            return None
-        if match is None or match.is_symlink():
-            return None
-        current = match
-    return current
+            return probe(partition.number, check), partition.number
+        except Rejected as exc:
+            warn(f"Partition {partition.number} is not a {check} root: {exc}")
+    return None
 
 
 def windows_version(root: Path) -> str:
@@ -285,9 +289,10 @@ def windows_version(root: Path) -> str:
     unreadable hive leaves it "windows", and InstallUnattend reports the
     problem with the image.
     """
-    software = _find_icase(root, "windows/system32/config/software")
+    windir = windows.windows_dir(root)
+    software = fsutil.resolve(root, f"{windir}/System32/config/SOFTWARE", ignore_case=True) if windir else None
     if software is None or not software.is_file():
-        log.info("no SOFTWARE hive under windows/system32/config")
+        log.info("no SOFTWARE hive under the Windows directory")
         return "windows"
     try:
         with registry.opened(software) as hive:
@@ -298,27 +303,43 @@ def windows_version(root: Path) -> str:
     return "windows" if major >= 6 else "windows-legacy"
 
 
-def probe_partition(device: Path, number: int, check: str) -> str | None:
-    """Mount partition ``number`` read-only and look for the mark of ``check``'s OS family."""
-    part = disks.partition_device(device, number)
+def _mount_spec(part: Path, check: str) -> tuple[str, str | None, str]:
+    """(what the partition holds, mount type, mount options) for ``check``; Rejected if it cannot be that root."""
+    if check in BSD_FAMILIES:
+        version = ufs.device_version(part)
+        if version is None:
+            raise Rejected("it holds no UFS (no UFS1 or UFS2 superblock)")
+        return f"{version.upper()} filesystem", "ufs", f"ro,ufstype={ufs.LINUX_TYPES[version]}"
     fstype = disks.fs_type(part)
-    allowed = {CHECK_LINUX: LINUX_FS, CHECK_WINDOWS: WINDOWS_FS, CHECK_FREEBSD: FREEBSD_FS}[check]
-    if fstype not in allowed:
-        log.info("partition %d: filesystem %r cannot hold a %s root", number, fstype, check)
-        return None
-    options = "ro,ufstype=ufs2" if check == CHECK_FREEBSD else "ro"
-    mount_type = "ufs" if check == CHECK_FREEBSD else None
+    if fstype not in (WINDOWS_FS if check == CHECK_WINDOWS else LINUX_FS):
+        raise Rejected(f"it holds {fstype or 'no filesystem blkid knows'}")
+    return f"{fstype} filesystem", None, "ro"
+
+
+def probe_partition(device: Path, number: int, check: str) -> str:
+    """Mount partition ``number`` read-only and look for the mark of ``check``'s OS family.
+
+    A helper kernel without UFS is an error here, not a rejection: no BSD
+    image can be detected (or deployed) with it, and the message says how to
+    get one that can.
+    """
+    if check in BSD_FAMILIES:
+        ufs.require_kernel_support(check)
+    part = disks.partition_device(device, number)
+    holds, mount_type, options = _mount_spec(part, check)
     try:
         with disks.mounted(part, fstype=mount_type, options=options) as root:
             if check == CHECK_WINDOWS:
-                system32 = _find_icase(root, "windows/system32")
-                return windows_version(root) if system32 is not None and system32.is_dir() else None
-            return check if fsutil.resolve(root, "/etc/fstab").is_file() else None
+                if windows.windows_dir(root) is None:
+                    raise Rejected(f"its {holds} has no Windows/System32")
+                return windows_version(root)
+            if not fsutil.resolve(root, "/etc/fstab").is_file():
+                raise Rejected(f"its {holds} has no /etc/fstab")
+            return check
     except CommandError as exc:
-        log.info("partition %d: cannot mount it (%s)", number, exc)
-        return None
+        raise Rejected(f"its {holds} cannot be mounted ({exc})") from exc
 
 
-def detect_device(device: Path) -> tuple[str, int] | None:
+def detect_device(device: Path, warn: Callable[[str], None]) -> tuple[str, int] | None:
     """:func:`detect` on a real disk."""
-    return detect(read_table(device), lambda number, check: probe_partition(device, number, check))
+    return detect(read_table(device), lambda number, check: probe_partition(device, number, check), warn)

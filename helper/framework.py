@@ -11,7 +11,8 @@ declaration and applies, in this order (as the original's ``task_init_as``):
 3. ``EXCLUDE_MOUNTED_TASKS`` when it is a ``mounted`` task;
 4. the ``CLOUD_INIT`` property when it is ``cloudinit_skip``;
 5. the image's ``/root/snf-image/helper/overwrite_task_<Name>`` when it is
-   ``overridable`` and ``ALLOW_MOUNTED_TASK_OVERWRITING`` is set;
+   ``overridable`` and ``ALLOW_MOUNTED_TASK_OVERWRITING`` is set (run in
+   the sandbox of image programs, helper.sandbox);
 6. the OS family: a task not declared for the image's family is a no-op.
 
 Every task in the run gets a task-start and a task-end message, excluded
@@ -35,8 +36,8 @@ from typing import Any, Protocol
 from snf_image.contract.constants import OSFAMILIES
 from snf_image.contract.rules import Rules
 
-from . import disks, fsutil
-from .commands import CommandError, TaskError, run_command
+from . import disks, fsutil, sandbox
+from .commands import TaskError, run_command
 from .properties import Properties
 from .windows import WindowsImage
 
@@ -51,7 +52,6 @@ WINDOWS = frozenset({"windows", "windows-legacy"})
 OVERWRITE_DIR = "/root/snf-image/helper"
 OVERWRITE_PREFIX = "overwrite_task_"
 OVERWRITE_RUN_TASK = 101  # the script's "now run the original task" exit code
-OVERWRITE_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class Context:
 
     bsd_duid: MountImage: the OpenBSD disklabel's uid, by which the image's
         fstab may name partitions (FilesystemResizeMounted).
-    windows: the first Windows task: what tasks._windows.image read.
+    windows: the first Windows task: what tasks._windows.guest.image read.
     network_warnings: ConfigureNetwork and InitializeDatasource plan the
         NICs alike; each warning reaches the operator once.
     network_backups, backup_stamp: ConfigureNetwork: the guest files already
@@ -160,10 +160,6 @@ class Context:
     def run(self, argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """:func:`run_command`: logs the command and raises CommandError on failure."""
         return run_command(argv, **kwargs)
-
-    def guest(self, path: str) -> Path:
-        """Host path of guest ``path`` under the target, never leaving it (see helper.fsutil)."""
-        return fsutil.resolve(self.target, path)
 
 
 @dataclass(frozen=True)
@@ -249,7 +245,7 @@ def find_overwrite(task: Task, ctx: Context) -> Path | None:
 
 
 def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
-    """The environment of an overwrite script: what it needs to act on the image, no secrets."""
+    """The environment of an image program (overwrite script, custom task): what it needs, no secrets."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "SNF_IMAGE_TASK": task.name,
@@ -269,11 +265,17 @@ def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
 
 
 def _run_overwrite(script: Path, phase: str, ctx: Context, task: Task) -> int:
-    try:
-        proc = run_command([script, phase], check=False, env=overwrite_env(ctx, task), timeout=OVERWRITE_TIMEOUT)
-    except CommandError as exc:
-        raise TaskError(f"Task {task.name}: overwrite script {phase} failed: {exc}") from exc
-    return proc.returncode
+    """Run the image's script for ``phase`` in its sandbox; its exit code if it is one the phase allows."""
+    program = sandbox.Program(
+        argv=(str(script), phase), env=overwrite_env(ctx, task), target=ctx.target, disks=tuple(ctx.disks)
+    )
+    outcome = sandbox.run(program, sandbox.time_limit(ctx.properties))
+    allowed = (0, OVERWRITE_RUN_TASK) if phase == "pre-exec" else (0,)
+    shown = fsutil.guest_path(ctx.target, script)
+    problem = outcome.failure(f"Task {task.name}: overwrite script {shown} {phase}", allowed)
+    if problem is not None:
+        raise TaskError(problem)
+    return outcome.returncode or 0  # failure() has a reason for every other outcome
 
 
 def run_one(loaded: LoadedTask, ctx: Context) -> None:
@@ -290,14 +292,9 @@ def run_one(loaded: LoadedTask, ctx: Context) -> None:
     if script is not None:
         shown = fsutil.guest_path(ctx.target, script)
         ctx.warning(f"Task {task.name} was overwritten by file: `{shown}'")
-        rc = _run_overwrite(script, "pre-exec", ctx, task)
-        if rc not in (0, OVERWRITE_RUN_TASK):
-            raise TaskError(f"Task {task.name}: overwrite script {shown} failed with exit code {rc}")
-        if rc == OVERWRITE_RUN_TASK:
+        if _run_overwrite(script, "pre-exec", ctx, task) == OVERWRITE_RUN_TASK:
             _run_body(loaded, ctx)
-            rc = _run_overwrite(script, "post-exec", ctx, task)
-            if rc != 0:
-                raise TaskError(f"Task {task.name}: overwrite script {shown} post-exec failed with exit code {rc}")
+            _run_overwrite(script, "post-exec", ctx, task)
     else:
         _run_body(loaded, ctx)
     log.info("Task %s: done", task.name)

@@ -7,8 +7,10 @@ takes everything it needs as arguments, so tests drive it without a VM.
 
 Channels: human text goes to the console (stdout/stderr, ttyS0); progress
 lines (``snf_image.contract.messages.HelperLine``) to ttyS2; the result
-(``messages.Result``: exactly ``SUCCESS`` or ``ERROR: <reason>``) to ttyS1.
-Only the result line decides success on the host.
+(``messages.Result``: ``SUCCESS <the rules' result_token>`` or ``ERROR:
+<reason>``, one line) to ttyS1. Only the result line decides success on the
+host, and image-supplied programs, which run sandboxed (helper.sandbox),
+can reach neither the ports nor the token.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def run(
     *,
     tasks: Sequence[LoadedTask] | None = None,
     target: Path | None = None,
-    detector: Callable[[Path], tuple[str, int] | None] = detect.detect_device,
+    detector: Callable[[Path, Callable[[str], None]], tuple[str, int] | None] = detect.detect_device,
     table_reader: Callable[[Path], detect.Table] = detect.read_table,
     on_failure: Callable[[], None] | None = None,
 ) -> None:
@@ -141,7 +143,7 @@ def run(
     root_value = properties.value("ROOT_PARTITION")
     if not osfamily or not root_value:
         reporter.warning("Needed image properties are missing. Autodetecting them...")
-        found = detector(device)
+        found = detector(device, reporter.warning)
         if found is None:
             raise TaskError(
                 "Unable to detect the OS family and root partition of the image; "
@@ -282,7 +284,7 @@ def main() -> int:
         result.write(failure.to_line())
     else:
         log.info("All tasks finished successfully")
-        result.write(Result(True).to_line())
+        result.write(Result.succeeded(rules.result_token).to_line())
         status = 0
     result.flush()
     if os.getpid() == 1:

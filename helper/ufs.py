@@ -33,16 +33,21 @@ def ufs_version(read: Callable[[int, int], bytes]) -> str | None:
     return None
 
 
-def linux_ufstype(device: Path | str) -> str | None:
-    """The ``ufstype=`` for ``device`` (44bsd or ufs2), or None if it holds no UFS."""
+def device_version(device: Path | str) -> str | None:
+    """ "ufs2", "ufs1" or None for the partition ``device``."""
     with open(device, "rb") as f:
 
         def read(offset: int, length: int) -> bytes:
             f.seek(offset)
             return f.read(length)
 
-        version = ufs_version(read)
-    return LINUX_TYPES.get(version) if version else None
+        return ufs_version(read)
+
+
+def linux_ufstype(device: Path | str) -> str | None:
+    """The ``ufstype=`` for ``device`` (44bsd or ufs2), or None if it holds no UFS."""
+    version = device_version(device)
+    return LINUX_TYPES[version] if version else None
 
 
 PROC_FILESYSTEMS = Path("/proc/filesystems")

@@ -4,8 +4,9 @@
 optional NICs) and runs exactly what the ``create`` script runs. On a
 terminal it draws a live progress bar; otherwise it prints plain lines.
 ``snf-image helper build`` builds the helper VM image, ``snf-image helper
-status`` says whether it matches the installed code, and ``snf-image
-verify`` checks parameters the way Ganeti's ``verify`` does.
+probe`` probes KVM again for the node, ``snf-image helper status`` says
+whether the helper image matches the installed code, and ``snf-image verify``
+checks parameters the way Ganeti's ``verify`` does.
 
 Help texts are plain text: argparse prints them as they are.
 """
@@ -30,6 +31,7 @@ from .contract.constants import (
 )
 from .errors import OperatorError, SnfImageError
 from .ganeti import parse_environment
+from .helperimage.kernel import DEFAULT_KERNEL, KERNEL_FLAVOURS
 from .oscripts import setup_logging
 from .progress import Progress
 from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, load_settings
@@ -240,6 +242,19 @@ def cmd_helper_status(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_helper_probe(args: argparse.Namespace) -> int:
+    from . import jail
+    from .jail.accel import verdict
+
+    settings = load_settings(config_dir=args.config_dir, variants_dir=args.variants_dir)
+    config = jail.HelperConfig.from_settings(settings)
+    jail.check_helper_dir(config.helper_dir)
+    verdict(config, print, reprobe=True)
+    if config.accel != "auto":
+        print(f"HELPER_ACCEL={config.accel} overrides the verdict: deployments use {config.accel}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="snf-image",
@@ -294,7 +309,8 @@ def parser() -> argparse.ArgumentParser:
     helper = sub.add_parser(
         "helper",
         help="the helper VM image",
-        description="Build the helper VM image, or check that it matches the installed snf-image.",
+        description="Build the helper VM image, check that it matches the installed snf-image, or probe KVM "
+        "for this node.",
     )
     helper_sub = helper.add_subparsers(dest="helper_command", required=True, metavar="COMMAND")
     build = helper_sub.add_parser(
@@ -311,10 +327,10 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument(
         "--kernel",
-        choices=("debian", "custom"),
-        default="debian",
-        help="debian: the rootfs' cloud kernel; custom: built from linux-source, writes UFS (BSD "
-        "images need it) [%(default)s]",
+        choices=KERNEL_FLAVOURS,
+        default=DEFAULT_KERNEL,
+        help="custom: our own, built from linux-source (faster, writes UFS: BSD images need it); "
+        "debian: the rootfs' cloud kernel, a fallback [%(default)s]",
     )
     build.set_defaults(func=cmd_helper_build)
     status = helper_sub.add_parser(
@@ -324,6 +340,13 @@ def parser() -> argparse.ArgumentParser:
         "it where gnt-os diagnose reads it. Exit status 1 when it does not.",
     )
     status.set_defaults(func=cmd_helper_status)
+    probe = helper_sub.add_parser(
+        "probe",
+        help="probe KVM again for this node and print the verdict",
+        description="Boot the helper kernel under KVM once more and keep the verdict (kvm or tcg) that every "
+        "deployment on this node uses until the host reboots (with HELPER_ACCEL=auto).",
+    )
+    probe.set_defaults(func=cmd_helper_probe)
     return top
 
 

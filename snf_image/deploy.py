@@ -7,20 +7,20 @@ as opaque bytes; whatever reads the image's filesystems runs in the jail
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
-from . import params, summary, windows
+from . import hostkeys, params, summary, windows
 from .contract.constants import FORMAT_DISKDUMP, FORMAT_EXTDUMP
-from .contract.rules import PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings
+from .contract.rules import HostKey, PersonalityFile, Rules, RulesDisk, RulesNic, RulesSettings, new_result_token
 from .copy import HashingStream, copy_stream, verify_checksum
-from .errors import ImageError, OperatorError
+from .errors import ImageError
 from .formats import convert, headers, mbr, sniff, streams
 from .formats.sandbox import SandboxConfig
 from .ganeti import Instance, Nic
@@ -29,28 +29,28 @@ from .progress import Progress
 from .settings import Settings
 from .sources import select_source
 from .sources.base import ImageStream
+from .sources.fetch import local_image, open_image
+from .sources.local import LocalStream
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
-
-CONFIG_URL_TIMEOUT = (10, 30)
 
 #: Tasks a rename runs in the jail: what depends on the instance's name.
 RENAME_TASKS = ("AssignHostname",)
 
 
-def fetch_config_url(url: str) -> dict[str, str]:
-    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*."""
-    log.info("Downloading configuration parameters from %s", url)
-    try:
-        with requests.get(url, timeout=CONFIG_URL_TIMEOUT, stream=True) as response:
-            response.raise_for_status()
-            body = response.raw.read(params.MAX_CONFIG_URL_DOCUMENT + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise OperatorError(f"config_url: cannot download {url}: {exc}") from exc
-    if len(body) > params.MAX_CONFIG_URL_DOCUMENT:
-        raise OperatorError(f"config_url: {url} is larger than {params.MAX_CONFIG_URL_DOCUMENT} bytes")
-    return params.parse_config_document(body.decode("utf-8", "replace"), url)
+def fetch_config_url(url: str, settings: Settings) -> dict[str, str]:
+    """Download the JSON object of ``config_url`` (bounded size); values override OSP_*.
+
+    Through the image download path: the network source's TLS settings,
+    timeouts, retries, redirect policy and minimum rate; http(s) and ftp(s).
+    """
+    from .sources.network import fetch_document
+    from .sources.urls import redact_url
+
+    log.info("Downloading configuration parameters from %s", redact_url(url))
+    body = fetch_document(url, settings, params.MAX_CONFIG_URL_DOCUMENT, "config_url")
+    return params.parse_config_document(body.decode("utf-8", "replace"), redact_url(url))
 
 
 def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
@@ -58,7 +58,9 @@ def collect_params(osparams: Mapping[str, str], settings: Settings) -> OsParams:
     merged = params.merge_sources(settings.param_defaults, osparams)
     if merged.get("config_url"):
         params.validate({"config_url": merged["config_url"]}, require_image=False)
-        merged = params.merge_sources(settings.param_defaults, osparams, fetch_config_url(merged["config_url"]))
+        merged = params.merge_sources(
+            settings.param_defaults, osparams, fetch_config_url(merged["config_url"], settings)
+        )
     result = params.validate(merged)
     assert result is not None  # require_image=True guarantees it
     return result
@@ -88,16 +90,26 @@ def write_image(
     progress: Progress,
     converter: SandboxConfig,
     verify_source: Callable[[], None] | None = None,
+    localize: Callable[[], LocalStream] | None = None,
 ) -> CopyOutcome:
     """Decode the container, check the declared format and write the image onto ``target``.
 
     ``verify_source`` runs once every byte of the source has been read (the checksum): for a
-    container before the converter opens it, for a stream once it is copied.
+    container before the converter opens it, for a stream once it is copied. ``localize``
+    gives the image as a checked local file when a container arrives as a remote stream.
     """
     peeked = streams.PeekedStream(stream)
     container = sniff.detect_container(peeked.head)
     if container in sniff.CONTAINERS:
-        _write_container(peeked, container, target, img_format, progress, converter, verify_source)
+        with contextlib.ExitStack() as cleanup:
+            if peeked.local_fd is None and localize is not None:
+                # qcow2/VMDK/... need seeking: fetch the image once into a local file (the node's image
+                # cache, or a private unnamed file), checksum verified there, then convert from its descriptor
+                progress.info(f"Fetching the {sniff.NAMES[container]} image to a local file before converting it...")
+                peeked.close()
+                peeked = streams.PeekedStream(cleanup.enter_context(localize()))
+                verify_source = None
+            _write_container(peeked, container, target, img_format, progress, converter, verify_source)
         return CopyOutcome({})
     size = peeked.size
     if container in sniff.COMPRESSED:
@@ -144,8 +156,8 @@ def _write_container(
     name = sniff.NAMES[container]
     if img_format != FORMAT_DISKDUMP:
         raise ImageError(f"a {name} image holds a whole disk: use img_format=diskdump, not {img_format}")
-    if stream.local_fd is None:  # remote images: once the node's image cache gives them a local_fd
-        raise ImageError(f"{name} images can only be read from a local file (the local source)")
+    if stream.local_fd is None:
+        raise ImageError(f"{name} images can only be read from a local file")
     header = headers.read_header(container, stream.local_fd)
     headers.check_fits(header, target.size)
     if verify_source is not None:  # the checksum sees every byte before the converter opens the file
@@ -183,14 +195,18 @@ def copy_image(instance: Instance, os_params: OsParams, settings: Settings, prog
         progress.info("The null source copies nothing; customizing the disk as it is.")
         return CopyOutcome({})
     converter = SandboxConfig.from_settings(settings)
-    with open_target(instance.disks[0].target) as target, source.open(os_params.img_id) as raw:
+    with (
+        open_target(instance.disks[0].target) as target,
+        open_image(source, os_params.img_id, settings, os_params.img_checksum) as raw,
+    ):
         stream: ImageStream = raw
         verify = None
         if os_params.img_checksum:
             hasher = HashingStream(raw, os_params.img_checksum.partition(":")[0])
             stream = hasher
             verify = functools.partial(verify_checksum, hasher, os_params.img_checksum)
-        outcome = write_image(stream, target, os_params.img_format, progress, converter, verify)
+        localize = functools.partial(local_image, os_params.img_id, settings, os_params.img_checksum)
+        outcome = write_image(stream, target, os_params.img_format, progress, converter, verify, localize)
         target.flush()
     return outcome
 
@@ -203,6 +219,7 @@ def build_rules(
     implied_properties: Mapping[str, str] | None = None,
     answer_files: Mapping[str, str] | None = None,
     answer_properties: Mapping[str, str] | None = None,
+    ssh_host_keys: tuple[HostKey, ...] = (),
     only_tasks: tuple[str, ...] | None = None,
 ) -> Rules:
     """The per-deployment rules for the jail, complete.
@@ -218,6 +235,7 @@ def build_rules(
     p = os_params
     return Rules(
         instance_name=instance.name,
+        result_token=new_result_token(),
         old_instance_name=instance.old_name,
         hypervisor=instance.hypervisor,
         img_format=p.img_format if p else FORMAT_DISKDUMP,
@@ -242,6 +260,7 @@ def build_rules(
             cloud_init_debug=settings.cloud_init_debug,
         ),
         files=dict(answer_files or {}),
+        ssh_host_keys=ssh_host_keys,
         only_tasks=only_tasks,
         debug=settings.helper_debug,
     )
@@ -280,19 +299,10 @@ def customize(instance: Instance, settings: Settings, rules: Rules, progress: Pr
     problem = schemas.first_error("rules", json.loads(data))
     if problem is not None:
         raise AssertionError(f"built invalid rules: {problem}")
-    config = jail.HelperConfig(
-        helper_dir=settings.helper_dir,
-        memory_mib=settings.helper_memory,
-        soft_timeout=settings.helper_soft_timeout,
-        hard_timeout=settings.helper_hard_timeout,
-        user=settings.helper_user,
-        accel=settings.helper_accel,
-        debug=settings.helper_debug,
-        qemu=settings.helper_qemu,
-    )
+    config = jail.HelperConfig.from_settings(settings)
     disks = [jail.JailDisk(disk.target, disk.index, readonly=disk.access == "ro") for disk in instance.disks]
     progress.info("Starting customization VM...")
-    jail.run_helper(config, disks, data, progress.helper, log=_helper_log)
+    jail.run_helper(config, disks, data, progress.helper, log=_helper_log, token=rules.result_token)
     progress.info("Customization VM exited normally.")
 
 
@@ -305,7 +315,9 @@ def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, 
     os_params = collect_params(osparams, settings)
     # before the copy: a bad WINDOWS_TIMEZONE or an unreachable os_answer_file fails fast
     files, answer_properties = windows.answer_files(settings, os_params.os_answer_file)
-    outcome = copy_image(instance, os_params, settings, progress)
+    with ThreadPoolExecutor(max_workers=1) as keygen:  # the instance's SSH host keys, made while the image copies
+        host_keys = keygen.submit(hostkeys.generate, instance.name)
+        outcome = copy_image(instance, os_params, settings, progress)
     rules = build_rules(
         instance,
         settings,
@@ -313,6 +325,7 @@ def create(instance: Instance, osparams: Mapping[str, str], settings: Settings, 
         implied_properties=outcome.implied_properties,
         answer_files=files,
         answer_properties=answer_properties,
+        ssh_host_keys=host_keys.result(),
     )
     customize(instance, settings, rules, progress)
     progress.info("Image customization finished successfully.")

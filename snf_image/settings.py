@@ -159,6 +159,14 @@ def parse_duration(value: str, name: str) -> float:
     return float(match.group(1)) * factor
 
 
+def parse_size(value: str, name: str) -> int:
+    """A size in bytes with an optional binary suffix: 0, 1048576, 512M, 20G, 1T."""
+    match = re.fullmatch(r"\s*([0-9]{1,15})\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    if not match:
+        raise OperatorError(f"setting {name} must be a size like 0, 500M, 20G; got {value!r}")
+    return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+
+
 def _positive_int(value: str, name: str) -> int:
     if not re.fullmatch(r"\s*[0-9]{1,9}\s*", value) or int(value) <= 0:
         raise OperatorError(f"setting {name} must be a positive integer, got {value!r}")
@@ -189,6 +197,9 @@ class Settings:
     windows_timezone: str
     image_debug: bool
     cloud_init_debug: bool
+    #: The node-local cache of remote images (snf_image.sources.cache); size 0 turns it off.
+    image_cache_dir: Path
+    image_cache_size: int
     #: Defaults for OS parameters, lower-case names (from IMG_ID=... lines).
     param_defaults: Mapping[str, str]
     raw: Mapping[str, str] = field(repr=False)
@@ -244,6 +255,8 @@ DEFAULTS: dict[str, str] = {
     "WINDOWS_TIMEZONE": "GMT Standard Time",
     "IMAGE_DEBUG": "no",
     "CLOUD_INIT_DEBUG": "no",
+    "IMAGE_CACHE_DIR": "/var/cache/snf-image/images",
+    "IMAGE_CACHE_SIZE": "0",
     "METRICS_FILE": "",
 }
 
@@ -309,6 +322,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[
         windows_timezone=raw["WINDOWS_TIMEZONE"],
         image_debug=parse_bool(raw["IMAGE_DEBUG"], "IMAGE_DEBUG"),
         cloud_init_debug=parse_bool(raw["CLOUD_INIT_DEBUG"], "CLOUD_INIT_DEBUG"),
+        image_cache_dir=Path(raw["IMAGE_CACHE_DIR"]),
+        image_cache_size=parse_size(raw["IMAGE_CACHE_SIZE"], "IMAGE_CACHE_SIZE"),
         param_defaults=param_defaults,
         raw=dict(raw),
         metrics_file=_metrics_file(raw.get("METRICS_FILE", "")),

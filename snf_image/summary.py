@@ -31,7 +31,7 @@ from .contract.constants import HELPER_WARNING, MSG_COPY_PROGRESS, MSG_HELPER, O
 from .metrics import MetricsFile, process_token
 from .progress import Progress
 from .settings import Settings
-from .sources.network import redact_url
+from .sources.urls import redact_id
 
 log = logging.getLogger("snf-image")
 
@@ -165,7 +165,7 @@ def note_image(img_id: str, source: str, properties: Mapping[str, str]) -> None:
     record = _current.get()
     if record is None:
         return
-    record.image = redact_url(img_id) if "://" in img_id else img_id
+    record.image = redact_id(img_id)
     record.source = source
     family = properties.get("OSFAMILY", "").lower()
     if family in OSFAMILIES:

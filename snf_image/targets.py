@@ -164,12 +164,17 @@ class BlockTarget(_FdTarget):
 
 
 class NbdTarget(DiskTarget):
-    """A userspace disk reached over NBD (directly, or through a private qemu-nbd)."""
+    """A userspace disk reached over NBD (directly, or through a private qemu-nbd).
 
-    def __init__(self, uri: str) -> None:
+    ``readonly`` (export): the private qemu-nbd opens the disk read-only, so a
+    read-only backend (a snapshot) can be exported too.
+    """
+
+    def __init__(self, uri: str, readonly: bool = False) -> None:
         import nbd  # python3-libnbd; only userspace disks need it
 
         self.name = uri
+        self._readonly = readonly
         self._pid_file: Path | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._handle = nbd.NBD()
@@ -206,6 +211,7 @@ class NbdTarget(DiskTarget):
                 "--persistent",
                 "--shared=1",
                 f"--socket={socket_path}",
+                *(["--read-only"] if self._readonly else []),
                 uri,
             ],
             stdin=subprocess.DEVNULL,
@@ -217,6 +223,13 @@ class NbdTarget(DiskTarget):
             reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise TargetError(f"qemu-nbd cannot open disk {uri}: {reason}")
         return socket_path
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (export)."""
+        try:
+            return self._handle.pread(length, offset)
+        except self._nbd_error as exc:
+            raise TargetError(f"cannot read from disk {self.name}: {exc.string}") from exc
 
     def write(self, offset: int, data: memoryview) -> None:
         try:

@@ -1,8 +1,10 @@
 """Ganeti's import and export: raw disk bytes through a pipe, fast and in constant memory.
 
-Export splices the disk into stdout when stdout is a pipe (no copies through
-user space) and reports the size on EXP_SIZE_FD first. Import is the same
-sparse-aware copy as create, reading stdin.
+Export reports the size on EXP_SIZE_FD first, then writes the disk to stdout:
+a local disk is spliced into stdout when stdout is a pipe (no copies through
+user space); a userspace disk (``nbd://``, ``rbd:``, ...) is read over NBD,
+read-only, one chunk at a time. Import is the same sparse-aware copy as
+create, reading stdin, onto any disk create can write.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import os
 import stat
 
 from .copy import copy_stream
-from .errors import OperatorError
 from .sources.base import ImageStream
-from .targets import TargetError, is_local, open_target
+from .targets import NbdTarget, TargetError, is_local, open_target
 
 CHUNK = 8 * 1024 * 1024
 
@@ -45,10 +46,15 @@ def disk_size(fd: int) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
+def _report_size(size_fd: int | None, size: int) -> None:
+    if size_fd is not None:
+        os.write(size_fd, f"{size}\n".encode())
+
+
 def export_disk(path: str, out_fd: int = 1, size_fd: int | None = None) -> int:
     """Write the disk at ``path`` to ``out_fd``; report its size on ``size_fd`` first."""
     if not is_local(path):
-        raise OperatorError(f"export of userspace disks ({path}) is not supported")
+        return _export_userspace(path, out_fd, size_fd)
     try:
         in_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -56,11 +62,28 @@ def export_disk(path: str, out_fd: int = 1, size_fd: int | None = None) -> int:
     try:
         size = disk_size(in_fd)
         os.lseek(in_fd, 0, os.SEEK_SET)
-        if size_fd is not None:
-            os.write(size_fd, f"{size}\n".encode())
+        _report_size(size_fd, size)
         return _pump(in_fd, out_fd, size)
     finally:
         os.close(in_fd)
+
+
+def _export_userspace(uri: str, out_fd: int, size_fd: int | None) -> int:
+    """A userspace disk to ``out_fd``, CHUNK bytes in memory at a time."""
+    with NbdTarget(uri, readonly=True) as disk:
+        _report_size(size_fd, disk.size)
+        copied = 0
+        while copied < disk.size:
+            data = disk.read(copied, min(CHUNK, disk.size - copied))
+            _write_all(out_fd, data)
+            copied += len(data)
+    return copied
+
+
+def _write_all(out_fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(out_fd, view) :]
 
 
 def _pump(in_fd: int, out_fd: int, size: int) -> int:
@@ -79,9 +102,7 @@ def _pump(in_fd: int, out_fd: int, size: int) -> int:
         else:
             data = os.read(in_fd, count)
             n = len(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out_fd, view) :]
+            _write_all(out_fd, data)
         if n == 0:
             raise TargetError(f"the disk ended after {copied} of {size} bytes")
         copied += n

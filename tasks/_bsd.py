@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from helper import fsutil
 
-from . import _unix
-from ._network import HEADER, NicPlan
+from ._network import HEADER
+from ._nics import NicPlan
 from ._unix import join_lines, newline_of, split_lines
 
 if TYPE_CHECKING:
@@ -289,29 +289,29 @@ def add_firstboot(ctx: Context, job: str) -> str:
     """
     root = ctx.target
     if ctx.osfamily == "openbsd":
-        old = _unix.read_optional(root, RC_FIRSTTIME)
-        _unix.write_file(root, RC_FIRSTTIME, add_firstboot_job(old, job).encode(), mode=0o755)
+        old = fsutil.read_optional(root, RC_FIRSTTIME)
+        fsutil.write_file(root, RC_FIRSTTIME, add_firstboot_job(old, job).encode(), mode=0o755)
         return RC_FIRSTTIME
-    old = _unix.read_optional(root, RC_LOCAL)
+    old = fsutil.read_optional(root, RC_LOCAL)
     ours = parse_our_rc_local(old) if old is not None else None
     if ours is not None:
         jobs, restores = ours
     else:
         jobs, restores = [], False
         if old is not None:
-            host = fsutil.resolve(root, RC_LOCAL)
-            _unix.write_file(root, RC_LOCAL_SAVED, host.read_bytes(), mode=host.stat().st_mode & 0o7777)
+            own = fsutil.resolve(root, RC_LOCAL)
+            fsutil.write_file(root, RC_LOCAL_SAVED, own.read_bytes(), mode=own.stat().st_mode & 0o7777)
             restores = True
     if job.strip() not in jobs:
         jobs.append(job.strip())
     text = firstboot_rc_local("\n".join(jobs), RC_LOCAL_SAVED if restores else None)
-    _unix.write_file(root, RC_LOCAL, text.encode(), mode=0o755)
+    fsutil.write_file(root, RC_LOCAL, text.encode(), mode=0o755)
     return RC_LOCAL
 
 
 def edit_rc_conf(ctx: Context, values: dict[str, str], remove: re.Pattern[str] | None = None) -> None:
     """Set rc.conf variables in the guest (the file is created when the image has none)."""
-    old = _unix.read_optional(ctx.target, RC_CONF)
+    old = fsutil.read_optional(ctx.target, RC_CONF)
     new = rc_set(old or "", values, remove)
     if new != old:
         fsutil.write_text(ctx.target, RC_CONF, new, mode=None if old is not None else 0o644)

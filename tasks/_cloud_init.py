@@ -5,11 +5,11 @@ hand their data to cloud-init through a NoCloud seed
 (``/var/lib/cloud/seed/nocloud-net``: ``meta-data``, ``user-data``,
 ``network-config``) and ``cloud.cfg.d`` snippets, and cloud-init applies it
 at first boot. InitializeDatasource creates the seed; each task then adds
-what it owns through the hooks below, so that ``EXCLUDE_TASK_<Name>`` keeps
+what it owns through its function below, so that ``EXCLUDE_TASK_<Name>`` keeps
 meaning "do not do this" under cloud-init too:
 
 =====================  ===========================  ==============================================
-task                   hook                         what cloud-init gets
+task                   function                     what cloud-init gets
 =====================  ===========================  ==============================================
 AssignHostname         ``set_hostname(ctx, fqdn)``  meta-data ``local-hostname``
 ChangePassword         ``change_password(ctx, c)``  ``chpasswd`` + ``ssh_pwauth`` (hashes, removed
@@ -30,20 +30,20 @@ non-executable, which cloud-init skips).
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from helper import fsutil
 from helper.commands import TaskError
 from helper.framework import Context
 
 from . import _unix
-from ._network import NicPlan, network_config_v1
+from ._network import network_config_v1
+from ._nics import NicPlan
 
 SEED_DIR = "/var/lib/cloud/seed/nocloud-net"
 CFG_DIRS = ("/etc/cloud/cloud.cfg.d", "/usr/local/etc/cloud/cloud.cfg.d")
@@ -57,21 +57,27 @@ CLOUD_INIT_HASH = re.compile(r"^\$(1|2a|2y|5|6)(\$.+){2}$")
 HEADER = "# Written by snf-image for cloud-init; see the NoCloud seed in " + SEED_DIR + "\n"
 
 
-class _Dumper(yaml.SafeDumper):
+@functools.cache
+def _dumper() -> type:
     """safe_dump with multi-line strings as literal blocks (readable logcfg and scripts)."""
+    import yaml  # here: only the images that get YAML pay for its import (~0.1 s of the helper's boot, TCG)
 
+    class Dumper(yaml.SafeDumper):
+        pass
 
-def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data and not data.startswith((" ", "\t")) else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+    def represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in data and not data.startswith((" ", "\t")) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
-
-_Dumper.add_representer(str, _str_representer)
+    Dumper.add_representer(str, represent_str)
+    return Dumper
 
 
 def dump(data: Any) -> str:
     """YAML text of ``data`` (block style, keys in insertion order), always via the safe dumper."""
-    return yaml.dump(data, Dumper=_Dumper, default_flow_style=False, sort_keys=False, allow_unicode=True)
+    import yaml
+
+    return yaml.dump(data, Dumper=_dumper(), default_flow_style=False, sort_keys=False, allow_unicode=True)
 
 
 def debug(ctx: Context) -> bool:
@@ -96,13 +102,13 @@ def has_cloud_init(root: Path) -> bool:
 
 def ensure_seed(root: Path) -> str:
     """Create the NoCloud seed directory (0700: it holds user-data) and return its guest path."""
-    _unix.make_dirs(root, str(PurePosixPath(SEED_DIR).parent), mode=0o755)
-    _unix.make_dirs(root, SEED_DIR, mode=0o700)
+    fsutil.make_dirs(root, str(PurePosixPath(SEED_DIR).parent), mode=0o755)
+    fsutil.make_dirs(root, SEED_DIR, mode=0o700)
     return SEED_DIR
 
 
 def _write(root: Path, path: str, text: str, mode: int) -> None:
-    _unix.write_file(root, path, text.encode("utf-8", "surrogateescape"), mode=mode)
+    fsutil.write_file(root, path, text.encode("utf-8", "surrogateescape"), mode=mode)
 
 
 # --- meta-data --------------------------------------------------------------------
@@ -110,9 +116,11 @@ def _write(root: Path, path: str, text: str, mode: int) -> None:
 
 def read_meta_data(root: Path) -> dict[str, Any]:
     """The seed's meta-data as a mapping (empty when absent); TaskError if it is not a YAML mapping."""
-    text = _unix.read_optional(root, f"{SEED_DIR}/meta-data")
+    text = fsutil.read_optional(root, f"{SEED_DIR}/meta-data")
     if not text:
         return {}
+    import yaml
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -172,7 +180,7 @@ def at_first_boot(ctx: Context, name: str, remove: Sequence[str] = (), truncate:
     cloud-init skips it and the data stays for inspection.
     """
     root = ctx.target
-    _unix.make_dirs(root, PER_ONCE_DIR, mode=0o755)
+    fsutil.make_dirs(root, PER_ONCE_DIR, mode=0o755)
     path = f"{PER_ONCE_DIR}/snf-image-{name}.sh"
     _write(root, path, removal_script(remove, truncate), 0o600 if debug(ctx) else 0o700)
     return path
@@ -187,7 +195,7 @@ def write_cfg(ctx: Context, name: str, data: Mapping[str, Any], *, secret: bool 
     return path
 
 
-# --- hooks of the other tasks ----------------------------------------------------------
+# --- what the other tasks call ----------------------------------------------------------
 
 
 def set_hostname(ctx: Context, fqdn: str) -> None:

@@ -1,262 +1,25 @@
-"""Network configuration as pure functions: the per-NIC plan and the renderers of every format.
+"""Network configuration as pure functions: the renderers of every format the images read.
 
-One decision function (:func:`plan_nics`) turns the rules' NIC list and
-settings into a :class:`NicPlan` per NIC; every renderer (ifcfg,
-NetworkManager keyfiles, netplan, systemd-networkd, cloud-init's
-network-config here, ifupdown in ``tasks/_ifupdown.py``) is text/data in,
-text/data out, so each is tested without an image. ConfigureNetwork and
-InitializeDatasource only do the I/O.
+Every renderer (udev names, ifupdown, ifcfg, NetworkManager keyfiles,
+netplan, systemd-networkd, cloud-init's network-config) turns the NIC plans
+(:mod:`tasks._nics`) into text or data, so each is tested without an image.
+ConfigureNetwork and InitializeDatasource only do the I/O.
 
-Interface names. Current distributions name NICs after their bus position
-(ens3, enp0s3), which the jail cannot know. Formats that can match a NIC by
-MAC do so (netplan ``match: macaddress``, networkd ``[Match] MACAddress=``,
-NetworkManager ``mac-address``, ifcfg ``HWADDR``); and because ifupdown can
-only name interfaces, every Linux renderer also pins the name by MAC with a
-udev rule (:func:`render_udev_rules`) so that Ganeti NIC ``N`` is ``nicN``
-on every image whatever its renderer. The prefix is deliberately not
-``eth``: renaming into the kernel's own ``ethN`` namespace races with the
-kernel's names when the probe order differs from Ganeti's order
-(systemd.link(5) warns against it), and a lost race leaves a NIC
-unconfigured.
+Every Linux renderer matches a NIC by MAC where its format can, and pins
+Ganeti NIC ``N`` to the name ``nicN`` with a udev rule (why not ``ethN``:
+:mod:`tasks._nics`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from helper.commands import TaskError
-from snf_image.contract.rules import RulesNic, RulesSettings
-
+from ._nics import MARK, RA_MODES, NicPlan
 from ._unix import join_lines, newline_of, split_lines
-
-IPV4_MODES = ("dhcp", "static")
-IPV6_MODES = ("dhcp", "slaac", "slaac_dhcp", "static")
-RA_MODES = ("slaac", "slaac_dhcp", "dhcp")  # the IPv6 modes that take the default route from router advertisements
-DEFAULT_NIC_CONFIGS = ("", "dhcp", "dhcpv6", "slaac", "slaac_dhcp", "dhcp+dhcpv6", "dhcp+slaac", "dhcp+slaac_dhcp")
-NAME_PREFIX = "nic"
-METRIC_BASE = 100  # default route metric of NIC N: METRIC_BASE + N, so two gateways never collide
-MARK = "snf-image"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-@dataclass(frozen=True)
-class NicPlan:
-    """What one NIC gets.
-
-    ipv4: None, "dhcp" or "static" (then ``address`` is set, ``gateway`` maybe).
-    ipv6: None, "dhcp" (stateful DHCPv6), "slaac", "slaac_dhcp" (SLAAC plus
-        stateless DHCPv6 for the other options) or "static" (then
-        ``address6`` is set and ``gateway6``, if any, is the default route).
-    metric: the metric of this NIC's default routes.
-    """
-
-    index: int
-    mac: str
-    name: str
-    ipv4: str | None = None
-    ipv6: str | None = None
-    address: ipaddress.IPv4Interface | None = None
-    gateway: ipaddress.IPv4Address | None = None
-    address6: ipaddress.IPv6Interface | None = None
-    subnet6: ipaddress.IPv6Network | None = None
-    gateway6: ipaddress.IPv6Address | None = None
-    frontend_type: str | None = None
-
-    @property
-    def metric(self) -> int:
-        return METRIC_BASE + self.index
-
-    @property
-    def configured(self) -> bool:
-        """Whether anything is configured on this NIC."""
-        return self.ipv4 is not None or self.ipv6 is not None
-
-
-def linux_name(index: int) -> str:
-    """The interface name Ganeti NIC ``index`` gets on Linux (pinned by MAC, see the module docstring)."""
-    return f"{NAME_PREFIX}{index}"
-
-
-def _text(value: str | None) -> str:
-    return (value or "").strip()
-
-
-def _mac(nic: RulesNic, label: str) -> str:
-    mac = _text(nic.mac).lower().replace("-", ":")
-    if not MAC_RE.match(mac):
-        raise TaskError(f"{label}: invalid MAC address {nic.mac!r}")
-    return mac
-
-
-def _ipv4(value: str, what: str, label: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(value)
-    except ValueError as exc:
-        raise TaskError(f"{label}: invalid {what} {value!r} (expected an IPv4 address)") from exc
-
-
-def _network(value: str, version: int, what: str, label: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        net = ipaddress.ip_network(value, strict=False)
-    except ValueError as exc:
-        raise TaskError(f"{label}: invalid {what} {value!r} (expected a network in CIDR notation)") from exc
-    if net.version != version or "/" not in value:
-        raise TaskError(f"{label}: invalid {what} {value!r} (expected an IPv{version} network in CIDR notation)")
-    return net
-
-
-def _ip(value: str, label: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError as exc:
-        raise TaskError(f"{label}: invalid IP {value!r} (expected an IPv4 or IPv6 address)") from exc
-
-
-def _ipv4_fields(
-    address: ipaddress.IPv4Address | None, nic: RulesNic, settings: RulesSettings, label: str
-) -> dict[str, Any]:
-    """The IPv4 part of a NIC's plan (see :func:`plan_nics`)."""
-    subnet, gateway = _text(nic.subnet), _text(nic.gateway)
-    net = _network(subnet, 4, "subnet", label) if subnet else None
-    gw = _ipv4(gateway, "gateway", label) if gateway else None
-    if net is not None and gw is not None and gw not in net:
-        raise TaskError(f"{label}: gateway {gw} is not in subnet {net}")
-    if address is None:
-        return {}
-    if set(nic.tags).intersection(settings.dhcp_tags) or net is None:
-        return {"ipv4": "dhcp"}
-    if address not in net:
-        raise TaskError(f"{label}: IP {address} is not in subnet {net}")
-    return {"ipv4": "static", "address": ipaddress.IPv4Interface(f"{address}/{net.prefixlen}"), "gateway": gw}
-
-
-def _ipv6_fields(
-    address: ipaddress.IPv6Address | None, nic: RulesNic, settings: RulesSettings, label: str
-) -> dict[str, Any]:
-    """The IPv6 part of a NIC's plan (see :func:`plan_nics`)."""
-    subnet6, gateway6 = _text(nic.subnet6), _text(nic.gateway6)
-    fields: dict[str, Any] = {}
-    net6 = fields["subnet6"] = _network(subnet6, 6, "subnet6", label) if subnet6 else None
-    if gateway6:
-        try:
-            fields["gateway6"] = ipaddress.IPv6Address(gateway6)
-        except ValueError as exc:
-            raise TaskError(f"{label}: invalid gateway6 {gateway6!r} (expected an IPv6 address)") from exc
-    gw6 = fields.get("gateway6")
-    tags = set(nic.tags)
-    if address is not None:
-        if tags.intersection(settings.stateful_dhcpv6_tags) or net6 is None:
-            fields["ipv6"] = "dhcp"
-            return fields
-        if address not in net6:
-            raise TaskError(f"{label}: IP {address} is not in subnet6 {net6}")
-        if gw6 is not None and gw6 not in net6 and not gw6.is_link_local:
-            raise TaskError(f"{label}: gateway6 {gw6} is neither in subnet6 {net6} nor link-local")
-        fields["ipv6"] = "static"
-        fields["address6"] = ipaddress.IPv6Interface(f"{address}/{net6.prefixlen}")
-    elif net6 is not None or gw6 is not None:
-        if tags.intersection(settings.stateful_dhcpv6_tags):
-            fields["ipv6"] = "dhcp"
-        elif tags.intersection(settings.stateless_dhcpv6_tags):
-            fields["ipv6"] = "slaac_dhcp"
-        else:
-            fields["ipv6"] = "slaac"
-    return fields
-
-
-def parse_default_nic_config(value: str) -> tuple[str | None, str | None]:
-    """(ipv4, ipv6) modes of a DEFAULT_NIC_CONFIG value: ``dhcp``, ``slaac``, ``dhcp+slaac_dhcp``, ..."""
-    word = value.strip().lower()
-    if word not in DEFAULT_NIC_CONFIGS:
-        raise TaskError(f"Invalid DEFAULT_NIC_CONFIG {value!r} (expected one of {', '.join(DEFAULT_NIC_CONFIGS[1:])})")
-    ipv4 = ipv6 = None
-    for part in filter(None, word.split("+")):
-        if part == "dhcp":
-            ipv4 = "dhcp"
-        else:
-            ipv6 = "dhcp" if part == "dhcpv6" else part
-    return ipv4, ipv6
-
-
-def plan_nics(
-    nics: Sequence[RulesNic],
-    settings: RulesSettings,
-    namer: Callable[[int], str] = linux_name,
-) -> tuple[list[NicPlan], list[str]]:
-    """The plan for every NIC, in index order, and the warnings for the operator.
-
-    The original's rules (50ConfigureNetwork), addresses checked:
-
-    - IPv4 is configured when the NIC has an IPv4 IP: DHCP when the network
-      has a tag of ``dhcp_tags`` or no subnet, else static with the subnet's
-      prefix (the IP must lie in the subnet) and the gateway if any (in the
-      subnet too).
-    - IPv6 is configured when the NIC has an IPv6 IP (Ganeti accepts one,
-      e.g. on a routed NIC), the same way: stateful DHCPv6 when the network
-      has a ``stateful_dhcpv6_tags`` tag or no subnet6, else static with
-      subnet6's prefix and gateway6 (in subnet6 or link-local) if any.
-    - Otherwise IPv6 is configured when the network has ``gateway6`` or
-      ``subnet6``: stateful DHCPv6 with a ``stateful_dhcpv6_tags`` tag, SLAAC
-      plus stateless DHCPv6 with a ``stateless_dhcpv6_tags`` tag, else SLAAC.
-    - A single NIC with neither gets ``default_nic_config`` (with a warning).
-
-    Anything malformed (MAC, IP, subnet, gateway, duplicate index or MAC) is
-    a TaskError naming the NIC: better no deployment than a guest that is
-    unreachable for a reason nobody sees.
-    """
-    plans: list[NicPlan] = []
-    warnings: list[str] = []
-    seen_index: set[int] = set()
-    seen_mac: set[str] = set()
-    for nic in sorted(nics, key=lambda n: n.index):
-        index = nic.index
-        label = f"NIC {index}"
-        if index in seen_index:
-            raise TaskError(f"{label}: duplicate NIC index")
-        seen_index.add(index)
-        mac = _mac(nic, label)
-        if mac in seen_mac:
-            raise TaskError(f"{label}: MAC address {mac} is used by another NIC too")
-        seen_mac.add(mac)
-        ip = _ip(_text(nic.ip), label) if _text(nic.ip) else None
-        fields = _ipv4_fields(ip if isinstance(ip, ipaddress.IPv4Address) else None, nic, settings, label)
-        fields.update(_ipv6_fields(ip if isinstance(ip, ipaddress.IPv6Address) else None, nic, settings, label))
-        name = namer(index)
-        if not IFNAME_RE.match(name):
-            raise TaskError(f"{label}: invalid interface name {name!r}")
-        plans.append(NicPlan(index=index, mac=mac, name=name, frontend_type=_text(nic.frontend_type) or None, **fields))
-
-    if len(plans) == 1 and not plans[0].configured:
-        default = settings.default_nic_config
-        ipv4, ipv6 = parse_default_nic_config(default)
-        if ipv4 or ipv6:
-            only = plans[0]
-            plans[0] = NicPlan(
-                index=only.index, mac=only.mac, name=only.name, ipv4=ipv4, ipv6=ipv6, frontend_type=only.frontend_type
-            )
-            warnings.append(
-                f"No network information for the only NIC ({only.name}, {only.mac}); "
-                f"applying DEFAULT_NIC_CONFIG={default.strip()}"
-            )
-        else:
-            warnings.append(
-                f"No network information for the only NIC ({plans[0].name}, {plans[0].mac}) and "
-                "DEFAULT_NIC_CONFIG is empty; leaving it unconfigured"
-            )
-    for plan in plans:
-        if not plan.configured and len(plans) > 1:
-            warnings.append(
-                f"NIC {plan.index} ({plan.name}, {plan.mac}) has no IPv4 or IPv6 information; leaving it unconfigured"
-            )
-    return plans, warnings
-
 
 HEADER = f"Written by {MARK} (ConfigureNetwork); a new deployment rewrites it."
 EDITED = f"Edited by {MARK} (ConfigureNetwork): the entries for this instance's NICs are in its own file."
@@ -282,9 +45,26 @@ def render_udev_rules(plans: Sequence[NicPlan]) -> str:
     return join_lines(lines)
 
 
-# --- replacing the image's own configuration ------------------------------------
+# --- ifupdown ---------------------------------------------------------------
 
+BEGIN = f"# BEGIN {MARK} ConfigureNetwork"
+END = f"# END {MARK} ConfigureNetwork"
+STANZA_WORDS = ("iface", "mapping", "auto", "source", "source-directory", "rename", "no-auto-down", "no-scripts")
 PHYSICAL_ETHERNET = ("eth*", "en*")
+
+
+def _is_stanza(word: str) -> bool:
+    return word in STANZA_WORDS or word.startswith("allow-")
+
+
+def interfaces_sources(text: str) -> list[tuple[str, str]]:
+    """The ``source``/``source-directory`` lines of an interfaces file: (keyword, pattern)."""
+    found = []
+    for line in split_lines(text):
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("source", "source-directory"):
+            found.extend((words[0], pattern) for pattern in words[1:])
+    return found
 
 
 def replaced_name(name: str, names: Iterable[str], patterns: Sequence[str] = PHYSICAL_ETHERNET) -> bool:
@@ -300,8 +80,128 @@ def replaced_name(name: str, names: Iterable[str], patterns: Sequence[str] = PHY
     return "." not in base and any(fnmatch.fnmatchcase(base, p) for p in patterns)
 
 
+def strip_interfaces(text: str, names: Iterable[str], patterns: Sequence[str] = PHYSICAL_ETHERNET) -> str:
+    """``text`` without our marked block and without the stanzas of ``names`` or physical Ethernet names.
+
+    The image's own lines for its NIC (``allow-hotplug ens3`` /
+    ``iface ens3 inet dhcp``) are what ConfigureNetwork replaces; they
+    would otherwise race with ours for the same device or, once it is
+    renamed, make ``ifup -a`` fail on a device that no longer exists.
+    Loopback, bridges, bonds, VLANs, comments and ``source`` lines stay.
+    Line continuations are honoured; the file's line endings are kept.
+    """
+    newline = newline_of(text)
+    wanted = set(names)
+
+    def ours(name: str) -> bool:
+        return replaced_name(name, wanted, patterns)
+
+    lines = split_lines(text)
+    out: list[str] = []
+    skipping = False  # inside an iface/mapping stanza we drop
+    in_block = False
+    i = 0
+    while i < len(lines):
+        # a logical line may span several physical ones (trailing backslash)
+        j = i
+        while lines[j].endswith("\\") and j + 1 < len(lines):
+            j += 1
+        physical = lines[i : j + 1]
+        logical = " ".join(part[:-1] if part.endswith("\\") else part for part in physical)
+        i = j + 1
+        stripped = logical.strip()
+        if stripped == BEGIN:
+            in_block = True
+            continue
+        if in_block:
+            if stripped == END:
+                in_block = False
+            continue
+        words = stripped.split()
+        if not words or stripped.startswith("#"):
+            out.extend(physical)
+            continue
+        if _is_stanza(words[0]):
+            skipping = False
+            if words[0] in ("iface", "mapping") and len(words) >= 2 and ours(words[1]):
+                skipping = True
+                continue
+            if words[0] == "auto" or words[0].startswith("allow-"):
+                keep = [w for w in words[1:] if not ours(w)]
+                if not keep:
+                    continue
+                if len(keep) != len(words) - 1:
+                    indent = logical[: len(logical) - len(logical.lstrip())]
+                    out.append(indent + " ".join([words[0], *keep]))
+                    continue
+            out.extend(physical)
+            continue
+        if not skipping:
+            out.extend(physical)
+    return join_lines(out, newline)
+
+
 def _prefix_mask(address: ipaddress.IPv4Interface) -> str:
     return str(address.network.netmask)
+
+
+def render_interfaces_block(plans: Sequence[NicPlan]) -> list[str]:
+    """The marked block of /etc/network/interfaces stanzas for ``plans`` (lines)."""
+    lines = [BEGIN, f"# {HEADER}", "# Names are pinned by MAC in /etc/udev/rules.d/70-snf-image-net.rules."]
+    for p in plans:
+        if not p.configured:
+            lines.append(f"# {p.name} ({p.mac}): no IPv4/IPv6 information, left unconfigured")
+            continue
+        lines += [f"auto {p.name}", f"allow-hotplug {p.name}"]
+        if p.ipv4 == "dhcp":
+            lines.append(f"iface {p.name} inet dhcp")
+        elif p.ipv4 == "static" and p.address is not None:
+            lines += [
+                f"iface {p.name} inet static",
+                f"    address {p.address.ip}",
+                f"    netmask {_prefix_mask(p.address)}",
+            ]
+            if p.gateway is not None:
+                # a metric per NIC: a second plain "gateway" would fail ifup with "File exists"
+                lines += [f"    gateway {p.gateway}", f"    metric {p.metric}"]
+        if p.ipv6 == "dhcp":
+            lines.append(f"iface {p.name} inet6 dhcp")
+        elif p.ipv6 in ("slaac", "slaac_dhcp"):
+            lines += [f"iface {p.name} inet6 auto", "    privext 0"]
+            if p.ipv6 == "slaac_dhcp":
+                lines.append("    dhcp 1")
+        elif p.ipv6 == "static" and p.address6 is not None:
+            lines += [
+                f"iface {p.name} inet6 static",
+                f"    address {p.address6.ip}",
+                f"    netmask {p.address6.network.prefixlen}",
+                "    accept_ra 0",  # the gateway is ours: no second default route from an advertisement
+            ]
+            if p.gateway6 is not None:
+                lines += [f"    gateway {p.gateway6}", f"    metric {p.metric}"]
+    lines.append(END)
+    return lines
+
+
+def render_interfaces(text: str, plans: Sequence[NicPlan]) -> str:
+    """/etc/network/interfaces with our stanzas replacing the NICs' old ones; ``lo`` ensured.
+
+    Idempotent: a second run replaces the marked block instead of adding one.
+    """
+    newline = newline_of(text) if text else "\n"
+    stripped = strip_interfaces(text, [p.name for p in plans])
+    lines = split_lines(stripped)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    has_lo = any(ln.split()[:2] == ["iface", "lo"] for ln in lines)
+    if not has_lo:
+        if lines:
+            lines.append("")
+        lines += ["# The loopback network interface", "auto lo", "iface lo inet loopback"]
+    if lines:
+        lines.append("")
+    lines += render_interfaces_block(plans)
+    return join_lines(lines, newline)
 
 
 # --- ifcfg (Red Hat) ----------------------------------------------------------

@@ -14,8 +14,8 @@ an error.
 
 Under ``CLOUD_INIT`` FixPartitionTable does not run, so ``N:SIZE`` is
 handed to the cloud-init configuration (``tasks/_cloud_init.py``:
-``add_swap``, a swap file) when it exists, and skipped with a warning
-otherwise; a disk letter works as without cloud-init.
+``add_swap``, a swap file of SIZE MiB); a disk letter works as without
+cloud-init.
 
 Properties: SWAP, CLOUD_INIT.
 """
@@ -23,15 +23,14 @@ Properties: SWAP, CLOUD_INIT.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from helper import disks, fsutil
 from helper.commands import TaskError
 from helper.framework import LINUX, Context, Task
 
-from . import _unix
-from .fix_partition_table import SWAP_RE
+from . import _cloud_init, _unix
+from ._swap import parse_swap
 
 TASK = Task(
     name="AddSwap",
@@ -46,19 +45,6 @@ TASK = Task(
 
 FSTAB = "/etc/fstab"
 UUID_RE = re.compile(r"^[0-9A-Fa-f-]{8,64}$")
-
-
-def parse_swap(value: str) -> tuple[int, int] | str | None:
-    """SWAP as (partition, size MiB), a disk letter (lower case), or None when unset."""
-    value = value.strip()
-    if not value:
-        return None
-    m = SWAP_RE.match(value)
-    if m is None:
-        raise TaskError(f"Invalid SWAP property {value!r}: expected <partition>:<size in MB> or a disk letter")
-    if m.group("letter"):
-        return m.group("letter").lower()
-    return int(m.group("number")), int(m.group("size"))
 
 
 def disk_index(letter: str, count: int) -> int:
@@ -124,19 +110,12 @@ def apply(ctx: Context, spec: tuple[int, int] | str) -> None:
         fsutil.write_text(ctx.target, FSTAB, new)
 
 
-FAMILY_HANDLERS: dict[str, Callable[[Context, tuple[int, int] | str], None]] = {"linux": apply}
-
-
 def run(ctx: Context) -> None:
-    """Format and register the SWAP space."""
+    """Format and register the SWAP space (a partition under CLOUD_INIT: cloud-init's swap file)."""
     spec = parse_swap(ctx.properties.get("SWAP"))
     if spec is None:
         return
     if ctx.cloud_init and not isinstance(spec, str):
-        hook = _unix.cloud_init_hook("add_swap")
-        if hook is None:
-            ctx.warning("SWAP partitions are not created under CLOUD_INIT and cloud-init swap is not available")
-            return
-        hook(ctx, spec[1])
+        _cloud_init.add_swap(ctx, spec[1])
         return
-    FAMILY_HANDLERS[ctx.osfamily](ctx, spec)
+    apply(ctx, spec)

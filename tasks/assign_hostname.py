@@ -40,20 +40,13 @@ from pathlib import PurePosixPath
 
 from helper import fsutil
 from helper.commands import TaskError
-from helper.framework import UNIX, WINDOWS, Context, Task
+from helper.framework import WINDOWS, Context, Task
 
-from . import _bsd, _unix, _windows
-
-TASK = Task(
-    name="AssignHostname",
-    order=50,
-    families=UNIX | WINDOWS,
-    excludable=True,
-    mounted=True,
-    resize=False,
-    cloudinit_skip=False,
-    overridable=True,
-)
+from . import _bsd, _cloud_init, _unix
+from ._windows import guest as windows_guest
+from ._windows.checks import computer_name
+from ._windows.ini import decode_text, encode_text, ini_set
+from ._windows.unattend import set_shell_setup
 
 HOSTS = "/etc/hosts"
 HOSTNAME = "/etc/hostname"
@@ -132,9 +125,9 @@ def has_variable(text: str, name: str) -> bool:
 
 def _write(ctx: Context, path: str, edit: Callable[[str], str]) -> None:
     """Apply ``edit`` to guest file ``path`` (empty text when it does not exist yet; its directory made 0755)."""
-    old = _unix.read_optional(ctx.target, path)
+    old = fsutil.read_optional(ctx.target, path)
     if old is None:
-        _unix.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
+        fsutil.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
     fsutil.write_text(ctx.target, path, edit(old or ""))
 
 
@@ -146,7 +139,7 @@ def hostname_files(ctx: Context, fqdn: str) -> None:
         _write(ctx, HOSTNAME, lambda _: line)
     else:
         distro = _unix.base_distro(root)
-        rc_conf = _unix.read_optional(root, "/etc/rc.conf")
+        rc_conf = fsutil.read_optional(root, "/etc/rc.conf")
         if distro == "redhat":
             _write(ctx, SYSCONFIG_NETWORK, lambda t: set_variable(t, "HOSTNAME", fqdn))
         elif distro in ("suse", "slackware"):
@@ -159,7 +152,7 @@ def hostname_files(ctx: Context, fqdn: str) -> None:
             if distro not in ("coreos", "arch", "debian"):
                 ctx.warning(f"Unknown Linux distribution ({distro or 'no marker found'}); writing {HOSTNAME}")
             _write(ctx, HOSTNAME, lambda _: line)
-    network = _unix.read_optional(root, SYSCONFIG_NETWORK)
+    network = fsutil.read_optional(root, SYSCONFIG_NETWORK)
     if network is not None and has_variable(network, "HOSTNAME"):
         _write(ctx, SYSCONFIG_NETWORK, lambda t: set_variable(t, "HOSTNAME", fqdn))
 
@@ -167,7 +160,7 @@ def hostname_files(ctx: Context, fqdn: str) -> None:
 def apply(ctx: Context, fqdn: str) -> None:
     """Hostname files and /etc/hosts (Linux)."""
     hostname_files(ctx, fqdn)
-    hosts = _unix.read_optional(ctx.target, HOSTS)
+    hosts = fsutil.read_optional(ctx.target, HOSTS)
     if hosts is None:
         ctx.warning(f"The image has no {HOSTS}; creating one")
         hosts = DEFAULT_HOSTS
@@ -183,9 +176,22 @@ def apply_myname(ctx: Context, fqdn: str) -> None:
     """OpenBSD and NetBSD: /etc/myname; NetBSD also an rc.conf ``hostname=`` the image already sets."""
     _write(ctx, _bsd.MYNAME, lambda _: fqdn + "\n")
     if ctx.osfamily == "netbsd":
-        rc_conf = _unix.read_optional(ctx.target, _bsd.RC_CONF)
+        rc_conf = fsutil.read_optional(ctx.target, _bsd.RC_CONF)
         if rc_conf is not None and _bsd.rc_get(rc_conf, "hostname") is not None:
             _bsd.edit_rc_conf(ctx, {"hostname": fqdn})
+
+
+def apply_windows(ctx: Context, fqdn: str) -> None:
+    """Windows: ComputerName in the answer file (specialize Shell-Setup / sysprep.inf's [UserData])."""
+    name = computer_name(fqdn)
+    path = windows_guest.answer_file(ctx)
+    data = windows_guest.read_bytes(ctx, path) or b""
+    if ctx.osfamily == "windows":
+        data = set_shell_setup(data, windows_guest.image(ctx).arch, {"ComputerName": name})
+    else:
+        text, codec = decode_text(data)
+        data = encode_text(ini_set(text, "UserData", "ComputerName", name), codec)
+    windows_guest.write_bytes(ctx, path, data)
 
 
 FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {
@@ -193,18 +199,24 @@ FAMILY_HANDLERS: dict[str, Callable[[Context, str], None]] = {
     "freebsd": apply_freebsd,
     "openbsd": apply_myname,
     "netbsd": apply_myname,
-    "windows": _windows.assign_hostname,
-    "windows-legacy": _windows.assign_hostname,
+    **dict.fromkeys(WINDOWS, apply_windows),
 }
+
+TASK = Task(
+    name="AssignHostname",
+    order=50,
+    families=frozenset(FAMILY_HANDLERS),
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
 
 
 def run(ctx: Context) -> None:
-    """Set the hostname from rules.instance_name, or hand it to cloud-init."""
+    """Set the hostname from rules.instance_name (and in cloud-init's meta-data under CLOUD_INIT)."""
     fqdn = check_hostname(ctx.rules.instance_name)
     if ctx.cloud_init:
-        hook = _unix.cloud_init_hook("set_hostname")
-        if hook is not None:
-            hook(ctx, fqdn)
-        else:
-            ctx.warning("cloud-init hostname configuration is not available; only the image's files are edited")
+        _cloud_init.set_hostname(ctx, fqdn)
     FAMILY_HANDLERS[ctx.osfamily](ctx, fqdn)

@@ -14,8 +14,6 @@ Runs under ``CLOUD_INIT`` too. Properties: none.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from pathlib import PurePosixPath
 
 from helper import fsutil
 from helper.framework import LINUX, Context, Task
@@ -40,26 +38,17 @@ def new_machine_id() -> str:
     return uuid.uuid4().hex + "\n"
 
 
-def apply(ctx: Context) -> None:
-    """Write a fresh id into the image's machine-id files (Linux); the D-Bus one only if it is a real file."""
+def run(ctx: Context) -> None:
+    """Write a fresh id into the image's machine-id files; the D-Bus one only if it is a real file."""
     machine_id = new_machine_id()
     if fsutil.resolve(ctx.target, MACHINE_ID).is_file():
         fsutil.write_text(ctx.target, MACHINE_ID, machine_id)
     else:
         ctx.warning(f"The image has no {MACHINE_ID}; systemd will create one at first boot")
-    dbus = PurePosixPath(DBUS_MACHINE_ID)
-    host = fsutil.resolve(ctx.target, str(dbus.parent)) / dbus.name
-    if host.is_symlink():
+    dbus = fsutil.entry(ctx.target, DBUS_MACHINE_ID)
+    if dbus.is_symlink():
         return
-    if host.is_file():
+    if dbus.is_file():
         fsutil.write_text(ctx.target, DBUS_MACHINE_ID, machine_id)
     else:
         ctx.warning(f"The image has no {DBUS_MACHINE_ID}; not changing it")
-
-
-FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {"linux": apply}
-
-
-def run(ctx: Context) -> None:
-    """Change the machine id."""
-    FAMILY_HANDLERS[ctx.osfamily](ctx)

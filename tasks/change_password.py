@@ -31,14 +31,15 @@ puts the image's own ``rc.local`` back. Keys as on Linux.
 
 A user missing from ``/etc/passwd`` is an error. With neither a password
 nor keys there is nothing to do. Under ``CLOUD_INIT`` the work is handed to
-the cloud-init configuration (``tasks/_cloud_init.py``: ``change_password``)
-when it exists.
+the cloud-init configuration (``tasks/_cloud_init.py``: ``change_password``:
+the hash, never the password, and the keys as meta-data).
 
-Windows (``tasks/_windows.py``: ``change_password``): every user of USERS
-(default ``Administrator``) must be a local account in the image's SAM
-(whole names); the password goes into a file that a first-boot script
-reads, wipes and deletes, never onto a command line; ``img_passwd_hash`` is
-an error there.
+Windows: every user of USERS (default ``Administrator``) must be a local
+account in the image's SAM (whole names); the password goes into a file
+that a first-boot script reads, wipes and deletes, never onto a command
+line (``tasks/_windows/scripts.py``); ``img_passwd_hash`` is an error
+there. On ``windows-legacy`` sysprep.inf's empty ``AdminPassword`` gets it
+too (mini-setup applies it).
 
 Properties: USERS, PASSWD_HASHING_METHOD, CLOUD_INIT.
 """
@@ -47,42 +48,34 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from passlib import hash as passlib_hash
-from passlib.exc import MissingBackendError
-
 from helper import fsutil
 from helper.commands import TaskError
-from helper.framework import UNIX, WINDOWS, Context, Task
+from helper.framework import BSD, WINDOWS, Context, Task
 
-from . import _bsd, _unix, _windows
-
-TASK = Task(
-    name="ChangePassword",
-    order=50,
-    families=UNIX | WINDOWS,
-    excludable=True,
-    mounted=True,
-    resize=False,
-    cloudinit_skip=False,
-    overridable=True,
-)
+from . import _bsd, _cloud_init, _unix
+from ._windows import guest as windows_guest
+from ._windows import scripts as windows_scripts
+from ._windows.checks import check_user_name, missing_users
+from ._windows.ini import decode_text, encode_text, ini_get, ini_quote, ini_set
 
 SHADOW = "/etc/shadow"
 DEFAULT_USER = "root"
+WINDOWS_DEFAULT_USER = "Administrator"
 DEFAULT_AUTHORIZED_KEYS = ".ssh/authorized_keys"
 # Default PASSWD_HASHING_METHOD per OS family, as the original.
 DEFAULT_METHOD = {"linux": "sha512", "freebsd": "sha512", "openbsd": "blowfish", "netbsd": "sha1"}
-# crypt(3) methods: glibc's default 5000 rounds for sha*_crypt (no "rounds=" in the
-# hash, the form every libc reads); passlib's default salts (16 chars for sha*_crypt).
+# crypt(3) methods -> (passlib handler, rounds): glibc's default 5000 rounds for sha*_crypt
+# (no "rounds=" in the hash, the form every libc reads); passlib's default salts (16 chars).
 METHODS = {
-    "md5": passlib_hash.md5_crypt,
-    "sha1": passlib_hash.sha1_crypt,
-    "blowfish": passlib_hash.bcrypt,
-    "sha256": passlib_hash.sha256_crypt.using(rounds=5000),
-    "sha512": passlib_hash.sha512_crypt.using(rounds=5000),
+    "md5": ("md5_crypt", None),
+    "sha1": ("sha1_crypt", None),
+    "blowfish": ("bcrypt", None),
+    "sha256": ("sha256_crypt", 5000),
+    "sha512": ("sha512_crypt", 5000),
 }
 
 
@@ -92,11 +85,17 @@ def hash_password(password: str, method: str) -> str:
     Public so the cloud-init configuration hashes the same way (chpasswd
     accepts hashes, so no clear-text password needs to land in the image).
     """
-    handler = METHODS.get(method.strip().lower())
-    if handler is None:
+    found = METHODS.get(method.strip().lower())
+    if found is None:
         raise TaskError(f"Unknown PASSWD_HASHING_METHOD {method!r} (expected one of: {', '.join(METHODS)})")
+    # here: only a deployment that hashes pays for passlib's import (~0.1 s of the helper's boot, TCG)
+    from passlib import hash as passlib_hash
+    from passlib.exc import MissingBackendError
+
+    name, rounds = found
+    handler = getattr(passlib_hash, name)
     try:
-        return handler.hash(password)
+        return (handler.using(rounds=rounds) if rounds else handler).hash(password)
     except MissingBackendError as exc:
         raise TaskError(f"Password hashing method {method} is not available in the helper: {exc}") from exc
 
@@ -230,27 +229,51 @@ def install_keys(ctx: Context, user: _unix.User, keys: list[str], setting: list[
     home = PurePosixPath(user.home)
     if home != PurePosixPath("/") and home in guest.parents:
         # above home: root's; home and below: the user's (StrictModes accepts both)
-        _unix.make_dirs(ctx.target, str(home.parent), mode=0o755)
-        _unix.make_dirs(ctx.target, str(guest.parent), mode=0o700, uid=user.uid, gid=user.gid)
+        fsutil.make_dirs(ctx.target, str(home.parent), mode=0o755)
+        fsutil.make_dirs(ctx.target, str(guest.parent), mode=0o700, uid=user.uid, gid=user.gid)
         link = fsutil.resolve(ctx.target, str(guest.parent.parent)) / guest.parent.name
         if guest.parent != home and not link.is_symlink():  # a symlinked .ssh may be anything: leave it be
             os.chown(link, user.uid, user.gid, follow_symlinks=False)
             link.chmod(0o700)
     else:
-        _unix.make_dirs(ctx.target, str(guest.parent), mode=0o755)
-    old = _unix.read_optional(ctx.target, path) or ""
+        fsutil.make_dirs(ctx.target, str(guest.parent), mode=0o755)
+    old = fsutil.read_optional(ctx.target, path) or ""
     data = add_authorized_keys(old, keys).encode("utf-8", "surrogateescape")
-    _unix.write_file(ctx.target, path, data, mode=0o600, uid=user.uid, gid=user.gid)
+    fsutil.write_file(ctx.target, path, data, mode=0o600, uid=user.uid, gid=user.gid)
 
 
-def apply(ctx: Context, creds: Credentials) -> None:
+def unix_credentials(ctx: Context) -> Credentials | None:
+    """What to write into the image's files; None when there is nothing to do or cloud-init does it."""
+    creds = credentials(ctx)
+    if creds is not None and ctx.cloud_init:
+        _cloud_init.change_password(ctx, creds)
+        return None
+    return creds
+
+
+def install_all_keys(ctx: Context, creds: Credentials) -> None:
+    """The authorized keys of every user of ``creds``, where the image's sshd looks for them."""
+    passwd = _unix.read_passwd(ctx.target)
+    missing = [u for u in creds.users if u not in passwd]
+    if missing:
+        raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's /etc/passwd")
+    options = _unix.sshd_options(ctx.target)
+    setting = None if options is None else _unix.sshd_first(options, "authorizedkeysfile")
+    for user in creds.users:
+        install_keys(ctx, passwd[user], creds.keys, setting)
+
+
+def apply(ctx: Context) -> None:
     """Edit /etc/shadow and the authorized keys files directly (Linux)."""
+    creds = unix_credentials(ctx)
+    if creds is None:
+        return
     passwd = _unix.read_passwd(ctx.target)
     missing = [u for u in creds.users if u not in passwd]
     if missing:
         raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's /etc/passwd")
     if creds.hashed is not None:
-        text = _unix.read_optional(ctx.target, SHADOW)
+        text = fsutil.read_optional(ctx.target, SHADOW)
         if text is None:
             raise TaskError(f"Unable to find {SHADOW} in the image")
         today = days_since_epoch(datetime.datetime.now(datetime.UTC).date())
@@ -258,20 +281,20 @@ def apply(ctx: Context, creds: Credentials) -> None:
             text = set_shadow_password(text, user, creds.hashed, today)
         fsutil.write_text(ctx.target, SHADOW, text)
     if creds.keys:
-        options = _unix.sshd_options(ctx.target)
-        setting = None if options is None else _unix.sshd_first(options, "authorizedkeysfile")
-        for user in creds.users:
-            install_keys(ctx, passwd[user], creds.keys, setting)
+        install_all_keys(ctx, creds)
 
 
 #: Left over by an interrupted pwd_mkdb (NetBSD); stale copies of the old passwords.
 BSD_DB_FILES = ("/etc/spwd.db", "/etc/pwd.db.tmp", "/etc/spwd.db.tmp")
 
 
-def apply_bsd(ctx: Context, creds: Credentials) -> None:
+def apply_bsd(ctx: Context) -> None:
     """Edit /etc/master.passwd and the authorized keys; the guest rebuilds its databases at first boot."""
+    creds = unix_credentials(ctx)
+    if creds is None:
+        return
     if creds.hashed is not None:
-        text = _unix.read_optional(ctx.target, _bsd.MASTER_PASSWD)
+        text = fsutil.read_optional(ctx.target, _bsd.MASTER_PASSWD)
         if text is None:
             raise TaskError(f"Unable to find {_bsd.MASTER_PASSWD} in the image")
         missing = [u for u in creds.users if u not in _bsd.master_passwd_users(text)]
@@ -281,34 +304,74 @@ def apply_bsd(ctx: Context, creds: Credentials) -> None:
             text, _ = _bsd.set_master_password(text, user, creds.hashed)
         fsutil.write_text(ctx.target, _bsd.MASTER_PASSWD, text, mode=0o600)
         for path in BSD_DB_FILES:
-            _unix.remove(ctx.target, path)
+            fsutil.remove(ctx.target, path)
         _bsd.add_firstboot(ctx, _bsd.PWD_MKDB)
     if creds.keys:
-        passwd = _unix.read_passwd(ctx.target)
-        missing = [u for u in creds.users if u not in passwd]
-        if missing:
-            raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's /etc/passwd")
-        options = _unix.sshd_options(ctx.target)
-        setting = None if options is None else _unix.sshd_first(options, "authorizedkeysfile")
-        for user in creds.users:
-            install_keys(ctx, passwd[user], creds.keys, setting)
+        install_all_keys(ctx, creds)
 
 
-FAMILY_HANDLERS = {"linux": apply, "freebsd": apply_bsd, "netbsd": apply_bsd, "openbsd": apply_bsd}
+def apply_windows(ctx: Context) -> None:
+    """Windows: the first-boot scripts that set the USERS' password, which must be accounts of the SAM."""
+    if ctx.rules.password_hash:
+        raise TaskError("On Windows images a password hash is not applicable (img_passwd_hash); use img_passwd")
+    if ctx.rules.auth_keys:
+        ctx.warning("SSH keys (auth_keys) are ignored on Windows images")
+    password = ctx.rules.password
+    if not password:
+        return
+    users = ctx.properties.value("USERS").split()
+    if not users:
+        users = [WINDOWS_DEFAULT_USER]
+        ctx.warning(f"Image property `USERS' is missing or empty. Using the default user: `{WINDOWS_DEFAULT_USER}'.")
+    for user in users:
+        check_user_name(user)
+    missing = missing_users(users, windows_guest.sam_users(ctx))
+    if missing:
+        raise TaskError(f"User(s) {', '.join(missing)} do not exist in the image's SAM (local accounts)")
+    snf_dir = windows_guest.image(ctx).snf_dir
+    for name, data in (
+        (windows_scripts.PASSWORD_FILE, windows_scripts.password_file(password)),
+        (windows_scripts.PASSWORD_VBS, windows_scripts.password_vbs(users).encode("utf-8")),
+        (windows_scripts.PASSWORD_SCRIPT, windows_scripts.password_cmd(users).encode("utf-8")),
+    ):
+        windows_guest.write_bytes(ctx, f"{snf_dir}/{name}", data)
+    if ctx.osfamily == "windows-legacy":
+        set_admin_password(ctx, password)
+
+
+def set_admin_password(ctx: Context, password: str) -> None:
+    """sysprep.inf [GuiUnattended] AdminPassword, when the file leaves it empty (mini-setup applies it)."""
+    path = windows_guest.answer_file(ctx)
+    text, codec = decode_text(windows_guest.read_bytes(ctx, path) or b"")
+    current = ini_get(text, "GuiUnattended", "AdminPassword")
+    if current not in (None, "", "*"):
+        return
+    if '"' in password:
+        ctx.warning("The password contains a double quote; sysprep.inf's AdminPassword is left as it is")
+        return
+    text = ini_set(text, "GuiUnattended", "AdminPassword", ini_quote(password))
+    text = ini_set(text, "GuiUnattended", "EncryptedAdminPassword", "No")
+    windows_guest.write_bytes(ctx, path, encode_text(text, codec))
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {
+    "linux": apply,
+    **dict.fromkeys(BSD, apply_bsd),
+    **dict.fromkeys(WINDOWS, apply_windows),
+}
+
+TASK = Task(
+    name="ChangePassword",
+    order=50,
+    families=frozenset(FAMILY_HANDLERS),
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
 
 
 def run(ctx: Context) -> None:
-    """Set the password and keys of the USERS, or hand them to cloud-init."""
-    if ctx.osfamily in WINDOWS:
-        _windows.change_password(ctx)
-        return
-    creds = credentials(ctx)
-    if creds is None:
-        return
-    if ctx.cloud_init:
-        hook = _unix.cloud_init_hook("change_password")
-        if hook is not None:
-            hook(ctx, creds)
-            return
-        ctx.warning("cloud-init password configuration is not available; editing the image's files directly")
-    FAMILY_HANDLERS[ctx.osfamily](ctx, creds)
+    """Set the password and keys of the USERS (or hand them to cloud-init)."""
+    FAMILY_HANDLERS[ctx.osfamily](ctx)

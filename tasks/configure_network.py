@@ -8,7 +8,7 @@ for Ganeti NIC N, so that several never collide (with networkd, and
 netplan through a drop-in beside the file it renders, the DHCP and router
 advertisement routes too: networkd would merge equal-metric IPv6 default
 routes of two NICs into one multipath route); a single NIC without
-any of this gets DEFAULT_NIC_CONFIG (see ``tasks/_network.py``:
+any of this gets DEFAULT_NIC_CONFIG (see ``tasks/_nics.py``:
 ``plan_nics``). Malformed addresses in the rules fail the task.
 
 The configuration is written in the format the image actually uses, the
@@ -59,24 +59,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-import yaml
-
 from helper import fsutil
-from helper.framework import LINUX, UNIX, Context, Task
+from helper.framework import LINUX, Context, Task
 
-from . import _bsd, _cloud_init, _ifupdown, _network, _unix
-from ._network import NicPlan
-
-TASK = Task(
-    name="ConfigureNetwork",
-    order=50,
-    families=UNIX,
-    excludable=True,
-    mounted=True,
-    resize=False,
-    cloudinit_skip=False,
-    overridable=True,
-)
+from . import _bsd, _cloud_init, _network, _nics, _unix
+from ._nics import NicPlan
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +93,17 @@ def backup(ctx: Context, path: str) -> str | None:
     """
     if path in ctx.network_backups:
         return None
-    text = _unix.read_optional(ctx.target, path)
+    text = fsutil.read_optional(ctx.target, path)
     if text is None:
         return None
     if not ctx.backup_stamp:
         ctx.backup_stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     copy = f"{BACKUP_ROOT}/{ctx.backup_stamp}{path}"
-    _unix.make_dirs(ctx.target, str(PurePosixPath(BACKUP_ROOT).parent), mode=0o755)
-    _unix.make_dirs(ctx.target, BACKUP_ROOT, mode=0o700)
-    _unix.make_dirs(ctx.target, str(PurePosixPath(copy).parent), mode=0o700)
+    fsutil.make_dirs(ctx.target, str(PurePosixPath(BACKUP_ROOT).parent), mode=0o755)
+    fsutil.make_dirs(ctx.target, BACKUP_ROOT, mode=0o700)
+    fsutil.make_dirs(ctx.target, str(PurePosixPath(copy).parent), mode=0o700)
     st = fsutil.resolve(ctx.target, path).stat()
-    _unix.write_file(
+    fsutil.write_file(
         ctx.target,
         copy,
         text.encode("utf-8", "surrogateescape"),
@@ -131,14 +118,14 @@ def backup(ctx: Context, path: str) -> str | None:
 
 def install(ctx: Context, path: str, text: str, mode: int = 0o644) -> bool:
     """Write guest file ``path`` (root-owned, ``mode``) unless it already holds ``text``; back up what it held."""
-    old = _unix.read_optional(ctx.target, path)
-    host = fsutil.resolve(ctx.target, path)
-    if old == text and host.is_file() and (host.stat().st_mode & 0o7777) == mode and host.stat().st_uid == 0:
+    old = fsutil.read_optional(ctx.target, path)
+    current = fsutil.resolve(ctx.target, path)
+    if old == text and current.is_file() and (current.stat().st_mode & 0o7777) == mode and current.stat().st_uid == 0:
         return False
     if old is not None and not _is_ours(old):
         backup(ctx, path)
-    _unix.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
-    _unix.write_file(ctx.target, path, text.encode("utf-8", "surrogateescape"), mode=mode)
+    fsutil.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
+    fsutil.write_file(ctx.target, path, text.encode("utf-8", "surrogateescape"), mode=mode)
     log.info("wrote %s", path)
     return True
 
@@ -146,20 +133,20 @@ def install(ctx: Context, path: str, text: str, mode: int = 0o644) -> bool:
 def discard(ctx: Context, path: str) -> None:
     """Back up and remove guest file ``path``."""
     backup(ctx, path)
-    if _unix.remove(ctx.target, path):
+    if fsutil.remove(ctx.target, path):
         log.info("removed %s", path)
 
 
 def _is_ours(text: str) -> bool:
-    return _network.HEADER in text.split("\n", 2)[0] or text.startswith(_ifupdown.BEGIN)
+    return _network.HEADER in text.split("\n", 2)[0] or text.startswith(_network.BEGIN)
 
 
 def listdir(ctx: Context, directory: str) -> list[str]:
     """Names of the regular files in guest ``directory`` (sorted; empty when it does not exist)."""
-    host = fsutil.resolve(ctx.target, directory)
-    if not host.is_dir():
+    found = fsutil.resolve(ctx.target, directory)
+    if not found.is_dir():
         return []
-    return sorted(e.name for e in host.iterdir() if e.is_file() and not e.is_symlink())
+    return sorted(e.name for e in found.iterdir() if e.is_file() and not e.is_symlink())
 
 
 def enabled(ctx: Context, unit: str) -> bool:
@@ -176,7 +163,7 @@ def remove_stale(ctx: Context, directory: str, pattern: str, keep: set[str]) -> 
     """Remove our own earlier files in ``directory`` matching ``pattern`` that this run does not write."""
     for name in listdir(ctx, directory):
         if fnmatch.fnmatchcase(name, pattern) and name not in keep:
-            _unix.remove(ctx.target, f"{directory}/{name}")
+            fsutil.remove(ctx.target, f"{directory}/{name}")
 
 
 # --- backends ----------------------------------------------------------------------------
@@ -198,12 +185,14 @@ def write_udev_names(ctx: Context, plans: Sequence[NicPlan]) -> None:
 
 
 def apply_netplan(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    import yaml  # here: only netplan images pay for its import (~0.1 s of the helper's boot under TCG)
+
     write_udev_names(ctx, plans)
     for name in listdir(ctx, NETPLAN_DIR):
         path = f"{NETPLAN_DIR}/{name}"
         if not name.endswith(".yaml") or path == NETPLAN_FILE:
             continue
-        text = _unix.read_optional(ctx.target, path) or ""
+        text = fsutil.read_optional(ctx.target, path) or ""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -214,7 +203,7 @@ def apply_netplan(ctx: Context, plans: Sequence[NicPlan]) -> None:
             backup(ctx, path)
             mode = fsutil.resolve(ctx.target, path).stat().st_mode & 0o7777
             text = f"# {_network.EDITED}\n" + _cloud_init.dump(new)
-            _unix.write_file(ctx.target, path, text.encode("utf-8"), mode=mode)
+            fsutil.write_file(ctx.target, path, text.encode("utf-8"), mode=mode)
             log.info("removed the entries for this instance's NICs from %s", path)
     text = f"# {_network.HEADER}\n" + _cloud_init.dump(_network.render_netplan(plans))
     install(ctx, NETPLAN_FILE, text, mode=0o600)
@@ -234,7 +223,7 @@ def write_netplan_ra_metrics(ctx: Context, plans: Sequence[NicPlan]) -> None:
     wanted = {
         f"{NETWORKD_DIR}/10-netplan-{p.name}.network.d/{NETPLAN_DROPIN}": _network.render_networkd_ra_metric(p)
         for p in plans
-        if p.ipv6 in _network.RA_MODES
+        if p.ipv6 in _nics.RA_MODES
     }
     directory = fsutil.resolve(ctx.target, NETWORKD_DIR)
     found = (
@@ -243,7 +232,7 @@ def write_netplan_ra_metrics(ctx: Context, plans: Sequence[NicPlan]) -> None:
     for name in found:
         path = f"{NETWORKD_DIR}/{name}/{NETPLAN_DROPIN}"
         if fnmatch.fnmatchcase(name, "10-netplan-*.network.d") and path not in wanted:
-            _unix.remove(ctx.target, path)
+            fsutil.remove(ctx.target, path)
     for path, text in wanted.items():
         install(ctx, path, text)
 
@@ -262,14 +251,14 @@ def nm_profile_mac(text: str) -> str | None:
 
 def apply_networkmanager(ctx: Context, plans: Sequence[NicPlan]) -> None:
     write_udev_names(ctx, plans)
-    _unix.make_dirs(ctx.target, str(PurePosixPath(NM_DIR).parent), mode=0o755)
-    _unix.make_dirs(ctx.target, NM_DIR, mode=0o700)
+    fsutil.make_dirs(ctx.target, str(PurePosixPath(NM_DIR).parent), mode=0o755)
+    fsutil.make_dirs(ctx.target, NM_DIR, mode=0o700)
     ours = {f"snf-image-{p.name}.nmconnection" for p in plans}
     macs = {p.mac for p in plans}
     for name in listdir(ctx, NM_DIR):
         if name in ours or name.startswith("snf-image-"):
             continue
-        text = _unix.read_optional(ctx.target, f"{NM_DIR}/{name}") or ""
+        text = fsutil.read_optional(ctx.target, f"{NM_DIR}/{name}") or ""
         if nm_profile_mac(text) in macs:
             discard(ctx, f"{NM_DIR}/{name}")
     remove_stale(ctx, NM_DIR, "snf-image-*.nmconnection", ours)
@@ -289,7 +278,7 @@ def apply_networkd(ctx: Context, plans: Sequence[NicPlan]) -> None:
 def _source_files(ctx: Context, text: str) -> list[str]:
     """Guest paths of the files /etc/network/interfaces sources (one level)."""
     found: list[str] = []
-    for keyword, pattern in _ifupdown.interfaces_sources(text):
+    for keyword, pattern in _network.interfaces_sources(text):
         path = PurePosixPath(pattern if pattern.startswith("/") else f"/etc/network/{pattern}")
         if keyword == "source-directory":
             names = [n for n in listdir(ctx, str(path)) if SOURCE_DIRECTORY_NAME.match(n)]
@@ -303,20 +292,20 @@ def _source_files(ctx: Context, text: str) -> list[str]:
 
 def apply_ifupdown(ctx: Context, plans: Sequence[NicPlan]) -> None:
     write_udev_names(ctx, plans)
-    text = _unix.read_optional(ctx.target, INTERFACES) or ""
+    text = fsutil.read_optional(ctx.target, INTERFACES) or ""
     names = [p.name for p in plans]
     for path in _source_files(ctx, text):
-        old = _unix.read_optional(ctx.target, path) or ""
-        new = _ifupdown.strip_interfaces(old, names)
+        old = fsutil.read_optional(ctx.target, path) or ""
+        new = _network.strip_interfaces(old, names)
         if new != old:
             backup(ctx, path)
-            _unix.write_file(
+            fsutil.write_file(
                 ctx.target,
                 path,
                 new.encode("utf-8", "surrogateescape"),
                 mode=fsutil.resolve(ctx.target, path).stat().st_mode & 0o7777,
             )
-    install(ctx, INTERFACES, _ifupdown.render_interfaces(text, plans))
+    install(ctx, INTERFACES, _network.render_interfaces(text, plans))
 
 
 def ifcfg_values(text: str) -> dict[str, str]:
@@ -332,21 +321,21 @@ def ifcfg_values(text: str) -> dict[str, str]:
 
 def apply_ifcfg(ctx: Context, plans: Sequence[NicPlan]) -> None:
     write_udev_names(ctx, plans)
-    _unix.make_dirs(ctx.target, IFCFG_DIR, mode=0o755)
+    fsutil.make_dirs(ctx.target, IFCFG_DIR, mode=0o755)
     names = {p.name for p in plans}
     macs = {p.mac for p in plans}
     ours = {f"ifcfg-{n}" for n in names}
     for name in listdir(ctx, IFCFG_DIR):
         if not name.startswith("ifcfg-") or name in ours or name == "ifcfg-lo":
             continue
-        text = _unix.read_optional(ctx.target, f"{IFCFG_DIR}/{name}") or ""
+        text = fsutil.read_optional(ctx.target, f"{IFCFG_DIR}/{name}") or ""
         values = ifcfg_values(text)
         device = values.get("DEVICE") or name[len("ifcfg-") :]
         if values.get("HWADDR", "").lower() in macs or _network.replaced_name(device, names):
             discard(ctx, f"{IFCFG_DIR}/{name}")
     for p in plans:
         install(ctx, f"{IFCFG_DIR}/ifcfg-{p.name}", _network.render_ifcfg(p))
-    old = _unix.read_optional(ctx.target, SYSCONFIG_NETWORK) or ""
+    old = fsutil.read_optional(ctx.target, SYSCONFIG_NETWORK) or ""
     install(ctx, SYSCONFIG_NETWORK, _network.render_sysconfig_network(old, plans))
 
 
@@ -362,7 +351,7 @@ def _networkd(ctx: Context) -> bool:
     return enabled(ctx, "systemd-networkd.service")
 
 
-def _has_ifupdown(ctx: Context) -> bool:
+def _ifupdown(ctx: Context) -> bool:
     return fsutil.resolve(ctx.target, INTERFACES).is_file() and installed(ctx, "/sbin/ifup", "/usr/sbin/ifup")
 
 
@@ -379,7 +368,7 @@ def apply_freebsd(ctx: Context, plans: Sequence[NicPlan]) -> None:
     """ifconfig_<if> lines in /etc/rc.conf (the image's NIC lines replaced)."""
     _warn_dhcpv6(ctx, plans)
     names = _bsd.interface_names("freebsd", plans)
-    old = _unix.read_optional(ctx.target, _bsd.RC_CONF) or ""
+    old = fsutil.read_optional(ctx.target, _bsd.RC_CONF) or ""
     install(ctx, _bsd.RC_CONF, _bsd.render_freebsd_rc_conf(old, plans, names))
 
 
@@ -439,12 +428,24 @@ BACKENDS: list[Backend] = [
     Backend("netplan", LINUX, _netplan, apply_netplan),
     NETWORKMANAGER,
     Backend("systemd-networkd", LINUX, _networkd, apply_networkd),
-    Backend("ifupdown", LINUX, _has_ifupdown, apply_ifupdown),
+    Backend("ifupdown", LINUX, _ifupdown, apply_ifupdown),
     Backend("ifcfg", LINUX, _redhat, apply_ifcfg),
     Backend("FreeBSD rc.conf", frozenset({"freebsd"}), _always, apply_freebsd),
     Backend("NetBSD ifconfig.if", frozenset({"netbsd"}), _always, apply_netbsd),
     Backend("OpenBSD hostname.if", frozenset({"openbsd"}), _always, apply_openbsd),
 ]
+
+
+TASK = Task(
+    name="ConfigureNetwork",
+    order=50,
+    families=frozenset().union(*(backend.families for backend in BACKENDS)),
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
 
 
 def choose_backend(ctx: Context) -> Backend | None:
@@ -457,19 +458,9 @@ def choose_backend(ctx: Context) -> Backend | None:
     return None
 
 
-def plan(ctx: Context) -> list[NicPlan]:
-    """The NIC plans of this deployment; their warnings reach the operator once per run."""
-    plans, warnings = _network.plan_nics(ctx.rules.nics, ctx.rules.settings)
-    for message in warnings:
-        if message not in ctx.network_warnings:
-            ctx.network_warnings.add(message)
-            ctx.warning(message)
-    return plans
-
-
 def run(ctx: Context) -> None:
     """Plan the NICs, pick the image's format, write it (or leave it to cloud-init)."""
-    plans = plan(ctx)
+    plans = _nics.plan(ctx)
     if not plans:
         log.info("The instance has no NICs; nothing to configure")
         return

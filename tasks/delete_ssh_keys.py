@@ -4,26 +4,33 @@ Every instance made from an image would otherwise share the image's host
 keys, so anyone holding the image could impersonate any instance. The task
 removes ``/etc/ssh/ssh_host_*`` and every other key named by a ``HostKey``
 line of the image's ``sshd_config`` (Include files followed; a missing
-``sshd_config`` is a warning), with its ``.pub`` and ``-cert.pub``.
+``sshd_config`` is a warning, and then nothing is installed), with its
+``.pub`` and ``-cert.pub``.
 
-Then, unless the image makes new keys at boot by itself -- cloud-init
-under ``CLOUD_INIT``; Red Hat's ``sshd-keygen``, Arch's ``sshdgenkeys``,
-SUSE's ``sshd-gen-keys-start``, a ``regenerate-ssh-host-keys`` unit, or an
-``/etc/init.d/sshd`` that runs ``ssh-keygen`` -- fresh keys are generated
-with the helper's own ``ssh-keygen`` (never the image's programs) and
-copied into the image: the types and paths of the ``HostKey`` lines (type
-from the file name, else from the old key), or rsa, ecdsa and ed25519 at
-the default paths; private keys 0600, public keys 0644, owned by root.
-DSA and RSA1 keys are not regenerated (sshd no longer accepts them).
-Debian's openssh-server does not regenerate keys at boot (its ``ssh``
-service fails without them), which is why this is needed.
+Then, unless the image makes new keys at boot by itself -- Red Hat's
+``sshd-keygen``, Arch's ``sshdgenkeys``, SUSE's ``sshd-gen-keys-start``, a
+``regenerate-ssh-host-keys`` unit, or an ``/etc/init.d/sshd`` that runs
+``ssh-keygen`` -- it installs the keys the host made for this instance
+(``snf_image/hostkeys.py``: one per type, made on the host at full speed
+and handed over in the rules) for the keys the image's sshd uses: the types
+and paths of the ``HostKey`` lines (type from the file name, else from the
+old key), else the default keys the image had, else rsa, ecdsa and ed25519
+at the default paths. DSA and RSA1 keys get none (sshd no longer accepts
+them), nor does a second ``HostKey`` of a type. Private keys are 0600 and
+public keys 0644, owned by root (a private key the image kept 0640 for a
+group, as Red Hat's ``ssh_keys``, keeps that group and mode); each new file
+gets the SELinux label (``security.selinux``) of the key it replaces, and
+SELinuxAutorelabel relabels SELinux images at first boot anyway. Debian's
+openssh-server does not regenerate keys at boot (its ``ssh`` service fails
+without them), which is why this is needed.
 
-On the BSDs the keys are only deleted: their rc scripts make missing host
-keys at boot (FreeBSD and NetBSD ``rc.d/sshd``, OpenBSD ``rc``'s
-``ssh-keygen -A``).
+The BSDs get their keys the same way; their rc scripts make missing keys
+at boot (FreeBSD and NetBSD ``rc.d/sshd``, OpenBSD ``rc``'s ``ssh-keygen
+-A``) but under emulation that costs their first boot seconds, and the
+host's entropy is better than a first boot's.
 
-Under ``CLOUD_INIT`` deletion is handed to the cloud-init configuration
-(``tasks/_cloud_init.py``: ``delete_ssh_keys``) when it exists.
+Under ``CLOUD_INIT`` cloud-init deletes and regenerates the keys at first
+boot (``tasks/_cloud_init.py``: ``delete_ssh_keys``), as the original did.
 
 Properties: CLOUD_INIT.
 """
@@ -32,15 +39,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import os
 import struct
-import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from helper import fsutil
+from helper.commands import TaskError
 from helper.framework import UNIX, Context, Task
+from snf_image.contract.rules import HostKey
 
-from . import _unix
+from . import _cloud_init, _unix
 
 TASK = Task(
     name="DeleteSSHKeys",
@@ -55,8 +65,7 @@ TASK = Task(
 
 SSH_DIR = "/etc/ssh"
 HOST_KEY_PREFIX = "ssh_host_"
-DEFAULT_TYPES = ("rsa", "ecdsa", "ed25519")
-GENERATED_TYPES = frozenset(DEFAULT_TYPES)
+DEFAULT_TYPES = ("rsa", "ecdsa", "ed25519")  # what the host makes, and sshd's default HostKey set
 KEY_SUFFIXES = ("", ".pub", "-cert.pub")
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
 # systemd units that create missing host keys before sshd starts
@@ -79,6 +88,10 @@ ALGORITHMS = {
     "ssh-dss": "dsa",
 }
 PEM_TYPES = {"RSA": "rsa", "EC": "ecdsa", "DSA": "dsa"}
+SELINUX_XATTR = "security.selinux"
+GROUP_READABLE = 0o640  # a private key the image shares with a group (Red Hat's ssh_keys)
+
+log = logging.getLogger(__name__)
 
 
 def host_key_paths(options: list[tuple[str, list[str]]] | None) -> list[str]:
@@ -131,16 +144,33 @@ def type_from_key(private: str | None, public: str | None) -> str | None:
     return ALGORITHMS.get(algorithm)
 
 
-def keys_to_generate(hostkeys: list[tuple[str, str | None]]) -> tuple[list[tuple[str, str]], list[str]]:
-    """((path, type) to generate, paths skipped) from the HostKey (path, type) list; defaults when empty."""
+def default_key(kind: str) -> str:
+    """The guest path of sshd's default host key of type ``kind``."""
+    return f"{SSH_DIR}/{HOST_KEY_PREFIX}{kind}_key"
+
+
+def keys_to_install(
+    hostkeys: list[tuple[str, str]], existing: list[str]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """((path, type) to install, (path, why not) skipped).
+
+    ``hostkeys``: the (path, type) of the HostKey lines; without any, the
+    default keys of the ``existing`` types (those the image had), else all
+    the default keys. One key per type: a type no longer accepted or already
+    installed elsewhere is skipped.
+    """
     if not hostkeys:
-        return [(f"{SSH_DIR}/{HOST_KEY_PREFIX}{t}_key", t) for t in DEFAULT_TYPES], []
-    chosen, skipped = [], []
+        return [(default_key(t), t) for t in (existing or DEFAULT_TYPES)], []
+    chosen: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
     for path, kind in hostkeys:
-        if kind in GENERATED_TYPES:
-            chosen.append((path, kind))
+        installed = [p for p, k in chosen if k == kind]
+        if kind not in DEFAULT_TYPES:
+            skipped.append((path, f"{kind} keys are no longer accepted by sshd"))
+        elif installed:
+            skipped.append((path, f"the instance has one {kind} key, installed as {installed[0]}"))
         else:
-            skipped.append(path)
+            chosen.append((path, kind))
     return chosen, skipped
 
 
@@ -148,103 +178,127 @@ def keygen_at_boot(root: Path) -> str | None:
     """What regenerates missing host keys when the image boots, or None (then we must generate them)."""
     for directory in UNIT_DIRS:
         for unit in KEYGEN_UNITS:
-            host = fsutil.resolve(root, f"{directory}/{unit}")
-            if host.is_file() and host.stat().st_size > 0:  # masked units link to /dev/null
+            found = fsutil.resolve(root, f"{directory}/{unit}")
+            if found.is_file() and found.stat().st_size > 0:  # masked units link to /dev/null
                 return unit
     for program in KEYGEN_PROGRAMS:
         if fsutil.resolve(root, program).is_file():
             return program
     for script in KEYGEN_INIT_SCRIPTS:
-        text = _unix.read_optional(root, script)
+        text = fsutil.read_optional(root, script)
         if text is not None and "ssh-keygen" in text:
             return script
     return None
 
 
-def _old_types(root: Path, paths: list[str]) -> list[tuple[str, str | None]]:
+def _old_types(root: Path, paths: list[str]) -> list[tuple[str, str]]:
     found = []
     for path in paths:
         kind = type_from_name(path) or type_from_key(
-            _unix.read_optional(root, path), _unix.read_optional(root, path + ".pub")
+            fsutil.read_optional(root, path), fsutil.read_optional(root, path + ".pub")
         )
         found.append((path, kind or "rsa"))  # the type sshd assumes for an unreadable key name: try rsa
     return found
 
 
-def delete_keys(ctx: Context, paths: list[str]) -> list[str]:
-    """Remove /etc/ssh/ssh_host_* and the ``paths`` (with .pub, -cert.pub); the guest paths removed."""
-    removed = []
+def existing_default_types(root: Path) -> list[str]:
+    """The types of the default host keys the image has (private key or .pub)."""
+    return [
+        kind
+        for kind in DEFAULT_TYPES
+        if any(os.path.lexists(fsutil.entry(root, default_key(kind) + suffix)) for suffix in ("", ".pub"))
+    ]
+
+
+@dataclass(frozen=True)
+class OldKeyFile:
+    """What a replaced key file had that the new one keeps: its SELinux label, and group and mode."""
+
+    label: bytes | None
+    gid: int
+    mode: int
+
+
+def old_key_file(root: Path, path: str) -> OldKeyFile | None:
+    """The image's key file at guest ``path`` (a regular file, not followed if a link), or None."""
+    entry = fsutil.entry(root, path)
+    try:
+        st = entry.lstat()
+    except FileNotFoundError:
+        return None
+    if not entry.is_file() or entry.is_symlink():
+        return None
+    try:
+        label: bytes | None = os.getxattr(entry, SELINUX_XATTR, follow_symlinks=False)
+    except OSError:  # no label, or a filesystem (or kernel) without security xattrs
+        label = None
+    return OldKeyFile(label, st.st_gid, st.st_mode & 0o7777)
+
+
+def private_owner_mode(old: OldKeyFile | None) -> tuple[int, int]:
+    """(gid, mode) of a new private key: 0600 root, or the image's group-readable 0640 for its group."""
+    if old is not None and old.mode == GROUP_READABLE and old.gid != 0:
+        return old.gid, GROUP_READABLE
+    return 0, 0o600
+
+
+def delete_keys(ctx: Context, paths: list[str]) -> None:
+    """Remove /etc/ssh/ssh_host_* and the ``paths`` (with .pub, -cert.pub), never following a link."""
     ssh_dir = fsutil.resolve(ctx.target, SSH_DIR)
     if ssh_dir.is_dir():
         for entry in sorted(ssh_dir.iterdir()):
             if entry.name.startswith(HOST_KEY_PREFIX) and (entry.is_symlink() or not entry.is_dir()):
                 entry.unlink()
-                removed.append(fsutil.guest_path(ctx.target, entry))
     for path in paths:
         for suffix in KEY_SUFFIXES:
-            if _unix.remove(ctx.target, path + suffix):
-                removed.append(path + suffix)
-    return removed
+            fsutil.remove(ctx.target, path + suffix)
 
 
-def key_comment(instance_name: str) -> str:
-    """``root@<short name>``, as the keys a distribution generates at install time; safe characters only."""
-    name = "".join(c for c in instance_name.split(".", 1)[0] if c.isascii() and (c.isalnum() or c in "-_"))
-    return f"root@{name or 'localhost'}"
+def host_key(ctx: Context, kind: str) -> HostKey:
+    """The key of type ``kind`` the host made for this instance."""
+    for key in ctx.rules.ssh_host_keys:
+        if key.kind == kind:
+            return key
+    raise TaskError(f"The host sent no {kind} SSH host key (is snf-image on the host up to date?)")
 
 
-def generate(ctx: Context, keys: list[tuple[str, str]], comment: str) -> None:
-    """Make the keys with the helper's ssh-keygen in a private directory, then copy them into the guest."""
-    with tempfile.TemporaryDirectory(prefix="snf-ssh-keys-") as tmp:
-        for i, (path, kind) in enumerate(keys):
-            private = Path(tmp) / f"key{i}"
-            ctx.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment, "-f", private], input="")
-            _unix.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
-            _unix.write_file(ctx.target, path, private.read_bytes(), mode=0o600)
-            _unix.write_file(ctx.target, path + ".pub", private.with_suffix(".pub").read_bytes(), mode=0o644)
-
-
-def apply(ctx: Context) -> None:
-    """Delete the host keys and, when the image will not, make new ones (Linux)."""
-    options = _unix.sshd_options(ctx.target)
-    if options is None:
-        ctx.warning(f"The image has no {_unix.SSHD_CONFIG}; deleting the default host keys only")
-    hostkeys = _old_types(ctx.target, host_key_paths(options))
-    delete_keys(ctx, [path for path, _ in hostkeys])
-    if options is None:
-        return
-    if ctx.cloud_init:
-        return  # cloud-init generates them
-    regenerator = keygen_at_boot(ctx.target)
-    if regenerator is not None:
-        return
-    keys, skipped = keys_to_generate(hostkeys)
-    for path in skipped:
-        ctx.warning(f"Not generating host key {path}: its type is no longer supported by sshd")
-    generate(ctx, keys, key_comment(ctx.rules.instance_name))
-
-
-def apply_bsd(ctx: Context) -> None:
-    """Delete the host keys; the BSD's own rc makes new ones at boot."""
-    options = _unix.sshd_options(ctx.target)
-    if options is None:
-        ctx.warning(f"The image has no {_unix.SSHD_CONFIG}; deleting the default host keys only")
-    delete_keys(ctx, host_key_paths(options))
-
-
-FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {
-    "linux": apply,
-    "freebsd": apply_bsd,
-    "netbsd": apply_bsd,
-    "openbsd": apply_bsd,
-}
+def install_key(ctx: Context, path: str, key: HostKey, old: dict[str, OldKeyFile | None]) -> None:
+    """Write ``key`` at guest ``path`` and ``path``.pub, with the owners, modes and labels of ``old``'s files."""
+    fsutil.make_dirs(ctx.target, str(PurePosixPath(path).parent), mode=0o755)
+    gid, mode = private_owner_mode(old[path])
+    for name, data, file_gid, file_mode in (
+        (path, key.private, gid, mode),
+        (path + ".pub", key.public, 0, 0o644),
+    ):
+        written = fsutil.write_file(ctx.target, name, data.encode("ascii"), mode=file_mode, gid=file_gid)
+        replaced = old[name]
+        if replaced is not None and replaced.label is not None:
+            try:
+                os.setxattr(written, SELINUX_XATTR, replaced.label, follow_symlinks=False)
+            except OSError as exc:
+                log.info("cannot label %s like the key it replaces (%s); a relabel at boot will", name, exc)
 
 
 def run(ctx: Context) -> None:
-    """Replace the image's SSH host keys."""
+    """Replace the image's SSH host keys with the instance's own (or have cloud-init do it)."""
     if ctx.cloud_init:
-        hook = _unix.cloud_init_hook("delete_ssh_keys")
-        if hook is not None:
-            hook(ctx)
-            return
-    FAMILY_HANDLERS[ctx.osfamily](ctx)
+        _cloud_init.delete_ssh_keys(ctx)
+        return
+    root = ctx.target
+    options = _unix.sshd_options(root)
+    if options is None:
+        ctx.warning(f"The image has no {_unix.SSHD_CONFIG}; deleting the default host keys only")
+    hostkeys = _old_types(root, host_key_paths(options))
+    keys, skipped = keys_to_install(hostkeys, existing_default_types(root))
+    regenerator = keygen_at_boot(root)
+    if options is None or regenerator is not None:
+        if regenerator is not None:
+            log.info("the image makes its own host keys at boot (%s)", regenerator)
+        keys, skipped = [], []
+    new = [(path, host_key(ctx, kind)) for path, kind in keys]
+    old = {name: old_key_file(root, name) for path, _ in keys for name in (path, path + ".pub")}
+    delete_keys(ctx, [path for path, _ in hostkeys])
+    for path, reason in skipped:
+        ctx.warning(f"No new host key {path}: {reason}")
+    for path, key in new:
+        install_key(ctx, path, key, old)

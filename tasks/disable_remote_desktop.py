@@ -14,7 +14,7 @@ from helper import registry
 from helper.commands import TaskError
 from helper.framework import WINDOWS, Context, Task
 
-from . import _windows as w
+from ._windows import guest, scripts
 
 TASK = Task(
     name="DisableRemoteDesktopConnections",
@@ -32,10 +32,10 @@ VALUE = "fDenyTSConnections"
 
 def run(ctx: Context) -> None:
     """Deny RDP in the image now; restore the original setting at the end of setup."""
-    win = w.image(ctx)
+    win = guest.image(ctx)
     key = f"{win.control_set}\\Control\\Terminal Server"
     try:
-        with registry.opened(w.hive_file(ctx, win.hive("SYSTEM")), write=True) as system:
+        with registry.opened(guest.hive_file(ctx, win.hive("SYSTEM")), write=True) as system:
             original = system.value(key, VALUE)
             system.set_dword(key, VALUE, 1)
     except registry.HiveError as exc:
@@ -43,4 +43,4 @@ def run(ctx: Context) -> None:
     if original is not None and not isinstance(original, int):
         ctx.warning(f"{VALUE} in the image is not a REG_DWORD; Remote Desktop will be enabled after setup")
         original = 0
-    w.append_setup_complete(ctx, [w.rdp_restore_line(original)])
+    guest.append_setup_complete(ctx, [scripts.rdp_restore_line(original)])

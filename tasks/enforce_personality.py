@@ -16,11 +16,11 @@ other task overwrites what the user injected. Without entries it warns
 "This image has no personality (0 files to inject)". Under ``CLOUD_INIT``
 the files are handed to the cloud-init configuration
 (``tasks/_cloud_init.py``: ``inject_files``, which can resolve owners
-cloud-init creates at first boot) when it exists.
+cloud-init creates at first boot).
 
 Windows: each file is written as given into the NTFS (owner, group and
 mode ignored); a file it replaces is kept as ``<path>.bak.<YYYYmmdd.HHMMSS>``,
-as the original did.
+as the original did. Paths resolve inside the root, matched without case.
 
 Properties: CLOUD_INIT.
 """
@@ -29,26 +29,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from helper import fsutil
 from helper.commands import TaskError
 from helper.framework import UNIX, WINDOWS, Context, Task
 from snf_image.contract.rules import PersonalityFile
 
-from . import _unix, _windows
-
-TASK = Task(
-    name="EnforcePersonality",
-    order=60,
-    families=UNIX | WINDOWS,
-    excludable=True,
-    mounted=True,
-    resize=False,
-    cloudinit_skip=False,
-    overridable=True,
-)
+from . import _cloud_init, _unix
 
 PARENT_MODE = 0o750
 NO_PERSONALITY = "This image has no personality (0 files to inject)"
@@ -89,26 +80,55 @@ def inject(ctx: Context, files: list[File]) -> None:
     for f in files:
         uid = _unix.owner_id(f.owner, users, "File owner")
         gid = _unix.owner_id(f.group, groups, "Group")
-        _unix.make_dirs(ctx.target, str(PurePosixPath(f.path).parent), mode=PARENT_MODE, uid=uid, gid=gid)
-        _unix.write_file(ctx.target, f.path, f.contents, mode=f.mode, uid=uid, gid=gid)
+        fsutil.make_dirs(ctx.target, str(PurePosixPath(f.path).parent), mode=PARENT_MODE, uid=uid, gid=gid)
+        fsutil.write_file(ctx.target, f.path, f.contents, mode=f.mode, uid=uid, gid=gid)
+
+
+def backup_name(path: str, now: datetime.datetime) -> str:
+    """``<path>.bak.<YYYYmmdd.HHMMSS>``, the original's name for a file a Windows personality replaces."""
+    return f"{path}.bak.{now:%Y%m%d.%H%M%S}"
+
+
+def inject_windows(ctx: Context, files: list[File]) -> None:
+    """Windows: each file written as is; a file it replaces is kept as <path>.bak.<time> (NTFS: no owners, modes)."""
+    stamp = datetime.datetime.now()
+    for f in files:
+        parent = str(PurePosixPath(f.path).parent)
+        fsutil.make_dirs(ctx.target, parent, mode=0o755, ignore_case=True)
+        existing = fsutil.entry(ctx.target, f.path, ignore_case=True)  # the entry itself, a symlink not followed
+        if existing.is_dir() and not existing.is_symlink():
+            raise TaskError(f"Personality: {f.path} is a directory in the image")
+        if existing.exists() or existing.is_symlink():
+            existing.rename(existing.with_name(backup_name(existing.name, stamp)))
+        # as the image spelt the name it replaces
+        fsutil.write_file(ctx.target, fsutil.guest_path(ctx.target, existing), f.contents, mode=0o644)
 
 
 # The BSDs keep users and groups in /etc/passwd and /etc/group too.
 FAMILY_HANDLERS: dict[str, Callable[[Context, list[File]], None]] = {
-    family: inject for family in ("linux", "freebsd", "netbsd", "openbsd")
-} | {"windows": _windows.inject_files, "windows-legacy": _windows.inject_files}
+    **dict.fromkeys(UNIX, inject),
+    **dict.fromkeys(WINDOWS, inject_windows),
+}
+
+TASK = Task(
+    name="EnforcePersonality",
+    order=60,
+    families=frozenset(FAMILY_HANDLERS),
+    excludable=True,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=True,
+)
 
 
 def run(ctx: Context) -> None:
-    """Inject the personality files."""
+    """Inject the personality files (or hand them to cloud-init)."""
     files = [parse_entry(e) for e in ctx.rules.personality]
     if not files:
         ctx.warning(NO_PERSONALITY)
         return
     if ctx.cloud_init:
-        hook = _unix.cloud_init_hook("inject_files")
-        if hook is not None:
-            hook(ctx, files)
-            return
-        ctx.warning("cloud-init file injection is not available; writing the files into the image directly")
+        _cloud_init.inject_files(ctx, files)
+        return
     FAMILY_HANDLERS[ctx.osfamily](ctx, files)

@@ -17,7 +17,7 @@ from helper import disks
 from helper.commands import TaskError
 from helper.framework import WINDOWS, Context, Task
 
-from . import _windows as w
+from ._windows import guest
 
 TASK = Task(
     name="FilesystemResizeAfterUmount",
@@ -30,22 +30,24 @@ TASK = Task(
     overridable=False,
 )
 
+PROP_NOCHECK = "OFFLINE_NTFSRESIZE_NOCHECK"
+
 
 def run(ctx: Context) -> None:
     """ntfsresize RESIZE_PART to fill its partition, then keep or clear the check mark."""
-    if ctx.resize_partition is None or not w.offline_resize(ctx):
+    if ctx.resize_partition is None or not guest.offline_resize(ctx):
         return
     part = ctx.partition(ctx.resize_partition)
     if disks.fs_type(part) != "ntfs":
         return
     if disks.mount_of(part, ctx.target) is not None:
         raise TaskError(f"Partition {ctx.resize_partition} is still mounted; cannot resize it")
-    if w.ntfs_dirty(ctx, part):
-        if not ctx.properties.flag(w.PROP_ALLOW_DIRTY):
+    if guest.ntfs_dirty(ctx, part):
+        if not ctx.properties.flag(guest.PROP_ALLOW_DIRTY):
             raise TaskError(f"The NTFS on partition {ctx.resize_partition} is dirty; refusing to resize it")
-        ctx.warning(f"Resizing the dirty NTFS on partition {ctx.resize_partition} ({w.PROP_ALLOW_DIRTY})")
+        ctx.warning(f"Resizing the dirty NTFS on partition {ctx.resize_partition} ({guest.PROP_ALLOW_DIRTY})")
     ctx.run(["ntfsresize", "--force", "--no-progress-bar", part], input="")
-    if ctx.properties.flag(w.PROP_NOCHECK):
+    if ctx.properties.flag(PROP_NOCHECK):
         ctx.run(["ntfsfix", "--clear-dirty", part])
     else:
         ctx.warning("The NTFS was grown offline; Windows will check it (CHKDSK) at first boot")

@@ -2,9 +2,15 @@
 
 XFS (``xfs_growfs``) and btrfs (``btrfs filesystem resize <devid>:max``)
 can only grow while mounted; this task finds where MountImage mounted
-RESIZE_PART and grows it there. ext2/3/4 were already grown unmounted.
-A RESIZE_PART that is not mounted (not in the image's fstab) is left as it
-is, with a warning. NTFS (Windows) is a later addition.
+RESIZE_PART and grows it there. ext2/3/4 (and swap) were already grown
+unmounted. A RESIZE_PART that is not mounted (not in the image's fstab) is
+left as it is, with a warning, and so is any other filesystem.
+
+NTFS (Windows): Windows grows it itself at first boot -- the diskpart
+script ``%WINDIR%\\SnfScripts\\ExtendFilesystem.txt`` that InstallUnattend
+put in the specialize pass gets ``extend filesystem`` for RESIZE_PART --
+unless it is grown offline after unmounting (``windows-legacy``, or the
+``OFFLINE_NTFSRESIZE`` property: FilesystemResizeAfterUmount).
 
 BSDs (no UFS growfs exists for Linux): the guest grows its own UFS at
 first boot. FreeBSD: ``growfs_enable="YES"`` in ``/etc/rc.conf`` and the
@@ -12,6 +18,8 @@ first boot. FreeBSD: ``growfs_enable="YES"`` in ``/etc/rc.conf`` and the
 ``resize_root="YES"`` (root only). OpenBSD: a ``growfs`` of the (unmounted)
 filesystem from ``/etc/rc.firsttime`` -- not for root, which OpenBSD cannot
 grow while mounted. A last partition these cannot grow gets a warning.
+
+Properties: OFFLINE_NTFSRESIZE.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import re
 from pathlib import Path
 
 from helper import detect, disks, fsutil, ufs
-from helper.framework import ALL, BSD, Context, Task
+from helper.framework import ALL, BSD, WINDOWS, Context, Task
 
-from . import _bsd, _unix, _windows
+from . import _bsd
+from ._windows import guest as windows_guest
+from ._windows.scripts import EXTEND_SCRIPT, diskpart_script
 
 TASK = Task(
     name="FilesystemResizeMounted",
@@ -73,7 +83,7 @@ def arrange_bsd_growth(ctx: Context, part: Path) -> None:
             return
         _bsd.edit_rc_conf(ctx, {"growfs_enable": "YES"})
         if not fsutil.exists(ctx.target, "/firstboot"):
-            _unix.write_file(ctx.target, "/firstboot", b"", mode=0o644)
+            fsutil.write_file(ctx.target, "/firstboot", b"", mode=0o644)
     elif ctx.osfamily == "netbsd":
         if not is_root:
             ctx.warning(f"NetBSD grows only its root filesystem at boot; partition {ctx.resize_partition} is not")
@@ -85,7 +95,7 @@ def arrange_bsd_growth(ctx: Context, part: Path) -> None:
             return
         table = detect.read_table(ctx.device)
         entry = table.get(ctx.resize_partition)
-        fstab = _unix.read_optional(ctx.target, "/etc/fstab") or ""
+        fstab = fsutil.read_optional(ctx.target, "/etc/fstab") or ""
         duid = ctx.bsd_duid
         found = fstab_mountpoint(fstab, entry.letter, duid) if entry is not None and entry.letter else None
         if found is None:
@@ -93,6 +103,14 @@ def arrange_bsd_growth(ctx: Context, part: Path) -> None:
             return
         device, mountpoint = found
         _bsd.add_firstboot(ctx, _bsd.openbsd_growfs_job(device, mountpoint))
+
+
+def grow_ntfs_at_boot(ctx: Context) -> None:
+    """The diskpart script the specialize pass runs, unless the NTFS grows offline after unmounting."""
+    if ctx.resize_partition is None or ctx.osfamily not in WINDOWS or windows_guest.offline_resize(ctx):
+        return
+    win = windows_guest.image(ctx)
+    windows_guest.write_bytes(ctx, f"{win.snf_dir}/{EXTEND_SCRIPT}", diskpart_script(ctx.resize_partition).encode())
 
 
 def run(ctx: Context) -> None:
@@ -106,8 +124,8 @@ def run(ctx: Context) -> None:
     fstype = disks.fs_type(part)
     if fstype in DONE_UNMOUNTED:
         return
-    if fstype == "ntfs":  # Windows grows it at first boot (diskpart), or offline after unmounting
-        _windows.resize_online(ctx)
+    if fstype == "ntfs":
+        grow_ntfs_at_boot(ctx)
         return
     if fstype not in ("xfs", "btrfs"):
         ctx.warning(f"Don't know how to resize mounted partition {ctx.resize_partition} ({fstype or 'unknown'})")

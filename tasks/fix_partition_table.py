@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,8 @@ import parted
 from helper import detect, disklabel, disks, ufs
 from helper.commands import TaskError
 from helper.framework import ALL, Context, Task
+
+from ._swap import swap_partition
 
 TASK = Task(
     name="FixPartitionTable",
@@ -49,23 +50,9 @@ TASK = Task(
     overridable=False,
 )
 
-SWAP_RE = re.compile(r"^(?:(?P<letter>[A-Za-z])|(?P<number>[1-9][0-9]*):(?P<size>[1-9][0-9]*))$")
 MIB = 1024 * 1024
 
 log = logging.getLogger(__name__)
-
-
-def parse_swap(value: str) -> tuple[int, int] | None:
-    """SWAP as (partition number, size in MiB), or None when absent or naming a whole disk."""
-    value = value.strip()
-    if not value:
-        return None
-    m = SWAP_RE.match(value)
-    if m is None:
-        raise TaskError(f"Invalid SWAP property {value!r}: expected <partition>:<size in MB> or a disk letter")
-    if m.group("letter"):
-        return None
-    return int(m.group("number")), int(m.group("size"))
 
 
 @dataclass(frozen=True)
@@ -216,7 +203,7 @@ def plan_bsd(
 def run_bsd(ctx: Context) -> None:
     """Grow the Open/NetBSD MBR slice and its disklabel, then tell the kernel."""
     ufs.require_kernel_support(ctx.osfamily)
-    if parse_swap(ctx.properties.get("SWAP")) is not None:
+    if swap_partition(ctx.properties.get("SWAP")) is not None:
         ctx.warning("SWAP partitions are created for Linux images only; ignoring SWAP")
     device = ctx.device
     if disks.sector_size(device) != disklabel.SECTOR:
@@ -249,7 +236,7 @@ def run(ctx: Context) -> None:
     if ctx.osfamily in BSD_SLICE_TYPES:
         run_bsd(ctx)
         return
-    swap = parse_swap(ctx.properties.get("SWAP"))
+    swap = swap_partition(ctx.properties.get("SWAP"))
     device = ctx.device
     # the type from the raw sectors: libparted must not see a misplaced GPT backup header first
     label = detect.read_table(device).label

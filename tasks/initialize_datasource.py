@@ -32,10 +32,11 @@ import binascii
 import logging
 import uuid
 
+from helper import fsutil
 from helper.commands import TaskError
 from helper.framework import UNIX, Context, Task
 
-from . import _cloud_init, _unix, configure_network
+from . import _cloud_init, _nics
 
 TASK = Task(
     name="InitializeDatasource",
@@ -109,14 +110,14 @@ def run(ctx: Context) -> None:
     debug = _cloud_init.debug(ctx)
     cfg_dir = _cloud_init.config_dir(root)
     if debug:
-        _unix.make_dirs(root, _cloud_init.DEBUG_LOG_DIR, mode=0o755)
+        fsutil.make_dirs(root, _cloud_init.DEBUG_LOG_DIR, mode=0o755)
     text = _cloud_init.HEADER + _cloud_init.dump(datasource_config(debug))
-    _unix.write_file(root, f"{cfg_dir}/{_cloud_init.DATASOURCE_CFG}", text.encode(), mode=0o644)
+    fsutil.write_file(root, f"{cfg_dir}/{_cloud_init.DATASOURCE_CFG}", text.encode(), mode=0o644)
 
     seed = _cloud_init.ensure_seed(root)
     name = ctx.rules.instance_name or "instance"
     # a fresh meta-data: whatever the image carried belongs to another instance
-    _unix.write_file(
+    fsutil.write_file(
         root, f"{seed}/meta-data", _cloud_init.dump({"instance-id": instance_id(name)}).encode(), mode=0o600
     )
 
@@ -124,8 +125,8 @@ def run(ctx: Context) -> None:
     if user_data is None:
         ctx.warning("No cloud user-data provided")
         user_data = b""
-    _unix.write_file(root, f"{seed}/user-data", user_data, mode=0o600)
+    fsutil.write_file(root, f"{seed}/user-data", user_data, mode=0o600)
 
-    _cloud_init.write_network_config(ctx, configure_network.plan(ctx))
+    _cloud_init.write_network_config(ctx, _nics.plan(ctx))
 
     _cloud_init.at_first_boot(ctx, "clear-user-data", truncate=[f"{seed}/user-data", *USER_DATA_COPIES])

@@ -34,8 +34,9 @@ from pathlib import PureWindowsPath
 from helper import registry
 from helper.commands import TaskError
 from helper.framework import WINDOWS, Context, Task
+from helper.windows import WindowsImage
 
-from . import _windows as w
+from ._windows import checks, guest, ini, scripts, unattend
 
 TASK = Task(
     name="InstallUnattend",
@@ -48,6 +49,7 @@ TASK = Task(
     overridable=True,
 )
 
+PROP_IGNORE_UNATTEND = "IGNORE_UNATTEND"
 DEFAULT_INSTALL_FILES = "C:\\sysprep\\i386"
 SETUP_STATE_KEY = "Microsoft\\Windows\\CurrentVersion\\Setup\\State"
 SETUP_STATE_INI = "{windir}/Setup/State/State.ini"
@@ -55,8 +57,8 @@ SETUP_STATE_INI = "{windir}/Setup/State/State.ini"
 
 def run(ctx: Context) -> None:
     """Check the image, install and edit the answer file, lay out the first-boot scripts."""
-    win = w.image(ctx)
-    w.check_family(ctx.osfamily, win.major)
+    win = guest.image(ctx)
+    checks.check_family(ctx.osfamily, win.major)
     make_scripts(ctx, win)
     if ctx.osfamily == "windows":
         check_generalized(ctx, win)
@@ -64,36 +66,38 @@ def run(ctx: Context) -> None:
     else:
         check_resealed(ctx, win)
         win.answer_file = install_sysprep(ctx, win)
-    w.append_setup_complete(ctx, w.wipe_lines(w.windows_path(win.answer_file)))
+    guest.append_setup_complete(ctx, scripts.wipe_lines(scripts.windows_path(win.answer_file)))
 
 
-def make_scripts(ctx: Context, win: w.WindowsImage) -> None:
+def make_scripts(ctx: Context, win: WindowsImage) -> None:
     """Placeholders the later tasks fill, and the cleanup of the password file."""
-    w.write_bytes(ctx, f"{win.snf_dir}/{w.PASSWORD_SCRIPT}", w.cmd_lines(["@echo off"]).encode())
-    w.write_bytes(ctx, f"{win.snf_dir}/{w.EXTEND_SCRIPT}", w.cmd_lines(["exit"]).encode())
-    snf = f"%WINDIR%\\{w.SNF_DIR}"
-    w.append_setup_complete(ctx, [*w.wipe_lines(f"{snf}\\{w.PASSWORD_FILE}"), f'del /f /q "{snf}\\{w.PASSWORD_VBS}"'])
+    guest.write_bytes(ctx, f"{win.snf_dir}/{scripts.PASSWORD_SCRIPT}", scripts.cmd_lines(["@echo off"]).encode())
+    guest.write_bytes(ctx, f"{win.snf_dir}/{scripts.EXTEND_SCRIPT}", scripts.cmd_lines(["exit"]).encode())
+    snf = scripts.SNF_SCRIPTS
+    guest.append_setup_complete(
+        ctx, [*scripts.wipe_lines(f"{snf}\\{scripts.PASSWORD_FILE}"), f'del /f /q "{snf}\\{scripts.PASSWORD_VBS}"']
+    )
 
 
-def image_state(ctx: Context, win: w.WindowsImage) -> str | None:
+def image_state(ctx: Context, win: WindowsImage) -> str | None:
     """ImageState from the SOFTWARE hive, or from Setup\\State\\State.ini (Vista writes both)."""
-    with registry.opened(w.hive_file(ctx, win.hive("SOFTWARE"))) as software:
+    with registry.opened(guest.hive_file(ctx, win.hive("SOFTWARE"))) as software:
         state = software.value(SETUP_STATE_KEY, "ImageState")
     if isinstance(state, str) and state:
         return state
-    ini = w.read_bytes(ctx, SETUP_STATE_INI.format(windir=win.windir))  # case-insensitive
-    if ini is not None:
-        return w.ini_get(w.decode_text(ini)[0], "State", "ImageState")
+    state_ini = guest.read_bytes(ctx, SETUP_STATE_INI.format(windir=win.windir))  # case-insensitive
+    if state_ini is not None:
+        return ini.ini_get(ini.decode_text(state_ini)[0], "State", "ImageState")
     return None
 
 
-def check_generalized(ctx: Context, win: w.WindowsImage) -> None:
-    w.check_image_state(image_state(ctx, win))
+def check_generalized(ctx: Context, win: WindowsImage) -> None:
+    checks.check_image_state(image_state(ctx, win))
 
 
-def check_resealed(ctx: Context, win: w.WindowsImage) -> None:
-    with registry.opened(w.hive_file(ctx, win.hive("SYSTEM"))) as system:
-        w.check_legacy_setup(
+def check_resealed(ctx: Context, win: WindowsImage) -> None:
+    with registry.opened(guest.hive_file(ctx, win.hive("SYSTEM"))) as system:
+        checks.check_legacy_setup(
             system.value("Setup", "SystemSetupInProgress"), system.value("Setup", "MiniSetupInProgress")
         )
 
@@ -106,11 +110,11 @@ def host_file(ctx: Context, name: str) -> str:
     return text
 
 
-def install_unattend(ctx: Context, win: w.WindowsImage) -> str:
+def install_unattend(ctx: Context, win: WindowsImage) -> str:
     """The guest path of the edited unattend.xml."""
-    existing = w.find_unattend(ctx, win)
-    path = existing or w.DEFAULT_UNATTEND.format(windir=win.windir)
-    ignore = ctx.properties.flag(w.PROP_IGNORE_UNATTEND)
+    existing = guest.find_unattend(ctx, win)
+    path = existing or guest.DEFAULT_UNATTEND.format(windir=win.windir)
+    ignore = ctx.properties.flag(PROP_IGNORE_UNATTEND)
     if existing is None or ignore:
         text = host_file(ctx, "unattend.xml")
         data = text.encode("utf-8")
@@ -120,24 +124,24 @@ def install_unattend(ctx: Context, win: w.WindowsImage) -> str:
             f"Installing the host's answer file as {path}"
             + (" (IGNORE_UNATTEND)" if existing is not None else " (the image has none)")
         )
-        data, moved = w.retarget_arch(data, win.arch)
+        data, moved = unattend.retarget_arch(data, win.arch)
         if moved:
             ctx.warning(f"The answer file had no components for {win.arch}; they were retargeted to it")
     else:
-        data = w.read_bytes(ctx, existing) or b""
-    snf = f"%WINDIR%\\{w.SNF_DIR}"
-    data = w.add_sync_commands(
+        data = guest.read_bytes(ctx, existing) or b""
+    snf = scripts.SNF_SCRIPTS
+    data = unattend.add_sync_commands(
         data,
         win.arch,
         [
-            (f"cmd.exe /c diskpart.exe /s {snf}\\{w.EXTEND_SCRIPT}", "Extend the file system"),
-            (f"cmd.exe /c {snf}\\{w.PASSWORD_SCRIPT}", "Change user passwords"),
+            (f"cmd.exe /c diskpart.exe /s {snf}\\{scripts.EXTEND_SCRIPT}", "Extend the file system"),
+            (f"cmd.exe /c {snf}\\{scripts.PASSWORD_SCRIPT}", "Change user passwords"),
         ],
     )
     key = ctx.rules.os_product_key
     if key:
-        data = w.set_shell_setup(data, win.arch, {"ProductKey": key})
-    w.write_bytes(ctx, path, data)
+        data = unattend.set_shell_setup(data, win.arch, {"ProductKey": key})
+    guest.write_bytes(ctx, path, data)
     return path
 
 
@@ -151,31 +155,31 @@ def install_files_dir(value: str | None) -> str:
     return "/" + "/".join(parts)
 
 
-def install_sysprep(ctx: Context, win: w.WindowsImage) -> str:
+def install_sysprep(ctx: Context, win: WindowsImage) -> str:
     """The guest path of the edited sysprep.inf (C:\\sysprep\\sysprep.inf, created from the host's if missing)."""
-    current = w.read_bytes(ctx, w.SYSPREP_INF)
-    if current is None or ctx.properties.flag(w.PROP_IGNORE_UNATTEND):
+    current = guest.read_bytes(ctx, guest.SYSPREP_INF)
+    if current is None or ctx.properties.flag(PROP_IGNORE_UNATTEND):
         text = host_file(ctx, "sysprep.inf")
-        codec = w.ini_codec(text)
-        ctx.warning(f"Installing the host's sysprep.inf as {w.SYSPREP_INF}")
+        codec = ini.ini_codec(text)
+        ctx.warning(f"Installing the host's sysprep.inf as {guest.SYSPREP_INF}")
     else:
-        text, codec = w.decode_text(current)
-    if w.ini_get(text, "Unattended", "InstallFilesPath") is None:
-        text = w.ini_set(text, "Unattended", "InstallFilesPath", DEFAULT_INSTALL_FILES)
-    install_dir = install_files_dir(w.ini_get(text, "Unattended", "InstallFilesPath"))
+        text, codec = ini.decode_text(current)
+    if ini.ini_get(text, "Unattended", "InstallFilesPath") is None:
+        text = ini.ini_set(text, "Unattended", "InstallFilesPath", DEFAULT_INSTALL_FILES)
+    install_dir = install_files_dir(ini.ini_get(text, "Unattended", "InstallFilesPath"))
     key = ctx.rules.os_product_key
     if key:
-        text = w.ini_set(text, "UserData", "ProductKey", w.ini_quote(key))
-    w.write_bytes(ctx, w.SYSPREP_INF, w.encode_text(text, codec))
+        text = ini.ini_set(text, "UserData", "ProductKey", ini.ini_quote(key))
+    guest.write_bytes(ctx, guest.SYSPREP_INF, ini.encode_text(text, codec))
 
     cmdlines = f"{install_dir}/$OEM$/CmdLines.txt"
-    old = w.read_bytes(ctx, cmdlines)
-    lines, lines_codec = w.decode_text(old) if old is not None else ("[Commands]\r\n", "utf-8")
-    snf = f"%WINDIR%\\{w.SNF_DIR}"
+    old = guest.read_bytes(ctx, cmdlines)
+    lines, lines_codec = ini.decode_text(old) if old is not None else ("[Commands]\r\n", "utf-8")
+    snf = scripts.SNF_SCRIPTS
     for command in (
-        f"cmd.exe /c {snf}\\{w.PASSWORD_SCRIPT}",
+        f"cmd.exe /c {snf}\\{scripts.PASSWORD_SCRIPT}",
         "cmd.exe /c %WINDIR%\\Setup\\Scripts\\SetupComplete.cmd",
     ):
-        lines = w.ini_add_line(lines, "Commands", f'"{command}"')
-    w.write_bytes(ctx, cmdlines, w.encode_text(lines, lines_codec))
-    return w.SYSPREP_INF
+        lines = ini.ini_add_line(lines, "Commands", f'"{command}"')
+    guest.write_bytes(ctx, cmdlines, ini.encode_text(lines, lines_codec))
+    return guest.SYSPREP_INF

@@ -7,7 +7,8 @@ must contain ``/etc``. Then every ``/etc/fstab`` entry naming its device by
 entries are skipped, as are filesystem types the jail does not handle.
 A device given by a kernel name (``/dev/sda2``) is an error: the name
 depends on the hypervisor, so the image would not boot reliably anyway.
-UUIDs and labels are looked up on the instance's own disks only.
+UUIDs and labels are looked up on the instance's own disks only; a btrfs
+entry keeps its ``subvol=``/``subvolid=`` option.
 
 BSDs: the root must be UFS; it is mounted with the ``ufstype`` its
 superblock shows (``ufs2`` or ``44bsd``), read-write -- which needs the
@@ -20,7 +21,15 @@ partition ``<letter>``, mapped to the kernel's partition number through the
 label (:mod:`helper.disklabel`). Labels (``/dev/gpt/...``, ``/dev/ufs/...``)
 and other disks' entries are skipped with a warning.
 
-Windows fails with a clear message for now.
+Windows: the NTFS root is mounted read-write with lowntfs-3g (``windows_names``:
+no name Windows could not open is created); names are looked up without
+case by the Windows tasks themselves. A dirty NTFS (Windows not shut down
+cleanly, or a check scheduled) or an unclean journal (hibernation, Fast
+Startup) is refused unless the ``ALLOW_DIRTY_NTFS`` property says
+otherwise: editing it could lose what Windows still had to write. Only
+the root volume is mounted.
+
+Properties: ALLOW_DIRTY_NTFS.
 """
 
 from __future__ import annotations
@@ -28,30 +37,22 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from helper import detect, disks, fsutil, ufs
 from helper.commands import CommandError, TaskError
-from helper.framework import ALL, BSD, WINDOWS, Context, Task
+from helper.framework import BSD, WINDOWS, Context, Task
 
-from . import _windows
-
-TASK = Task(
-    name="MountImage",
-    order=30,
-    families=ALL,
-    excludable=False,
-    mounted=True,
-    resize=False,
-    cloudinit_skip=False,
-    overridable=False,
-    structural=True,
-)
+from ._windows import guest as windows_guest
 
 LINUX_FSTYPES = frozenset({"auto", "ext2", "ext3", "ext4", "msdos", "vfat", "ntfs", "btrfs", "xfs"})
 SKIP_FSTYPES = frozenset({"swap", "none", "proc", "tmpfs", "sysfs", "devpts", "nfs", "nfs4", "cifs"})
 BTRFS_OPTIONS = ("subvol=", "subvolid=")
+# No ignore_case: it lists every name in lower case, so a replaced file would lose the
+# image's spelling; the Windows tasks match names without case themselves.
+NTFS_MOUNT_OPTIONS = "rw,windows_names"
 BSD_FSTYPES = {"freebsd": frozenset({"ufs"}), "openbsd": frozenset({"ffs"}), "netbsd": frozenset({"ffs", "ufs"})}
 FREEBSD_GPT_DEVICE = re.compile(r"^/dev/[a-z]+0p([0-9]+)$")
 BSD_LABEL_DEVICE = re.compile(r"^/dev/r?[a-z]+([0-9]+)([a-p])$")
@@ -174,7 +175,7 @@ def mount_ufs(ctx: Context, device: Path, mountpoint: Path) -> None:
         ) from exc
 
 
-def run_bsd(ctx: Context) -> None:
+def mount_bsd(ctx: Context) -> None:
     """Mount a BSD root and its fstab's UFS filesystems from the image's disk."""
     ufs.require_kernel_support(ctx.osfamily)
     root = ctx.partition(ctx.root_partition)
@@ -213,16 +214,8 @@ def run_bsd(ctx: Context) -> None:
         mount_ufs(ctx, ctx.partition(number), mountpoint)
 
 
-def run(ctx: Context) -> None:
+def mount_linux(ctx: Context) -> None:
     """Mount root, check /etc, mount the fstab filesystems."""
-    if ctx.osfamily in WINDOWS:  # NTFS with lowntfs-3g; dirty refused (tasks/_windows.py)
-        _windows.mount_root(ctx)
-        return
-    if ctx.osfamily in BSD:
-        run_bsd(ctx)
-        return
-    if ctx.osfamily != "linux":
-        raise TaskError(f"MountImage: {ctx.osfamily} images are not supported yet")
     root = ctx.partition(ctx.root_partition)
     ctx.target.mkdir(parents=True, exist_ok=True)
     disks.mount(root, ctx.target, options="rw")
@@ -248,3 +241,58 @@ def run(ctx: Context) -> None:
             options += [o for o in entry.options if o.startswith(BTRFS_OPTIONS)]
         fstype = None if entry.fstype == "auto" else entry.fstype
         disks.mount(device, mountpoint, fstype=fstype, options=",".join(options))
+
+
+def mount_windows(ctx: Context) -> None:
+    """The NTFS root with lowntfs-3g; a dirty NTFS or an unclean journal refused unless ALLOW_DIRTY_NTFS."""
+    part = ctx.partition(ctx.root_partition)
+    fstype = disks.fs_type(part)
+    if fstype != "ntfs":
+        raise TaskError(f"The Windows root partition {ctx.root_partition} holds {fstype or 'no filesystem'}, not NTFS")
+    allow_dirty = windows_guest.PROP_ALLOW_DIRTY
+    allow = ctx.properties.flag(allow_dirty)
+    if windows_guest.ntfs_dirty(ctx, part):
+        if not allow:
+            raise TaskError(
+                f"The NTFS on partition {ctx.root_partition} is dirty (Windows was not shut down cleanly or a check "
+                f"is scheduled): boot the image and shut it down cleanly, or set the {allow_dirty} property"
+            )
+        ctx.warning(f"The NTFS on partition {ctx.root_partition} is dirty; mounting it anyway ({allow_dirty})")
+    if not Path("/dev/fuse").exists():
+        ctx.run(["modprobe", "fuse"], check=False)
+    ctx.target.mkdir(parents=True, exist_ok=True)
+    try:
+        disks.mount(part, ctx.target, fstype="lowntfs-3g", options=NTFS_MOUNT_OPTIONS + ",norecover")
+    except TaskError as exc:
+        if not allow:
+            raise TaskError(
+                f"Cannot mount the NTFS on partition {ctx.root_partition} without replaying its journal "
+                f"(hibernated, or Fast Startup on?): {exc}; set {allow_dirty} to mount it anyway"
+            ) from exc
+        ctx.warning(f"Mounting partition {ctx.root_partition} with journal recovery ({allow_dirty}): {exc}")
+        disks.mount(part, ctx.target, fstype="lowntfs-3g", options=NTFS_MOUNT_OPTIONS)
+    windows_guest.image(ctx)  # fail early on an image without Windows or hives
+
+
+FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {
+    "linux": mount_linux,
+    **dict.fromkeys(BSD, mount_bsd),
+    **dict.fromkeys(WINDOWS, mount_windows),
+}
+
+TASK = Task(
+    name="MountImage",
+    order=30,
+    families=frozenset(FAMILY_HANDLERS),
+    excludable=False,
+    mounted=True,
+    resize=False,
+    cloudinit_skip=False,
+    overridable=False,
+    structural=True,
+)
+
+
+def run(ctx: Context) -> None:
+    """Mount the image the way its OS family needs."""
+    FAMILY_HANDLERS[ctx.osfamily](ctx)

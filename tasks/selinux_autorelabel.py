@@ -12,8 +12,7 @@ Properties: none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from helper import fsutil
 from helper.framework import LINUX, Context, Task
 
 from . import _unix
@@ -53,16 +52,8 @@ def needs_relabel(distro: str | None, config: str | None) -> bool:
     return distro == "redhat" or mode in ("enforcing", "permissive")
 
 
-def apply(ctx: Context) -> None:
-    """Touch /.autorelabel when the image uses SELinux (Linux)."""
-    config = _unix.read_optional(ctx.target, SELINUX_CONFIG)
-    if needs_relabel(_unix.base_distro(ctx.target), config):
-        _unix.write_file(ctx.target, AUTORELABEL, b"", mode=0o644)
-
-
-FAMILY_HANDLERS: dict[str, Callable[[Context], None]] = {"linux": apply}
-
-
 def run(ctx: Context) -> None:
-    """Request an SELinux relabel when needed."""
-    FAMILY_HANDLERS[ctx.osfamily](ctx)
+    """Touch /.autorelabel when the image uses SELinux."""
+    config = fsutil.read_optional(ctx.target, SELINUX_CONFIG)
+    if needs_relabel(_unix.base_distro(ctx.target), config):
+        fsutil.write_file(ctx.target, AUTORELABEL, b"", mode=0o644)

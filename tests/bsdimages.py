@@ -11,6 +11,10 @@ except the disklabel writer (which the unit tests check byte by byte):
   FFSv2 root (NetBSD's default since 9; superblock at 64 KiB as for FreeBSD).
 - FreeBSD: GPT by sgdisk (freebsd-boot, freebsd-swap, freebsd-ufs root last,
   GPT labels as the release images), UFS2 root.
+- FreeBSD on UFS1 (``freebsd-ufs1``): the same GPT with a separate /var
+  (freebsd-ufs, UFS2, no ``/etc``) before a UFS1 root, fstab naming
+  partitions by their device names: detection must turn /var down and find
+  the UFS1 root after it.
 
 The filesystems come from NetBSD's makefs (Debian package ``makefs``). Its
 UFS1 is the BSDs' own format (Linux mounts it as ``ufstype=44bsd``). Its UFS2
@@ -141,6 +145,20 @@ def root_tree(family: str) -> Tree:
     return t
 
 
+def freebsd_ufs1_trees() -> tuple[Tree, Tree]:
+    """The root and /var of the FreeBSD image with a UFS1 root (p4) and a UFS2 /var (p3)."""
+    root = root_tree("freebsd")
+    root.add("/etc/fstab", "# Device\tMountpoint\tFStype\tOptions\tDump\tPass#\n"
+             "/dev/vtbd0p4\t/\tufs\trw\t1\t1\n/dev/vtbd0p3\t/var\tufs\trw\t2\t2\n"
+             "/dev/vtbd0p2\tnone\tswap\tsw\t0\t0\n")  # fmt: skip
+    root.dirs["/var"] = (0o755, 0, 0)
+    var = Tree()
+    var.add("/log/messages", "Jan  1 00:00:00 freebsd-image syslogd: kernel boot file is /boot/kernel/kernel\n")
+    var.dirs["/db"] = (0o755, 0, 0)
+    var.dirs["/tmp"] = (0o1777, 0, 0)
+    return root, var
+
+
 def home_tree() -> Tree:
     t = Tree()
     t.dirs["/alice"] = (0o755, 1000, 1000)
@@ -225,7 +243,7 @@ class BsdImage:
 
 
 def build(family: str, directory: Path, cache: Path) -> BsdImage:
-    """The ``family`` image (48 MiB, or 64 MiB for FreeBSD) in ``directory``."""
+    """The ``family`` image (48 MiB, or 64 MiB for FreeBSD) in ``directory``; ``freebsd-ufs1`` is a FreeBSD one."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{family}.img"
     work = directory / f"{family}.parts"
@@ -244,6 +262,23 @@ def build(family: str, directory: Path, cache: Path) -> BsdImage:
         makefs(work / "root.ufs", root_tree(family), (end - start) * SECTOR // 32768 * 32768, 2, cache)
         _put(path, start * SECTOR, work / "root.ufs")
         image = BsdImage(family, path, 3, {})
+    elif family == "freebsd-ufs1":
+        size = 64 * MIB
+        os.truncate(path, size)
+        subprocess.run(
+            ["sgdisk", "-a1", "-n1:40:+512K", "-t1:a501", "-c1:gptboot0", "-n2:2048:+8M", "-t2:a502", "-c2:swapfs",
+             "-n3:0:+16M", "-t3:a503", "-c3:varfs", "-n4:0:0", "-t4:a503", "-c4:rootfs", str(path)],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        var_start = 2048 + 8 * 2048
+        start = var_start + 16 * 2048
+        end = size // SECTOR - 34
+        root, var = freebsd_ufs1_trees()
+        makefs(work / "var.ufs", var, 16 * MIB, 2, cache)
+        makefs(work / "root.ufs", root, (end - start) * SECTOR // 16384 * 16384, 1, cache)
+        _put(path, var_start * SECTOR, work / "var.ufs")
+        _put(path, start * SECTOR, work / "root.ufs")
+        image = BsdImage("freebsd", path, 4, {"/var": 3})
     elif family == "openbsd":
         total = 48 * MIB // SECTOR
         parts = {"a": (64, 65536, disklabel.FS_BSDFFS), "b": (65600, 8192, disklabel.FS_SWAP),

@@ -5,19 +5,24 @@ guests, these tests drive a task's run(ctx) against a temporary directory
 that stands in for the mounted image (a tree shaped like a small Debian
 install by default), then read the files back. :func:`make_ctx` is the
 Context of those tests (and of the framework's), :func:`make_rules` the
-typed rules the host would send.
+typed rules the host would send. :func:`run_unsandboxed` stands in for
+the sandbox of image programs, which only the helper VM can build.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from helper import sandbox
 from helper.framework import Context
 from helper.properties import Properties
-from snf_image.contract.rules import Rules, RulesDisk, RulesSettings
+from snf_image import hostkeys
+from snf_image.contract.rules import HostKey, Rules, RulesDisk, RulesSettings
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
@@ -66,6 +71,9 @@ DEBIAN = {
     "home/alice/.profile": "",
 }
 
+# What makes a fake guest a cloud-init image: the directory tasks/_cloud_init.py writes its snippets into.
+CLOUD_INIT_GUEST = {"etc/cloud/cloud.cfg.d/05_logging.cfg": "# the image's own\n"}
+
 
 class Recorder:
     """A Reporter that keeps what it was told."""
@@ -112,12 +120,19 @@ def make_guest(root: Path, files: dict[str, str | None] | None = None, base: dic
 
 RULES = Rules(
     instance_name="vm1.example.com",
+    result_token="5a" * 32,
     img_format="diskdump",
     properties={},
     nics=(),
     disks=(RulesDisk(index=0, size_bytes=1024**3),),
     settings=RulesSettings(),
 )
+
+
+@functools.cache
+def host_keys() -> tuple[HostKey, ...]:
+    """The SSH host keys the host makes for vm1.example.com (real ones, made once per test run)."""
+    return hostkeys.generate(RULES.instance_name)
 
 
 def make_rules(**fields: Any) -> Rules:
@@ -152,3 +167,19 @@ def make_ctx(
 def warnings(ctx: Context) -> list[str]:
     """The warnings a task sent."""
     return ctx.reporter.warnings  # type: ignore[attr-defined,no-any-return]
+
+
+def run_unsandboxed(program: sandbox.Program, seconds: float) -> sandbox.Outcome:
+    """``helper.sandbox.run`` without the sandbox, for unit tests of the logic around an image program.
+
+    The sandbox needs the helper VM (cgroup v2, kernel settings of its own,
+    the runner as PID 1) and refuses to run anywhere else; the real one is
+    exercised by tests/integration/test_image_code_sandbox.py.
+    """
+    try:
+        proc = subprocess.run(list(program.argv), env=dict(program.env), capture_output=True, timeout=seconds)
+    except OSError as exc:  # as setpriv reports a program it cannot execute
+        message = f"setpriv: failed to execute {program.argv[0]}: {exc.strerror}\n"
+        return sandbox.Outcome(127, message, len(message), seconds)
+    output = proc.stdout + proc.stderr
+    return sandbox.Outcome(proc.returncode, output.decode(errors="replace"), len(output), seconds)

@@ -75,9 +75,19 @@ def tail(child: pexpect.spawn, size: int = 4000) -> str:
 
 
 def qemu_argv(
-    disk: Path, kernel: Path, initrd: Path, cmdline: str, nics: Sequence[GuestNic], memory: int = 1024
+    disk: Path,
+    kernel: Path,
+    initrd: Path,
+    cmdline: str,
+    nics: Sequence[GuestNic],
+    memory: int = 1024,
+    extra_disks: Sequence[Path] = (),
 ) -> list[str]:
-    """The qemu command line: TCG, direct kernel boot, the disk as virtio, ``nics`` as virtio NICs, serial on stdio."""
+    """The qemu command line: TCG, direct kernel boot, the disks as virtio, ``nics`` as virtio NICs, serial on stdio.
+
+    ``extra_disks`` follow the boot disk in order (vdb, vdc, ...), as an instance's further disks do.
+    """
+    drives = [arg for extra in extra_disks for arg in ("-drive", f"file={extra},format=raw,if=virtio")]
     network = []
     for index, nic in enumerate(nics):
         network += ["-netdev", f"{nic.netdev},id=n{index}", "-device", f"virtio-net-pci,netdev=n{index},mac={nic.mac}"]
@@ -101,6 +111,7 @@ def qemu_argv(
         cmdline,
         "-drive",
         f"file={disk},format=raw,if=virtio",
+        *drives,
         *network,
         "-serial",
         "stdio",
@@ -127,6 +138,7 @@ def booted(
     boot_timeout: float = 300,
     times: BootTimes | None = None,
     ready: str | None = None,
+    extra_disks: Sequence[Path] = (),
     nics: Sequence[GuestNic] = (),
     prefix: Sequence[str] = (),
 ) -> Iterator[Console]:
@@ -142,7 +154,8 @@ def booted(
     interleave with command output.
     """
     times = times or BootTimes()
-    argv = [*prefix, *qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", nics or [GuestNic(mac)])]
+    nics = nics or [GuestNic(mac)]
+    argv = [*prefix, *qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", nics, extra_disks=extra_disks)]
     started = time.monotonic()
     with open(log, "w", encoding="utf-8", errors="replace") as logfile:
         child = pexpect.spawn(

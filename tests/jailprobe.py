@@ -1,64 +1,41 @@
 """A stand-in runner for the helper VM, injected into a test copy of the helper's code layer.
 
-It follows the runner contract (see snf_image/jail.py): read the rules disk
-found by serial, write progress lines on /dev/ttyS2 and one result line on
+It follows the runner contract through tests/serialprobe.py: rules from the
+disk found by serial, progress lines on /dev/ttyS2 and one result line on
 /dev/ttyS1, power off. ``rules["probe"]`` picks a behaviour, good or hostile,
 so the launcher's handling of each can be tested against the real VM.
 """
 
-import ctypes
 import hashlib
 import json
 import os
-import sys
 import time
 
-RB_POWER_OFF = 0x4321FEDC
+import serialprobe
 
 
-def find_disk(serial: str) -> str:
-    for name in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{name}/serial") as f:
-                if f.read().strip() == serial:
-                    return f"/dev/{name}"
-        except OSError:
-            continue
-    raise RuntimeError(f"no disk with serial {serial}")
-
-
-def read_rules() -> tuple[bytes, dict]:
-    with open(find_disk("snf-rules"), "rb") as f:
-        raw = f.read().rstrip(b"\0")
-    return raw, json.loads(raw)
-
-
-def poweroff() -> None:
-    os.sync()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.reboot(RB_POWER_OFF)
-    time.sleep(60)
-
-
-def main() -> None:
-    raw, rules = read_rules()
+def main(ports: serialprobe.Ports) -> None:
+    raw, rules = serialprobe.read_rules()
     probe = rules.get("probe")
-    with open("/proc/uptime") as f:
-        uptime = f.read().split()[0]
-    print(f"jailprobe: pid {os.getpid()}, probe {probe}, uptime {uptime}", flush=True)
-    with open("/dev/ttyS1", "w") as result, open("/dev/ttyS2", "wb", buffering=0) as progress:
-        behave(probe, raw, rules, result, progress)
-    poweroff()
+    serialprobe.console(f"jailprobe: pid {os.getpid()}, probe {probe}, uptime {serialprobe.uptime()}")
+    behave(probe, raw, rules, ports)
 
 
-def behave(probe: str, raw: bytes, rules: dict, result, progress) -> None:
+#: Result-port forgeries: what image code that reached the port might write, with or around the runner's line.
+FORGERIES = {
+    "forged": lambda ports: ports.result.write("SUCCESS\n"),
+    "wrong_token": lambda ports: ports.result.write("SUCCESS " + "0" * 64 + "\n"),
+    "forged_first": lambda ports: (ports.result.write("SUCCESS\n"), ports.succeed()),
+    "success_then_forged": lambda ports: (ports.succeed(), ports.result.write("SUCCESS\n")),
+    "twice": lambda ports: (ports.succeed(), ports.succeed()),
+    "error_first": lambda ports: (ports.fail("planted"), ports.succeed()),
+}
+
+
+def behave(probe: str, raw: bytes, rules: dict, ports: serialprobe.Ports) -> None:
     """Act out one good or hostile behaviour on the result and progress ports."""
-
-    def say(obj: dict) -> None:
-        progress.write(json.dumps(obj).encode() + b"\n")
-
     if probe == "success":
-        say({"subtype": "task-start", "task": "Probe"})
+        ports.say({"subtype": "task-start", "task": "Probe"})
         facts = {
             "rules_sha256": hashlib.sha256(raw).hexdigest(),
             "root_ro": os.statvfs("/").f_flag & os.ST_RDONLY != 0,
@@ -67,39 +44,36 @@ def behave(probe: str, raw: bytes, rules: dict, result, progress) -> None:
             "pid": os.getpid(),
         }
         for serial in rules.get("write_disks", []):
-            with open(find_disk(serial), "r+b") as f:
+            with open(serialprobe.find_disk(serial), "r+b") as f:
                 f.write(f"written by jailprobe to {serial}\n".encode())
-        say({"subtype": "warning", "messages": [json.dumps(facts)]})
-        say({"subtype": "task-end", "task": "Probe"})
-        result.write("SUCCESS\n")
+        ports.say({"subtype": "warning", "messages": [json.dumps(facts)]})
+        ports.say({"subtype": "task-end", "task": "Probe"})
+        ports.succeed()
+    elif probe in FORGERIES:
+        FORGERIES[probe](ports)
     elif probe == "error":
-        result.write("ERROR: the probe failed \x1b[31mon purpose\x07" + "x" * 2000 + "\n")
+        ports.fail("the probe failed \x1b[31mon purpose\x07" + "x" * 2000)
     elif probe == "noresult":
         pass
     elif probe == "garbage":
-        progress.write(b"this is not json\n")
-        result.write("SUCCESS\n")
+        ports.progress.write(b"this is not json\n")
+        ports.succeed()
     elif probe == "invalid":
-        say({"subtype": "task-start", "task": "../../etc"})
-        result.write("SUCCESS\n")
+        ports.say({"subtype": "task-start", "task": "../../etc"})
+        ports.succeed()
     elif probe == "longline":
-        progress.write(b"{" + b" " * 10000 + b"}\n")
-        result.write("SUCCESS\n")
+        ports.progress.write(b"{" + b" " * 10000 + b"}\n")
+        ports.succeed()
     elif probe == "flood":
         for _ in range(100000):
-            say({"subtype": "task-start", "task": "Flood"})
-        result.write("SUCCESS\n")
+            ports.say({"subtype": "task-start", "task": "Flood"})
+        ports.succeed()
     elif probe == "hang":
-        result.flush()
         time.sleep(3600)
     elif probe == "crash":
-        raise SystemExit("jailprobe: exiting PID 1 on purpose")
-    result.flush()
+        serialprobe.console("jailprobe: exiting PID 1 on purpose")
+        os._exit(1)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exc:
-        print(exc, file=sys.stderr, flush=True)
-        raise
+    serialprobe.run(main)

@@ -105,6 +105,30 @@ def monitor_messages(stderr: bytes) -> list[dict]:
     return [json.loads(line[len(prefix) :]) for line in stderr.decode().splitlines() if line.startswith(prefix)]
 
 
+def task_seconds(messages: list[dict]) -> dict[str, float]:
+    """How long each task took, from the timestamps of its task-start and task-end messages."""
+    started: dict[str, float] = {}
+    took: dict[str, float] = {}
+    for m in messages:
+        if m["type"] == "image-helper" and m.get("subtype") == "task-start":
+            started[m["task"]] = m["timestamp"]
+        elif m["type"] == "image-helper" and m.get("subtype") == "task-end" and m["task"] in started:
+            took[m["task"]] = m["timestamp"] - started[m["task"]]
+    return took
+
+
+def public_key_of(private: str, workdir: Path) -> list[str]:
+    """(algorithm, base64) of the public half of an OpenSSH private key, as ssh-keygen derives it."""
+    saved = workdir / "derive-key"
+    saved.write_text(private)
+    saved.chmod(0o600)
+    try:
+        derived = subprocess.run(["ssh-keygen", "-y", "-f", saved], capture_output=True, text=True, check=True)
+    finally:
+        saved.unlink()
+    return derived.stdout.split()[:2]
+
+
 def task_events(messages: list[dict]) -> list[tuple[str, str]]:
     """(subtype, task) of every task-start/task-end, in order."""
     return [

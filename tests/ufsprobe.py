@@ -1,37 +1,23 @@
 """A test-only runner for the helper VM: reads UFS partitions back, read-only, for the BSD tests.
 
 The host has no UFS driver, so the tests look at a deployed BSD disk through
-the helper's kernel. This module is injected into a test copy of the code
-layer (tests/helpervm.py: probe_helper_dir) and run instead of helper.runner;
-it shares no code with what it checks (its own superblock probe, no helper.*
-imports), so a bug in the tasks cannot hide itself here.
+the helper's kernel. This module is injected with tests/serialprobe.py into a
+test copy of the code layer (tests/helpervm.py: probe_helper_dir) and run
+instead of helper.runner; it shares no code with what it checks (its own
+superblock probe, no helper.* imports), so a bug in the tasks cannot hide itself here.
 
 rules: {"inspect": [{"partition": N, "paths": [...], "dirs": [...]}]}. Each
 fact is one progress "warning" whose message is a JSON object; then SUCCESS.
 """
 
-import ctypes
-import json
 import os
 import stat
 import struct
 import subprocess
-import sys
-import time
 
-RB_POWER_OFF = 0x4321FEDC
+import serialprobe
+
 MAX_TEXT = 2048
-
-
-def find_disk(serial: str) -> str:
-    for name in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{name}/serial") as f:
-                if f.read().strip() == serial:
-                    return f"/dev/{name}"
-        except OSError:
-            continue
-    raise RuntimeError(f"no disk with serial {serial}")
 
 
 def node(disk: str, number: int) -> str:
@@ -70,48 +56,30 @@ def describe(root: str, path: str) -> dict:
     return fact
 
 
-def main() -> None:
-    with open(find_disk("snf-rules"), "rb") as f:
-        rules = json.loads(f.read().rstrip(b"\0"))
-    disk = find_disk("snf-disk0")
-    with open("/dev/ttyS1", "w") as result, open("/dev/ttyS2", "wb", buffering=0) as progress:
-
-        def say(obj: dict) -> None:
-            line = json.dumps({"subtype": "warning", "messages": [json.dumps(obj)]}).encode()
-            progress.write(line + b"\n")
-            time.sleep(0.006)  # stay under the launcher's line rate limit
-
-        with open("/proc/partitions") as f:
-            say({"partitions": f.read().split("\n", 2)[2], "disk": os.path.basename(disk)})
-        for item in rules["inspect"]:
-            device = node(disk, item["partition"])
-            kind = ufstype(device)
-            say({"partition": item["partition"], "ufstype": kind})
-            if kind == "none":
-                continue
-            os.makedirs("/tmp/ufs", exist_ok=True)
-            subprocess.run(["mount", "-t", "ufs", "-o", f"ro,ufstype={kind}", device, "/tmp/ufs"], check=True)
-            try:
-                vfs = os.statvfs("/tmp/ufs")
-                say({"partition": item["partition"], "fs_bytes": vfs.f_blocks * vfs.f_frsize})
-                for path in item.get("paths", []):
-                    say(describe("/tmp/ufs", path))
-                for path in item.get("dirs", []):
-                    say({"dir": path, "entries": sorted(os.listdir("/tmp/ufs" + path))})
-            finally:
-                subprocess.run(["umount", "/tmp/ufs"], check=True)
-        result.write("SUCCESS\n")
-    os.sync()
-    ctypes.CDLL(None, use_errno=True).reboot(RB_POWER_OFF)
-    time.sleep(60)
+def main(ports: serialprobe.Ports) -> None:
+    _, rules = serialprobe.read_rules()
+    disk = serialprobe.find_disk("snf-disk0")
+    with open("/proc/partitions") as f:
+        ports.fact({"partitions": f.read().split("\n", 2)[2], "disk": os.path.basename(disk)})
+    for item in rules["inspect"]:
+        device = node(disk, item["partition"])
+        kind = ufstype(device)
+        ports.fact({"partition": item["partition"], "ufstype": kind})
+        if kind == "none":
+            continue
+        os.makedirs("/tmp/ufs", exist_ok=True)
+        subprocess.run(["mount", "-t", "ufs", "-o", f"ro,ufstype={kind}", device, "/tmp/ufs"], check=True)
+        try:
+            vfs = os.statvfs("/tmp/ufs")
+            ports.fact({"partition": item["partition"], "fs_bytes": vfs.f_blocks * vfs.f_frsize})
+            for path in item.get("paths", []):
+                ports.fact(describe("/tmp/ufs", path))
+            for path in item.get("dirs", []):
+                ports.fact({"dir": path, "entries": sorted(os.listdir("/tmp/ufs" + path))})
+        finally:
+            subprocess.run(["umount", "/tmp/ufs"], check=True)
+    ports.succeed()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        print(f"ufsprobe: {exc!r}", file=sys.stderr, flush=True)
-        with open("/dev/ttyS1", "w") as result:
-            result.write(f"ERROR: ufsprobe: {exc!r}\n")
-        os.sync()
-        ctypes.CDLL(None, use_errno=True).reboot(RB_POWER_OFF)
+    serialprobe.run(main)

@@ -7,14 +7,17 @@ the host's reader parses each with :meth:`HelperLine.from_json`, checks it
 against the schema and its limits, and relays :meth:`HelperLine.to_message`
 with the type and timestamp it sets itself.
 
-Result port: exactly ``SUCCESS``, or ``ERROR: <reason>`` (:class:`Result`).
-Only the result port decides success on the host.
+Result port: one line, ``SUCCESS <token>`` or ``ERROR: <reason>``
+(:class:`Result`), written once by the runner. The token is the deployment's
+``Rules.result_token``: the host accepts a SUCCESS only with it (and only
+alone on the port, see ``snf_image.jail.channels.result_verdict``). Only the
+result port decides success on the host.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
@@ -121,10 +124,15 @@ def one_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class Result:
-    """The jail's verdict: success, or failure with the reason the operator reads."""
+    """The jail's verdict: success (carrying the deployment's token), or failure with the reason the operator reads."""
 
     success: bool
     reason: str = ""
+    token: str = field(default="", repr=False)
+
+    @classmethod
+    def succeeded(cls, token: str) -> Result:
+        return cls(True, token=token)
 
     @classmethod
     def failure(cls, reason: str) -> Result:
@@ -132,17 +140,20 @@ class Result:
 
     def to_line(self) -> str:
         """What the jail writes on the result port."""
-        return f"{RESULT_SUCCESS}\n" if self.success else f"{RESULT_ERROR_PREFIX} {self.reason}\n"
+        return f"{RESULT_SUCCESS} {self.token}\n" if self.success else f"{RESULT_ERROR_PREFIX} {self.reason}\n"
 
     @classmethod
-    def parse(cls, data: bytes) -> Result | None:
-        """The verdict in what the result port delivered (its first line), or None if there is none.
+    def parse_line(cls, line: bytes) -> Result | None:
+        """The verdict one result line claims, or None if it is neither a SUCCESS nor an ERROR line.
 
-        The reason is returned as sent: the host sanitizes it before showing it.
+        A SUCCESS carries whatever token followed it (empty if none): only the
+        host, which knows the deployment's token, can tell whether it is the
+        runner's. The reason is returned as sent: the host sanitizes it before
+        showing it.
         """
-        first = data.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
-        if first == RESULT_SUCCESS:
-            return cls(True)
-        if first.startswith(RESULT_ERROR_PREFIX):
-            return cls(False, first[len(RESULT_ERROR_PREFIX) :].strip())
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        if text == RESULT_SUCCESS or text.startswith(f"{RESULT_SUCCESS} "):
+            return cls(True, token=text[len(RESULT_SUCCESS) + 1 :])
+        if text.startswith(RESULT_ERROR_PREFIX):
+            return cls(False, text[len(RESULT_ERROR_PREFIX) :].strip())
         return None

@@ -15,6 +15,7 @@ that the two agree, field by field.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ RULES_FORMAT = 1
 #: The mode of a personality file that does not give one (0440, as the original).
 PERSONALITY_DEFAULT_MODE = 0o440
 
+#: Random bytes in a deployment's result token (:attr:`Rules.result_token`, hex-encoded).
+RESULT_TOKEN_BYTES = 32
+
 
 class RulesError(SnfImageError):
     """The rules disk is missing, unreadable or malformed: a host-side bug, never the image's fault."""
@@ -36,6 +40,16 @@ class RulesError(SnfImageError):
 def disk_serial(index: int) -> str:
     """The virtio serial of instance disk ``index``, by which the jail finds it."""
     return f"{SERIAL_DISK_PREFIX}{index}"
+
+
+def new_result_token() -> str:
+    """A fresh per-deployment token: the proof that a SUCCESS line comes from the runner."""
+    return secrets.token_hex(RESULT_TOKEN_BYTES)
+
+
+def is_result_token(value: str) -> bool:
+    """Whether ``value`` has the shape of a result token (lower-case hex of RESULT_TOKEN_BYTES bytes)."""
+    return len(value) == 2 * RESULT_TOKEN_BYTES and all(c in "0123456789abcdef" for c in value)
 
 
 def _check_index(index: int) -> None:
@@ -105,6 +119,20 @@ class PersonalityFile:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HostKey:
+    """An SSH host key the host made for the instance, in OpenSSH's own file formats.
+
+    kind: ssh-keygen's type (rsa, ecdsa, ed25519).
+    private: the private key file: a secret, kept out of repr.
+    public: the ``.pub`` line.
+    """
+
+    kind: str
+    private: str = field(repr=False)
+    public: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rules:
     """One deployment's rules.
 
@@ -113,8 +141,15 @@ class Rules:
     files: answer files by name (unattend.xml, sysprep.inf), as text.
     only_tasks: when set (rename), run only these tasks plus the mounting
         machinery they need.
-    Secrets (password, password_hash, cloud_userdata, os_product_key) live
-    only here: never in a log, an error text or a child's environment.
+    result_token: :func:`new_result_token`, fresh for every deployment; the
+        runner writes it with SUCCESS on the result port and the host
+        accepts no SUCCESS without it. Image code never sees it: it lives only here, in
+        the runner's memory and on the rules disk, which the sandbox
+        (helper.sandbox) cannot reach.
+    ssh_host_keys: one fresh key per type for DeleteSSHKeys (snf_image.hostkeys).
+    Secrets (password, password_hash, cloud_userdata, os_product_key,
+    result_token, the private host keys) live only here: never in a log, an error text or a
+    child's environment.
     """
 
     instance_name: str
@@ -123,6 +158,7 @@ class Rules:
     nics: tuple[RulesNic, ...]
     disks: tuple[RulesDisk, ...]
     settings: RulesSettings
+    result_token: str = field(repr=False)
     old_instance_name: str | None = None
     hypervisor: str = ""
     password: str | None = None
@@ -132,12 +168,15 @@ class Rules:
     os_product_key: str | None = None
     cloud_userdata: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
+    ssh_host_keys: tuple[HostKey, ...] = ()
     only_tasks: tuple[str, ...] | None = None
     debug: bool = False
 
     def __post_init__(self) -> None:
         if not self.disks:
             raise ValueError("no instance disk")
+        if not is_result_token(self.result_token):
+            raise ValueError(f"the result token is not {2 * RESULT_TOKEN_BYTES} lower-case hex digits")
 
     def to_json(self) -> bytes:
         """The rules disk's content (before padding): UTF-8 JSON with the format version."""

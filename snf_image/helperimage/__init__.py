@@ -4,9 +4,10 @@ Layout of HELPER_DIR after a build::
 
     image        ext4 root filesystem (made with ``mke2fs -d``, never mounted on the host),
                  attached read-only with serial ``snf-helper-root``
-    kernel       the Debian cloud kernel from the rootfs (``--kernel debian``, the default), or
-                 our own build of Debian's linux-source from ``kernel.config``
-                 (``--kernel custom``: the only one that writes UFS, see .kernel)
+    kernel       our own build of Debian's linux-source from ``kernel.config`` (``--kernel custom``,
+                 the default: faster to boot, writes UFS, see .kernel), or the rootfs' Debian
+                 cloud kernel (``--kernel debian``: the fallback where building one is not
+                 possible yet; BSD images then fail with a clear error)
     initrd-base  newc cpio: busybox-static, /dev/console, the few kernel modules needed to
                  find and mount the root disk (none with the custom kernel: all built in)
     initrd       initrd-base followed by the code layer cpio (what qemu boots)
@@ -22,6 +23,7 @@ A code change rebuilds only the code layer (``--code-only``), never the rootfs.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import shutil
 import subprocess
 import sys
@@ -33,7 +35,7 @@ from pathlib import Path
 from . import kernel as custom_kernel
 from .codelayer import helper_version
 from .initrd import build_code_layer, build_initrd_base
-from .kernel import KERNEL_FLAVOURS
+from .kernel import DEFAULT_KERNEL, KERNEL_FLAVOURS
 from .log import log
 from .rootfs import build_root_image, ensure_rootfs, kernel_release, read_package_list, rootfs_key
 
@@ -51,13 +53,16 @@ def _write(path: Path, data: bytes | str) -> None:
     tmp.rename(path)
 
 
-def base_key(packages: Iterable[str], kernel: str = "debian") -> str:
-    """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used."""
+def base_key(packages: Iterable[str], kernel: str = DEFAULT_KERNEL) -> str:
+    """What ``.base-key`` records: the rootfs key, plus the custom kernel's key when it is used.
+
+    Without linux-source the key is one no build has made (a full build then says what to
+    install); a code-only update does not need the source.
+    """
     key = rootfs_key(packages)
     if kernel == "custom":
-        key += "+kernel-" + custom_kernel.kernel_key(
-            custom_kernel.source_version(), custom_kernel.KERNEL_CONFIG.read_text("utf-8")
-        )
+        source = custom_kernel.source_version() or "not installed"
+        key += "+kernel-" + custom_kernel.kernel_key(source, custom_kernel.KERNEL_CONFIG.read_text("utf-8"))
     return key
 
 
@@ -72,7 +77,7 @@ class BuildState:
     code_current: bool  # the code layer is this code's
 
 
-def build_state(helper_dir: Path, kernel: str = "debian") -> BuildState:
+def build_state(helper_dir: Path, kernel: str = DEFAULT_KERNEL) -> BuildState:
     """Compare ``helper_dir`` with what a build would make; reads only small stamp files."""
     key = base_key(read_package_list(), kernel)
     version = helper_version()
@@ -92,14 +97,41 @@ def build_state(helper_dir: Path, kernel: str = "debian") -> BuildState:
     )
 
 
+def _build_base(helper_dir: Path, cache_dir: Path, packages: list[str], kernel: str, force: bool) -> None:
+    """The root image, the kernel, the initrd's base and the package list.
+
+    Our kernel compiles in the background (CPU) while debootstrap mostly downloads
+    and unpacks (I/O): from an empty cache the two take about the longer one's time.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+        built = background.submit(custom_kernel.ensure_custom_kernel, cache_dir, force) if kernel == "custom" else None
+        root = ensure_rootfs(cache_dir, packages, force=force)
+        start = time.monotonic()
+        build_root_image(root, helper_dir / "image")
+        log(f"root image built in {time.monotonic() - start:.1f} s")
+        if built is not None:
+            kernel_file = built.result() / "bzImage"
+            custom_release = (built.result() / "release").read_text().strip()
+        else:
+            kernel_file = root / "boot" / f"vmlinuz-{kernel_release(root)}"
+            custom_release = None
+    shutil.copyfile(kernel_file, helper_dir / "kernel.tmp")
+    (helper_dir / "kernel.tmp").rename(helper_dir / "kernel")
+    _write(helper_dir / "initrd-base", build_initrd_base(root, custom_release))
+    listing = subprocess.run(
+        ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"], check=True, capture_output=True, text=True
+    ).stdout
+    _write(helper_dir / "packages", listing)
+
+
 def build(
-    helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = "debian"
+    helper_dir: Path, cache_dir: Path, code_only: bool = False, force: bool = False, kernel: str = DEFAULT_KERNEL
 ) -> bool:
     """Bring ``helper_dir`` up to date; return True if anything was rebuilt.
 
     Idempotent: with nothing changed it only hashes the code. ``code_only`` never
     runs debootstrap: it needs a previous full build in ``helper_dir``. ``kernel``
-    is ``debian`` (the rootfs' cloud kernel) or ``custom`` (see the module docstring).
+    is ``custom`` (our own) or ``debian`` (the rootfs' cloud kernel; see the module docstring).
     """
     if kernel not in KERNEL_FLAVOURS:
         raise ValueError(f"kernel must be one of {', '.join(KERNEL_FLAVOURS)}, not {kernel!r}")
@@ -125,28 +157,8 @@ def build(
 
     helper_dir.mkdir(parents=True, exist_ok=True)
     if not code_only and (force or not base_current):
-        root = ensure_rootfs(cache_dir, packages, force=force)
         version_file.unlink(missing_ok=True)  # a half-updated dir must not look current
-        start = time.monotonic()
-        build_root_image(root, helper_dir / "image")
-        log(f"root image built in {time.monotonic() - start:.1f} s")
-        custom_release = None
-        if kernel == "custom":
-            built = custom_kernel.ensure_custom_kernel(cache_dir, force=force)
-            kernel_file = built / "bzImage"
-            custom_release = (built / "release").read_text().strip()
-        else:
-            kernel_file = root / "boot" / f"vmlinuz-{kernel_release(root)}"
-        shutil.copyfile(kernel_file, helper_dir / "kernel.tmp")
-        (helper_dir / "kernel.tmp").rename(helper_dir / "kernel")
-        _write(helper_dir / "initrd-base", build_initrd_base(root, custom_release))
-        listing = subprocess.run(
-            ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        _write(helper_dir / "packages", listing)
+        _build_base(helper_dir, cache_dir, packages, kernel, force)
         _write(base_stamp, key + "\n")
 
     start = time.monotonic()
@@ -166,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kernel",
         choices=KERNEL_FLAVOURS,
-        default="debian",
-        help="debian: the rootfs' cloud kernel; custom: our own, writes UFS [%(default)s]",
+        default=DEFAULT_KERNEL,
+        help="custom: our own, built from linux-source; debian: the rootfs' cloud kernel [%(default)s]",
     )
     args = parser.parse_args(argv)
     start = time.monotonic()

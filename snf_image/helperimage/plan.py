@@ -2,8 +2,8 @@
 
 A first build downloads a Debian root filesystem and may compile a kernel:
 minutes, during which a silent command looks hung. The estimates are the
-figures measured on a 2-core node (README, "BSD images and the helper's own
-kernel"); the parts a build finds in its cache cost nothing.
+figures measured on a 2-core node (README, "The helper VM: its kernel and its
+boot"); the parts a build finds in its cache cost nothing.
 """
 
 from __future__ import annotations

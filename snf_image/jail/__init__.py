@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from snf_image.contract import constants
-from snf_image.contract.messages import Result
+from snf_image.contract.rules import is_result_token
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import helper_version
 
 from .accel import choose_accel, qemu_supports_sandbox
-from .channels import sanitize
+from .channels import result_verdict, sanitize
 from .command import build_qemu_command, is_uri
 from .config import ACCELERATORS, HelperConfig, JailDisk
 from .vm import boot, workdir
@@ -56,13 +56,19 @@ def run_helper(
     rules: bytes,
     on_progress: Callable[[dict], None],
     log: Callable[[str], None],
+    *,
+    token: str,
 ) -> None:
-    """Run the jail over ``disks`` with ``rules``; return only if it reported SUCCESS.
+    """Run the jail over ``disks`` with ``rules``; return only if it reported SUCCESS with ``token``.
 
-    ``on_progress`` gets each valid progress line as a complete ``image-helper``
-    message (the host sets ``type`` and ``timestamp``). Raises HelperError with a
-    one-line reason otherwise. No process or file is left behind either way.
+    ``token`` is the rules' result_token (contract.rules): a SUCCESS without it
+    is a forgery (channels.result_verdict). ``on_progress`` gets each valid
+    progress line as a complete ``image-helper`` message (the host sets
+    ``type`` and ``timestamp``). Raises HelperError with a one-line reason
+    otherwise. No process or file is left behind either way.
     """
+    if not is_result_token(token):
+        raise ValueError("run_helper needs the deployment's result token")
     helper_dir = Path(config.helper_dir)
     check_helper_dir(helper_dir)
     if not rules or len(rules) > constants.RULES_MAX_BYTES:
@@ -88,7 +94,7 @@ def run_helper(
         outcome = boot(cmd, fds, config.soft_timeout, config.hard_timeout, on_progress, log)
     log(f"helper VM ended after {outcome.seconds:.1f} s (exit code {outcome.returncode})")
 
-    verdict = Result.parse(outcome.result)
+    verdict = result_verdict(outcome.result, token)
     if outcome.violation:
         raise HelperError(f"Image customization failed: the helper VM broke the protocol: {outcome.violation}")
     if verdict is not None and not verdict.success:

@@ -1,7 +1,8 @@
 """The host's readers of what the helper VM sends: hostile input, handled as data.
 
-The result port counts only if its first line is exactly ``SUCCESS``
-(``contract.messages.Result``); progress lines (``contract.messages.HelperLine``)
+The result port means success only if it carries exactly one line, the
+runner's ``SUCCESS <token>`` with this deployment's token
+(:func:`result_verdict`); progress lines (``contract.messages.HelperLine``)
 are size-, count- and rate-limited and schema-validated, and the host sets
 the fields the guest must not choose (type, timestamp); the console is only
 logged, sanitized and bounded.
@@ -9,12 +10,13 @@ logged, sanitized and bounded.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 
 from snf_image import schemas
 from snf_image.contract import constants
-from snf_image.contract.messages import HelperLine, MessageError
+from snf_image.contract.messages import HelperLine, MessageError, Result
 
 #: Limits on what is merely logged (console, qemu's own output).
 CONSOLE_MAX_LINE = 1024
@@ -27,6 +29,40 @@ def sanitize(text: str, limit: int = ERROR_MAX_CHARS) -> str:
     """Printable, single-line, truncated: safe to put in a log or an error message."""
     clean = "".join(c if c.isprintable() else "?" for c in text.replace("\t", " "))
     return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+FORGED_SUCCESS = (
+    "the result port carried a SUCCESS without this deployment's token: something in the helper VM "
+    "other than the runner wrote it (a forgery attempt)"
+)
+
+
+def result_verdict(data: bytes, token: str) -> Result | None:
+    """The helper's verdict in everything its result port delivered; None if it sent no line.
+
+    Only the runner writes there, once, and only it knows ``token`` (the
+    rules' result_token). So: any SUCCESS line without the token (compared in
+    constant time) is a forgery and makes the verdict a failure that says
+    so, whatever else arrived, before or after it; more than one line is a
+    failure too (which line came first decides nothing); one ``SUCCESS
+    <token>`` line is success; one ``ERROR:`` line is that failure (the
+    helper's init writes those before the rules are read, without a token).
+    """
+    lines = [line for line in data.split(b"\n") if line.strip(b"\r")]
+    if not lines:
+        return None
+    verdicts = [Result.parse_line(line) for line in lines]
+    expected = token.encode("ascii")
+    for verdict in verdicts:
+        if verdict is not None and verdict.success and not hmac.compare_digest(verdict.token.encode(), expected):
+            return Result.failure(FORGED_SUCCESS)
+    if len(lines) > 1:
+        errors = [v.reason for v in verdicts if v is not None and not v.success]
+        first = f"; the first error: {errors[0]}" if errors else ""
+        return Result.failure(f"the result port carried {len(lines)} lines where the runner writes one{first}")
+    if verdicts[0] is None:
+        return Result.failure("the result port carried something that is not a result line")
+    return verdicts[0]
 
 
 class ProtocolViolation(Exception):

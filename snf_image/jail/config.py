@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snf_image.settings import Settings
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 DEFAULT_RUNNER = "helper.runner"
+#: Where the node's KVM verdict is kept (root-only; a tmpfs, so a reboot forgets it).
+DEFAULT_STATE_DIR = Path("/run/snf-image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,22 @@ class HelperConfig:
     debug_socket: Path | None = None
     #: The Python module /init runs as PID 1 (tests inject probes here).
     runner: str = DEFAULT_RUNNER
+    #: The node's state that outlives a deployment but not a reboot: the KVM verdict (see .accel).
+    state_dir: Path = DEFAULT_STATE_DIR
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HelperConfig:
+        """How the helper VM runs on this node, from the HELPER_* settings."""
+        return cls(
+            helper_dir=settings.helper_dir,
+            memory_mib=settings.helper_memory,
+            soft_timeout=settings.helper_soft_timeout,
+            hard_timeout=settings.helper_hard_timeout,
+            user=settings.helper_user,
+            accel=settings.helper_accel,
+            debug=settings.helper_debug,
+            qemu=settings.helper_qemu,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

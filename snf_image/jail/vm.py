@@ -33,6 +33,8 @@ from .config import Channels, HelperConfig
 class _Outcome:
     returncode: int | None = None
     timed_out: bool = False
+    #: timed out because the console stayed silent (see boot's stall_timeout)
+    stalled: bool = False
     violation: str | None = None
     result: bytes = b""
     console_tail: deque = dataclasses.field(default_factory=lambda: deque(maxlen=CONSOLE_TAIL))
@@ -87,6 +89,7 @@ class _Relay:
         self.console = LineSplitter(CONSOLE_MAX_LINE, strict=False)
         self.qemu_out = LineSplitter(CONSOLE_MAX_LINE, strict=False)
         self.console_lines = 0
+        self.last_console = time.monotonic()
 
     def log_console(self, lines: list[bytes]) -> None:
         for raw in lines:
@@ -100,6 +103,7 @@ class _Relay:
 
     def handle(self, name: str, data: bytes) -> None:
         if name == "console":
+            self.last_console = time.monotonic()
             self.log_console(self.console.feed(data))
         elif name == "qemu":
             for raw in self.qemu_out.feed(data):
@@ -130,8 +134,12 @@ def _relay_until_exit(
     soft_timeout: float,
     hard_timeout: float,
     start: float,
+    stall_timeout: float | None = None,
 ) -> None:
-    """Relay the channels until qemu exits: SIGTERM at the soft timeout, SIGKILL after the hard one."""
+    """Relay the channels until qemu exits: SIGTERM at the soft timeout, SIGKILL after the hard one.
+
+    With ``stall_timeout``, a console silent for that long counts as the soft timeout too.
+    """
     log = relay.log
     pidfd = os.pidfd_open(proc.pid)
     with selectors.DefaultSelector() as sel, contextlib.closing(os.fdopen(pidfd, "rb", buffering=0)):
@@ -143,9 +151,14 @@ def _relay_until_exit(
         exited = False
         while not exited:
             now = time.monotonic()
-            if hard is None and now >= soft:
+            stalled = stall_timeout is not None and now >= relay.last_console + stall_timeout
+            if hard is None and (now >= soft or stalled):
                 relay.outcome.timed_out = True
-                log(f"helper VM did not finish in {soft_timeout:g} s: sending SIGTERM")
+                relay.outcome.stalled = stalled and now < soft
+                if relay.outcome.stalled:
+                    log(f"helper VM console silent for {stall_timeout:g} s: sending SIGTERM")
+                else:
+                    log(f"helper VM did not finish in {soft_timeout:g} s: sending SIGTERM")
                 proc.terminate()
                 hard = now + hard_timeout
             elif hard is not None and now >= hard:
@@ -153,6 +166,8 @@ def _relay_until_exit(
                 proc.kill()
                 hard = float("inf")
             wait = (soft if hard is None else hard) - now
+            if hard is None and stall_timeout is not None:
+                wait = min(wait, relay.last_console + stall_timeout - now)
             for key, _ in sel.select(max(0.0, min(wait, 1.0))):
                 if key.data == "exit":
                     exited = True
@@ -175,8 +190,13 @@ def boot(
     hard_timeout: float,
     on_progress: Callable[[dict], None],
     log: Callable[[str], None],
+    stall_timeout: float | None = None,
 ) -> _Outcome:
-    """Run qemu to its end, relaying the channels; the VM is gone when this returns."""
+    """Run qemu to its end, relaying the channels; the VM is gone when this returns.
+
+    ``stall_timeout``: give up as at the soft timeout once the console has been silent
+    that long (the KVM probe: a hung kernel prints nothing more).
+    """
     outcome = _Outcome()
     relay = _Relay(outcome, on_progress, log)
     start = time.monotonic()
@@ -193,7 +213,9 @@ def boot(
     try:
         os.set_blocking(proc.stdout.fileno(), False)
         try:
-            _relay_until_exit(proc, {**fds, "qemu": proc.stdout.fileno()}, relay, soft_timeout, hard_timeout, start)
+            _relay_until_exit(
+                proc, {**fds, "qemu": proc.stdout.fileno()}, relay, soft_timeout, hard_timeout, start, stall_timeout
+            )
         except ProtocolViolation as exc:
             outcome.violation = str(exc)
             log(f"helper VM broke the protocol ({exc}): killing it")

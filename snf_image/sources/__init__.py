@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import OperatorError
 from .base import ImageSource, ImageStream
+from .urls import redact_id
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -85,6 +86,6 @@ def select_source(img_id: str, settings: Settings) -> ImageSource:
     """The source that handles ``img_id``; OperatorError when none does."""
     for source in available_sources(settings):
         if source.probe(img_id):
-            log.info("image %r is handled by the %s source", img_id, source.name)
+            log.info("image %r is handled by the %s source", redact_id(img_id), source.name)
             return source
-    raise OperatorError(f"img_id: no source can handle image id {img_id!r}")
+    raise OperatorError(f"img_id: no source can handle image id {redact_id(img_id)!r}")

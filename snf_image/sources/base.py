@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar
 
 
@@ -24,6 +26,9 @@ class ImageStream(abc.ABC):
     #: (qcow2, VMDK, ...) need seeking, and are checked, hashed and converted from this very
     #: descriptor, never from a path opened again.
     local_fd: int | None = None
+    #: What identifies this version of the image at its source (ETag, Last-Modified, MDTM, ...):
+    #: the node-local cache revalidates its copy with them. Empty when the source has none.
+    validators: Mapping[str, str] = MappingProxyType({})
 
     @abc.abstractmethod
     def readinto(self, buffer: memoryview) -> int:
@@ -48,6 +53,18 @@ class ImageStream(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    """How the node-local image cache names one image of a source (see :mod:`.cache`)."""
+
+    #: What the image is, without secrets (e.g. the URL without credentials and query).
+    public: str
+    #: What selects what the server lets us see (URL credentials, query, token): only a keyed hash is kept.
+    secret: str
+    #: What messages and the cache's metadata show.
+    display: str
 
 
 class ImageSource(abc.ABC):
@@ -77,3 +94,11 @@ class ImageSource(abc.ABC):
     @abc.abstractmethod
     def open(self, img_id: str) -> ImageStream:
         """Start delivering the image; raises :class:`snf_image.errors.SourceError`."""
+
+    def cache_identity(self, img_id: str) -> CacheIdentity | None:
+        """How the node-local cache names this image; None (the default: local files) keeps it out."""
+        return None
+
+    def open_if_changed(self, img_id: str, validators: Mapping[str, str]) -> ImageStream | None:
+        """Like :meth:`open`, but None when a copy with ``validators`` is still current (a revalidation)."""
+        return self.open(img_id)

@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 from ..errors import OperatorError, SourceError
 from .base import ImageSource, ImageStream
@@ -23,9 +23,20 @@ DEFAULT_IMAGE_DIR = "/var/lib/snf-image"
 
 
 class LocalStream(ImageStream):
-    def __init__(self, path: Path) -> None:
+    """A local regular file, read from its start; holes are skipped unread.
+
+    ``file`` hands over a file already open (the stream closes it): what was
+    checked on that descriptor is what is read, whatever ``path`` names now.
+    An unnamed file (a private copy) has no ``path``.
+    """
+
+    def __init__(self, path: Path | None, file: BinaryIO | None = None) -> None:
         self.local_path = path
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        if file is None:
+            assert path is not None
+            file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._file = file
+        self._name = str(path) if path is not None else "the image's local copy"
         self.local_fd = self._file.fileno()
         self.size = os.fstat(self._file.fileno()).st_size
 
@@ -38,7 +49,7 @@ class LocalStream(ImageStream):
             os.lseek(fd, position, os.SEEK_SET)
             return self._file.readinto(buffer[: max(hole - position, 0)] if hole > position else buffer) or 0
         except OSError as exc:
-            raise SourceError(f"cannot read image file {self.local_path}: {exc.strerror}") from exc
+            raise SourceError(f"cannot read image file {self._name}: {exc.strerror}") from exc
 
     def skip_hole(self) -> int:
         fd = self._file.fileno()
@@ -49,7 +60,7 @@ class LocalStream(ImageStream):
             data = os.lseek(fd, position, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno != errno.ENXIO:  # ENXIO: only a hole up to the end of the file
-                raise SourceError(f"cannot read image file {self.local_path}: {exc.strerror}") from exc
+                raise SourceError(f"cannot read image file {self._name}: {exc.strerror}") from exc
             data = self.size
         os.lseek(fd, data, os.SEEK_SET)
         return data - position

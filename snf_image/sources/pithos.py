@@ -9,8 +9,11 @@ database on every Ganeti node. Here:
     {PITHOS_TOKEN}``. The size is the ``Content-Length`` of that response
     (the same value a HEAD returns, without the extra round trip). Streaming,
     resume after a break and the error messages are those of
-    :class:`~snf_image.sources.network.HttpStream`; the token is never shown
-    and is not sent on to another host if Pithos redirects.
+    :class:`~snf_image.sources.httpstream.HttpStream`; the token is never shown
+    and is not sent on to another host if Pithos redirects. A ``.`` or ``..``
+    segment anywhere in the id (raw or percent-encoded) is refused: URL
+    normalisation would turn it into another account's or container's
+    object, fetched with the node's token.
 
 ``pithosmap://<hashmap hex>/<size>``
     is read straight from a Pithos file block store (``PITHOS_DATA``), no
@@ -39,8 +42,8 @@ database on every Ganeti node. Here:
     original are not supported.
 
 Settings (main config overlaid with ``backends/src/pithos.conf`` or
-``pithosmap.conf``; pithos also reads the ``HTTP_*``/``TLS_*``/
-``RETRY_BACKOFF`` keys of the network source):
+``pithosmap.conf``; pithos also reads the ``HTTP_*``/``TLS_*``/``DOWNLOAD_*``/
+``RETRY_BACKOFF``/``ALLOW_PRIVATE_REDIRECTS`` keys of the network source):
 
 =======================  =======================  ==================================================
 key                      default                  meaning
@@ -59,12 +62,15 @@ import hashlib
 import math
 import re
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import OperatorError, SourceError
-from .base import ImageSource, ImageStream
-from .network import HttpOptions, HttpStream, int_setting, setting
+from .base import CacheIdentity, ImageSource, ImageStream
+from .httpstream import HttpStream
+from .options import HttpOptions, int_setting, setting
+from .resuming import NotModified
 
 DEFAULTS: dict[str, str] = {
     "PITHOS_URL": "",
@@ -75,6 +81,13 @@ DEFAULTS: dict[str, str] = {
 }
 
 TOKEN_HEADER = "X-Auth-Token"
+
+
+def _fully_unquoted(text: str) -> str:
+    """``text`` percent-decoded until nothing changes (``%252e`` is a dot to a server that decodes twice)."""
+    while (plain := urllib.parse.unquote(text)) != text:
+        text = plain
+    return text
 
 
 class PithosSource(ImageSource):
@@ -93,6 +106,9 @@ class PithosSource(ImageSource):
         match = re.fullmatch(r"pithos://([^/]+)/([^/]+)/(.+)", img_id)
         if not match or any(ord(ch) < 32 or ord(ch) == 127 for ch in img_id):
             raise OperatorError(f"invalid image id {img_id!r}: expected pithos://<account>/<container>/<object path>")
+        for segment in img_id[len("pithos://") :].split("/"):
+            if _fully_unquoted(segment) in (".", ".."):
+                raise OperatorError(f"invalid image id {img_id!r}: '.' and '..' segments are not allowed")
         return match.group(1), match.group(2), match.group(3)
 
     def _base_url(self) -> str:
@@ -119,6 +135,22 @@ class PithosSource(ImageSource):
 
     def open(self, img_id: str) -> ImageStream:
         """Start the GET; the size is the object's Content-Length."""
+        return self._stream(img_id)
+
+    def cache_identity(self, img_id: str) -> CacheIdentity:
+        """The object's URL; the token (what the server lets us see) is the secret."""
+        return CacheIdentity(
+            public=self.object_url(img_id), secret=setting(self.config, "PITHOS_TOKEN", DEFAULTS), display=img_id
+        )
+
+    def open_if_changed(self, img_id: str, validators: Mapping[str, str]) -> ImageStream | None:
+        """A conditional GET (``If-None-Match``/``If-Modified-Since``)."""
+        try:
+            return self._stream(img_id, validators)
+        except NotModified:
+            return None
+
+    def _stream(self, img_id: str, revalidate: Mapping[str, str] | None = None) -> HttpStream:
         url = self.object_url(img_id)
         token = setting(self.config, "PITHOS_TOKEN", DEFAULTS)
         headers = {TOKEN_HEADER: token} if token else {}
@@ -128,6 +160,7 @@ class PithosSource(ImageSource):
             display=img_id,
             headers=headers,
             private_headers=(TOKEN_HEADER,),
+            revalidate=revalidate,
         )
 
 
@@ -175,6 +208,18 @@ class PithosMapSource(ImageSource):
         hashmap, size = self.parse_id(img_id, store)
         return BlockMapStream(store, hashmap, size)
 
+    def cache_identity(self, img_id: str) -> CacheIdentity:
+        """The id names the content (a hashmap of block hashes): nothing secret in it."""
+        hashmap, size = self.parse_id(img_id, self._store())
+        return CacheIdentity(public=f"pithosmap://{hashmap}/{size}", secret="", display=img_id)
+
+    def open_if_changed(self, img_id: str, validators: Mapping[str, str]) -> ImageStream | None:
+        """Content named by its hashes never changes: a copy with the same hashmap is always current."""
+        hashmap, size = self.parse_id(img_id, self._store())
+        if dict(validators) == BlockMapStream.validators_of(hashmap, size):
+            return None
+        return self.open(img_id)
+
 
 class BlockStore:
     """Paths and hashing of a Pithos file block store (see the module docstring for the layout)."""
@@ -215,6 +260,7 @@ class BlockMapStream(ImageStream):
         self._block_length = 0  # its length within the object
         self._offset = 0  # read position inside the current block
         self._zeros = memoryview(bytes(0))
+        self.validators = self.validators_of(hashmap, size)
         path = store.map_path(hashmap)
         try:
             self._map: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - closed by close()
@@ -229,6 +275,11 @@ class BlockMapStream(ImageStream):
                 f"hashmap {hashmap} lists {entries} blocks of {store.block_size} bytes, "
                 f"too few for an object of {size} bytes"
             )
+
+    @staticmethod
+    def validators_of(hashmap: str, size: int) -> dict[str, str]:
+        """What identifies the object: its hashmap and size (which name its content)."""
+        return {"hashmap": hashmap, "size": str(size)}
 
     def _next_block(self) -> None:
         assert self._map is not None

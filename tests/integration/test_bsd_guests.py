@@ -1,17 +1,17 @@
-"""create end to end on FreeBSD, NetBSD and OpenBSD images, in the helper VM with our own (UFS-writing) kernel.
+"""create end to end on FreeBSD, NetBSD and OpenBSD images, in the helper VM with its own (UFS-writing) kernel.
 
 Images: tests/bsdimages.py (makefs UFS, sgdisk GPT, the project's disklabel
 writer). Each is deployed by ``create`` onto a bigger disk with a password,
 an SSH key, two NICs and a personality file, with OSFAMILY and ROOT_PARTITION
-left to detection. Then it is read back: the partition tables from the host,
+left to detection: UFS1 and UFS2 roots, in GPT partitions (FreeBSD) and in
+disklabels of MBR slices (OpenBSD FFS1, NetBSD FFSv2), and a FreeBSD whose
+UFS1 root comes after a UFS2 /var that detection must turn down, saying so.
+Then it is read back: the partition tables from the host,
 the UFS through a second helper VM running tests/ufsprobe.py (read-only
 mounts, no code of the tasks) -- the host has no UFS driver. The kernel's
 own view of the partitions (/proc/partitions in that VM) checks the
-disklabel code's numbering and sizes independently.
-
-These build the helper's kernel from Debian's linux-source on first use
-(about half an hour on 2 busy cores; cached afterwards): marked ``kernel``
-as well as ``vm`` so that CI can give them their own cached job.
+disklabel code's numbering and sizes independently. With Debian's kernel
+(the fallback) a BSD image is a clear error.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from passlib import hash as passlib_hash
 from helper import disklabel
 from snf_image import jail
 from tests import bsdimages, helpervm
-from tests.osenv import create_env, install, monitor_messages, task_events
+from tests.osenv import create_env, install, monitor_messages, public_key_of, task_events, task_seconds
 
-pytestmark = [pytest.mark.vm, pytest.mark.kernel]
+pytestmark = pytest.mark.vm
 
 MIB = 1 << 20
 SECTOR = 512
@@ -62,8 +62,8 @@ NICS = {
 @pytest.fixture(scope="module")
 def helper_dir() -> Path:
     started = time.monotonic()
-    built = helpervm.ensure_helper(kernel="custom")
-    print(f"\n[timing] helper with the custom kernel ready in {time.monotonic() - started:.0f}s")
+    built = helpervm.ensure_helper()
+    print(f"\n[timing] helper with its own kernel ready in {time.monotonic() - started:.0f}s")
     return built
 
 
@@ -89,6 +89,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def deploy(family: str, helper_dir: Path, workdir: Path) -> Deployed:
+    """create of the bsdimages ``family`` image (once per module run)."""
     if family in _done:
         return _done[family]
     images = workdir / "images"
@@ -99,7 +100,7 @@ def deploy(family: str, helper_dir: Path, workdir: Path) -> Deployed:
     with open(disk, "wb") as f:
         f.truncate(DISK)
     env = create_env(
-        f"{family}1.example.test",
+        f"{family.replace('-', '')}1.example.test",
         disk,
         OSP_IMG_ID=f"local://{image.path.name}",
         OSP_IMG_FORMAT="diskdump",
@@ -116,9 +117,19 @@ def deploy(family: str, helper_dir: Path, workdir: Path) -> Deployed:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not [line for line in ps.splitlines() if "qemu-system" in line and str(disk) in line]
     assert not list(osdef.tmpdir.iterdir()), "create left files in its TMPDIR"
-    print(f"\n[timing] {family}: create took {seconds:.1f}s")
+    took = task_seconds(monitor_messages(result.stderr))["DeleteSSHKeys"]
+    print(f"\n[timing] {family}: create took {seconds:.1f}s; DeleteSSHKeys {took:.2f}s")
     _done[family] = Deployed(image, disk, monitor_messages(result.stderr), seconds)
     return _done[family]
+
+
+def helper_warnings(done: Deployed) -> list[str]:
+    return [m["messages"][0] for m in done.messages if m.get("subtype") == "warning"]
+
+
+def rejections(done: Deployed) -> list[str]:
+    """The partitions detection turned down, with its reasons."""
+    return [w for w in helper_warnings(done) if w.startswith("Partition ")]
 
 
 def inspect(probe_dir: Path, disk: Path, inspect: list[dict]) -> tuple[list[dict], dict[int, int]]:
@@ -126,8 +137,9 @@ def inspect(probe_dir: Path, disk: Path, inspect: list[dict]) -> tuple[list[dict
     progress: list[dict] = []
     log: list[str] = []
     cfg = jail.HelperConfig(helper_dir=probe_dir, runner="ufsprobe", accel="auto", soft_timeout=180.0, user=None)
-    rules = json.dumps({"inspect": inspect}).encode()
-    jail.run_helper(cfg, [jail.JailDisk(str(disk), 0, readonly=True)], rules, progress.append, log.append)
+    rules, token = helpervm.probe_rules({"inspect": inspect})
+    disks = [jail.JailDisk(str(disk), 0, readonly=True)]
+    jail.run_helper(cfg, disks, rules, progress.append, log.append, token=token)
     facts = [json.loads(m["messages"][0]) for m in progress if m.get("subtype") == "warning"]
     table = next(f for f in facts if "partitions" in f)
     return facts, kernel_sizes(table["partitions"], table["disk"])
@@ -147,7 +159,10 @@ def kernel_sizes(partitions: str, disk: str) -> dict[int, int]:
     return sizes
 
 
-def check_common(found: dict[str, dict], family: str, default_prefix: str, verify) -> None:
+ALGORITHMS = {"rsa": "ssh-rsa", "ecdsa": "ecdsa-sha2-nistp256", "ed25519": "ssh-ed25519"}
+
+
+def check_common(found: dict[str, dict], family: str, default_prefix: str, verify, workdir: Path) -> None:
     """Password, keys, host keys, personality, hostname-independent checks shared by the three."""
     master = found["/etc/master.passwd"]
     assert master["mode"] == 0o600
@@ -157,9 +172,14 @@ def check_common(found: dict[str, dict], family: str, default_prefix: str, verif
             assert fields[1].startswith(default_prefix) and verify(PASSWORD, fields[1]), line
             assert fields[5] == "0"
     assert not found["/etc/spwd.db"]["exists"] and found["/etc/pwd.db"]["exists"]
-    for kind in ("rsa", "ecdsa", "ed25519"):
-        assert not found[f"/etc/ssh/ssh_host_{kind}_key"]["exists"]
-        assert not found[f"/etc/ssh/ssh_host_{kind}_key.pub"]["exists"]
+    for kind in ("rsa", "ecdsa", "ed25519"):  # the image's three keys replaced by the ones the host made
+        private, public = found[f"/etc/ssh/ssh_host_{kind}_key"], found[f"/etc/ssh/ssh_host_{kind}_key.pub"]
+        assert (private["mode"], private["uid"], public["mode"], public["uid"]) == (0o600, 0, 0o644, 0)
+        assert private["text"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+        algorithm, _, comment = public["text"].split()
+        assert algorithm == ALGORITHMS[kind] and comment.startswith("root@")  # root@<the instance's short name>
+        if private["size"] == len(private["text"]):  # whole (the probe reads 2 KiB: not an RSA key)
+            assert public_key_of(private["text"], workdir) == public["text"].split()[:2]
     assert found["/etc/ssh/moduli"]["exists"]
     keys = found["/root/.ssh/authorized_keys"]
     assert keys["text"] == KEY + "\n" and keys["mode"] == 0o600 and keys["uid"] == 0
@@ -200,7 +220,7 @@ def test_openbsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     # the kernel's own disklabel parser agrees with ours: a, b, e as 5, 6, 7 with the grown e
     assert partitions == {4: total - 64, 5: 65536, 6: 8192, 7: e.size}
     found = files(facts)
-    check_common(found, "openbsd", "$2b$", passlib_hash.bcrypt.verify)
+    check_common(found, "openbsd", "$2b$", passlib_hash.bcrypt.verify, workdir)
     assert found["/etc/myname"]["text"] == "openbsd1.example.test\n"
     firsttime = found["/etc/rc.firsttime"]["text"]
     assert "/usr/sbin/pwd_mkdb -p /etc/master.passwd" in firsttime
@@ -232,7 +252,7 @@ def test_netbsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     assert partitions == {1: total - 2048, 5: total - 10240, 6: 8192}
     assert next(f["ufstype"] for f in facts if "ufstype" in f) == "ufs2"  # FFSv2 in a disklabel partition
     found = files(facts)
-    check_common(found, "netbsd", "$sha1$", passlib_hash.sha1_crypt.verify)
+    check_common(found, "netbsd", "$sha1$", passlib_hash.sha1_crypt.verify, workdir)
     assert found["/etc/myname"]["text"] == "netbsd1.example.test\n"
     rc_conf = found["/etc/rc.conf"]["text"].splitlines()
     assert 'hostname="netbsd1.example.test"' in rc_conf and 'resize_root="YES"' in rc_conf
@@ -249,8 +269,9 @@ def test_netbsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
 
 def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     done = deploy("freebsd", helper_dir, workdir)
-    warnings = [m["messages"][0] for m in done.messages if m.get("subtype") == "warning"]
+    warnings = helper_warnings(done)
     assert "Detected OSFAMILY: freebsd" in warnings and "Detected ROOT_PARTITION: 3" in warnings
+    assert rejections(done) == []  # freebsd-boot and freebsd-swap are never candidates
     verify = subprocess.run(["sgdisk", "--verify", str(done.disk)], capture_output=True, text=True)
     assert "No problems found" in verify.stdout, verify.stdout  # backup header at the new end
     total = DISK // SECTOR
@@ -260,7 +281,7 @@ def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     assert partitions[3] == total - 2048 - 18432  # grown up to 1 MiB before the end
     assert next(f["ufstype"] for f in facts if "ufstype" in f) == "ufs2"
     found = files(facts)
-    check_common(found, "freebsd", "$6$", passlib_hash.sha512_crypt.verify)
+    check_common(found, "freebsd", "$6$", passlib_hash.sha512_crypt.verify, workdir)
     rc_conf = found["/etc/rc.conf"]["text"].splitlines()
     for line in ('hostname="freebsd1.example.test"', 'growfs_enable="YES"', 'sshd_enable="YES"',
                  'ifconfig_vtnet0="inet 192.0.2.10 netmask 255.255.255.0"', 'defaultrouter="192.0.2.1"',
@@ -271,7 +292,28 @@ def test_freebsd(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
     rc_local = found["/etc/rc.local"]["text"]
     assert "/usr/sbin/pwd_mkdb -p /etc/master.passwd" in rc_local and "rm -f /etc/rc.local" in rc_local
     ssh_dir = next(f["entries"] for f in facts if f.get("dir") == "/etc/ssh")
-    assert ssh_dir == ["moduli", "sshd_config"]
+    keys = [f"ssh_host_{kind}_key{suffix}" for kind in ("ecdsa", "ed25519", "rsa") for suffix in ("", ".pub")]
+    assert sorted(ssh_dir) == ["moduli", *keys, "sshd_config"]  # no leftover of the image's keys, no temp file
+
+
+def test_freebsd_ufs1_root_after_a_rejected_ufs2_partition(helper_dir: Path, probe_dir: Path, workdir: Path) -> None:
+    """Detection mounts each UFS with the ufstype its superblock shows, and says why it turned /var down."""
+    done = deploy("freebsd-ufs1", helper_dir, workdir)
+    warnings = helper_warnings(done)
+    assert "Detected OSFAMILY: freebsd" in warnings and "Detected ROOT_PARTITION: 4" in warnings
+    assert rejections(done) == ["Partition 3 is not a freebsd root: its UFS2 filesystem has no /etc/fstab"]
+    total = DISK // SECTOR
+    facts, partitions = inspect(probe_dir, done.disk, [
+        {"partition": 4, "paths": COMMON_PATHS},
+        {"partition": 3, "paths": ["/log/messages"]},
+    ])  # fmt: skip
+    assert partitions[4] == total - 2048 - 51200 and partitions[3] == 16 * MIB // SECTOR  # the root grown
+    assert {f["partition"]: f["ufstype"] for f in facts if "ufstype" in f} == {4: "44bsd", 3: "ufs2"}
+    found = files(facts)
+    check_common(found, "freebsd", "$6$", passlib_hash.sha512_crypt.verify, workdir)
+    rc_conf = found["/etc/rc.conf"]["text"].splitlines()
+    assert 'hostname="freebsdufs11.example.test"' in rc_conf and 'growfs_enable="YES"' in rc_conf
+    assert found["/log/messages"]["text"].startswith("Jan  1 00:00:00 freebsd-image syslogd")  # /var untouched
 
 
 def test_debian_kernel_is_a_clear_error(workdir: Path, tmp_path: Path) -> None:
@@ -279,7 +321,7 @@ def test_debian_kernel_is_a_clear_error(workdir: Path, tmp_path: Path) -> None:
     images = tmp_path / "images"
     image = bsdimages.build("openbsd", images, helpervm.CACHE / "bsd-tools")
     osdef = install(tmp_path / "inst")
-    osdef.configure(HELPER_DIR=str(helpervm.ensure_helper()), HELPER_SOFT_TIMEOUT="300", IMAGE_DIR=str(images))
+    osdef.configure(HELPER_DIR=str(helpervm.ensure_helper("debian")), HELPER_SOFT_TIMEOUT="300", IMAGE_DIR=str(images))
     disk = tmp_path / "disk.raw"
     with open(disk, "wb") as f:
         f.truncate(DISK)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import guests, helpervm
-from tests.osenv import create_env, install, monitor_messages, task_events
+from tests.osenv import create_env, install, monitor_messages, public_key_of, task_events, task_seconds
 
 pytestmark = pytest.mark.vm
 
@@ -73,6 +73,14 @@ def test_ext4_msdos_image_fills_a_bigger_disk(osdef, tmp_path):
     blocks, block_size = int(fields["Block count"]), int(fields["Block size"])
     assert blocks * block_size > root["size"] * SECTOR - 4 * 1024 * 1024  # the filesystem fills the partition
 
+    # the instance's own SSH host keys, made on the host: not the image's, and a private key fits its public one
+    for kind in ("rsa", "ecdsa", "ed25519"):
+        private = guests.read_fs_file(disk, root["start"] * SECTOR, None, "ext4", f"/etc/ssh/ssh_host_{kind}_key")
+        public = guests.read_fs_file(disk, root["start"] * SECTOR, None, "ext4", f"/etc/ssh/ssh_host_{kind}_key.pub")
+        assert private != image.read_file(f"/etc/ssh/ssh_host_{kind}_key")
+        assert public.decode().endswith(" root@vm1\n")
+        assert public_key_of(private.decode(), tmp_path) == public.decode().split()[:2]
+
     messages = monitor_messages(result.stderr)
     events = task_events(messages)
     started = [task for kind, task in events if kind == "task-start"]
@@ -87,6 +95,10 @@ def test_ext4_msdos_image_fills_a_bigger_disk(osdef, tmp_path):
         "messages": ["Image customization finished successfully."],
     }
     assert not [m for m in messages if m["type"] == "image-error"]
+    stamps = {m["messages"][0]: m["timestamp"] for m in messages if m["type"] == "image-info"}
+    after_copy = stamps["Starting customization VM..."] - stamps["Image copy finished."]  # the host keys' wait, if any
+    took = task_seconds(messages)["DeleteSSHKeys"]
+    print(f"\n[timing] ext4-msdos: DeleteSSHKeys {took:.2f}s; copy end to helper start {after_copy:.2f}s")
     no_leftovers(disk, osdef.tmpdir)
 
 

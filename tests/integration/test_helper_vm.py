@@ -13,6 +13,7 @@ import os
 import pwd
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,9 +21,13 @@ import pytest
 
 from snf_image import jail
 from snf_image.contract import constants
+from snf_image.contract.rules import new_result_token
 from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import helper_version
-from tests.helpervm import ensure_helper, probe_helper_dir
+from snf_image.jail import vm
+from snf_image.jail.channels import FORGED_SUCCESS
+from snf_image.jail.command import build_qemu_command
+from tests.helpervm import ensure_helper, probe_helper_dir, probe_rules
 
 pytestmark = pytest.mark.vm
 
@@ -63,7 +68,7 @@ def nothing_left_behind(probe_dir):
 def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     progress: list[dict] = []
     log: list[str] = []
-    rules = json.dumps({"probe": probe, **(rules_extra or {})}).encode()
+    rules, token = probe_rules({"probe": probe, **(rules_extra or {})})
     cfg = jail.HelperConfig(
         helper_dir=probe_dir,
         runner="jailprobe",
@@ -74,7 +79,7 @@ def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     start = time.monotonic()
     error = None
     try:
-        jail.run_helper(cfg, list(disks), rules, progress.append, log.append)
+        jail.run_helper(cfg, list(disks), rules, progress.append, log.append, token=token)
     except HelperError as exc:
         error = exc
     return error, progress, log, time.monotonic() - start
@@ -85,16 +90,17 @@ def test_success_with_kvm_probe_rules_disks_and_progress(probe_dir, tmp_path):
     disk.write_bytes(b"\0" * (1 << 20))
     other = tmp_path / "disk3.img"
     other.write_bytes(b"\0" * 4096)
-    rules_extra = {"write_disks": ["snf-disk0"], "padding": "x" * 1000}
+    rules_extra = {"write_disks": ["snf-disk0"], "padding": "x" * 1000, "result_token": new_result_token()}
     error, progress, log, _ = _run(
         probe_dir,
         "success",
         [jail.JailDisk(str(disk), 0), jail.JailDisk(str(other), 3, readonly=True)],
         rules_extra,
         accel="auto",
+        state_dir=tmp_path / "state",
     )
     assert error is None, "\n".join(log)
-    assert any(line.startswith("KVM probe") for line in log)
+    assert any(line.startswith("KVM probe: ") for line in log)
     assert any(line.startswith("HELPER: jailprobe: pid 1") for line in log)
     assert [m["subtype"] for m in progress] == ["task-start", "warning", "task-end"]
     assert all(m["type"] == constants.MSG_HELPER for m in progress)
@@ -140,6 +146,23 @@ def test_hostile_progress_kills_the_vm(probe_dir, probe, reason):
     assert str(error).startswith("Image customization failed: the helper VM broke the protocol: progress port: ")
     assert reason in str(error)
     assert any("killing it" in line for line in log)
+
+
+@pytest.mark.parametrize(
+    ("probe", "reason"),
+    [
+        ("forged", FORGED_SUCCESS),
+        ("wrong_token", FORGED_SUCCESS),
+        ("forged_first", FORGED_SUCCESS),
+        ("success_then_forged", FORGED_SUCCESS),
+        ("twice", "the result port carried 2 lines where the runner writes one"),
+        ("error_first", "the result port carried 2 lines where the runner writes one; the first error: planted"),
+    ],
+)
+def test_only_the_runners_success_counts(probe_dir, probe, reason):
+    """A SUCCESS without the deployment's token, or a second line, is a failure that says so; never success."""
+    error, _, _, _ = _run(probe_dir, probe)
+    assert str(error) == f"Image customization failed: {reason}"
 
 
 def test_hang_times_out(probe_dir):
@@ -210,7 +233,53 @@ def test_unprivileged_qemu(probe_dir):
             for pid in _qemu_pids(str(probe_dir)):
                 seen.append(os.stat(f"/proc/{pid}").st_uid)
 
-    cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel="tcg", soft_timeout=60.0)
-    with pytest.raises(HelperError, match="ended without a result"):
-        jail.run_helper(cfg, [], json.dumps({"probe": "noresult"}).encode(), lambda _: None, log)
+    # a hanging VM: one that powers off at once can be gone before its console line is read
+    cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel="tcg", soft_timeout=10.0, hard_timeout=2.0)
+    rules, token = probe_rules({"probe": "hang"})
+    with pytest.raises(HelperError, match="did not finish on time"):
+        jail.run_helper(cfg, [], rules, lambda _: None, log, token=token)
     assert seen and set(seen) == {pwd.getpwnam("nobody").pw_uid}
+
+
+def test_kvm_verdict_is_probed_once_per_node(probe_dir, tmp_path):
+    """The real probe (this machine's KVM, whatever it does) runs once; later deployments read its verdict."""
+    state = tmp_path / "state"
+    _, _, first, _ = _run(probe_dir, "success", accel="auto", state_dir=state)
+    _, _, second, _ = _run(probe_dir, "success", accel="auto", state_dir=state)
+    probed = [line for line in first if line.startswith("KVM probe: ")]
+    assert len(probed) == 1 and f"kept in {state}/accel-" in probed[0]
+    accel = probed[0].split()[2]
+    assert [line for line in second if line.startswith("KVM verdict of this node")]
+    assert not [line for line in second if line.startswith("KVM probe")]
+    assert any(line.startswith(f"starting the helper VM ({accel})") for line in first + second)
+
+
+def test_silent_console_ends_a_stall_limited_boot(probe_dir):
+    """What the KVM probe relies on: a VM whose console stays silent is stopped after the stall limit."""
+    cfg = jail.HelperConfig(helper_dir=probe_dir, runner="jailprobe", accel="tcg")
+    log: list[str] = []
+    with vm.workdir(cfg, json.dumps({"probe": "hang"}).encode()) as (rules, channels, fds):
+        cmd = build_qemu_command(cfg, "tcg", [], rules, channels, sandbox=False)
+        outcome = vm.boot(cmd, fds, 120.0, 2.0, lambda _: None, log.append, stall_timeout=3.0)
+    assert outcome.timed_out and outcome.stalled
+    assert any(line.startswith("HELPER: jailprobe: ") for line in log)  # it did boot, then said nothing
+    assert any("console silent for 3 s: sending SIGTERM" in line for line in log)
+    assert outcome.seconds < 60
+
+
+def test_helper_probe_command(probe_dir, tmp_path):
+    """snf-image helper probe probes again and prints the verdict; HELPER_ACCEL=tcg says it overrides."""
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "snf-image.conf").write_text(f"HELPER_DIR={probe_dir}\nHELPER_ACCEL=tcg\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snf_image", "--config-dir", str(config_dir), "helper", "probe"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("KVM probe: ") and "kept in /run/snf-image/accel-" in lines[0]
+    assert lines[1] == "HELPER_ACCEL=tcg overrides the verdict: deployments use tcg"

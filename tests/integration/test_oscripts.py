@@ -83,6 +83,9 @@ def test_verify_checks_that_a_source_resolves_the_image(osdef):
     assert b"ERROR: img_id: image 'missing.img' not found" in result.stderr
     result = osdef.run("verify", verify_env(img_id="local://../../etc/passwd", img_format="diskdump"), "parameters")
     assert b"points outside the image directory" in result.stderr
+    result = osdef.run("verify", verify_env(img_id="pithos://a/c/../../b/o", img_format="diskdump"), "parameters")
+    assert result.returncode == 1
+    assert b"ERROR: invalid image id 'pithos://a/c/../../b/o': '.' and '..' segments are not allowed" in result.stderr
 
 
 def test_verify_of_an_unknown_check_fails(osdef):
@@ -113,6 +116,10 @@ def test_create_failure_is_one_image_error_and_leaves_the_disk(osdef, tmp_path):
         ({"OS_VARIANT": "nope"}, "ERROR: unofficial variant 'nope' is unsupported"),
         ({"OSP_IMG_FORMAT": "bogus"}, "ERROR: img_format: must be one of diskdump, extdump, ntfsdump"),
         ({"OSP_IMG_ID": "gopher://x"}, "ERROR: img_id: no source can handle image id 'gopher://x'"),
+        (
+            {"OSP_IMG_ID": "pithos://a/c/%2e%2e/%2e%2e/b/o"},
+            "ERROR: invalid image id 'pithos://a/c/%2e%2e/%2e%2e/b/o': '.' and '..' segments are not allowed",
+        ),
     ],
 )
 def test_create_refuses_bad_input_with_one_line(osdef, tmp_path, change, message):

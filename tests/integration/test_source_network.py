@@ -9,20 +9,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from snf_image.errors import OperatorError, SourceError
-from snf_image.sources.base import ImageStream
 from snf_image.sources.network import NetworkSource
-from tests.ftpserver import FtpServer
-from tests.httpserver import ImageServer, TlsFiles, make_tls_files
+from tests.servers import ImageServer, TlsFiles, read_all
+from tests.servers.ftpd import FtpServer
+
+pytestmark = pytest.mark.usefixtures("network_deadline")
 
 SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of any buffer size
 DATA = os.urandom(SIZE)
@@ -39,54 +38,13 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _deadline_and_no_leftovers() -> Iterator[None]:
-    """No test may hang (SIGALRM interrupts a blocked socket call) or leave a server thread behind."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError("test exceeded its 20 s deadline")
-
-    before = set(threading.enumerate())
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(20)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    left = [t for t in threading.enumerate() if t not in before]
-    for thread in left:
-        thread.join(2)
-    assert not [t.name for t in left if t.is_alive()]
-
-
 @pytest.fixture
-def server() -> Iterator[ImageServer]:
-    with ImageServer({"/img": DATA, "/small": DATA[:100_000]}) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
+def server(http_server: Callable[..., ImageServer]) -> ImageServer:
+    return http_server({"/img": DATA, "/small": DATA[:100_000]})
 
 
 def source(**config: str) -> NetworkSource:
     return NetworkSource({**FAST, **config})
-
-
-def read_all(stream: ImageStream, bufsize: int = 256 * 1024, limit: int = 64 * 1024 * 1024) -> bytes:
-    """Drain ``stream`` through readinto with a bounded number of calls."""
-    buffer = bytearray(bufsize)
-    view = memoryview(buffer)
-    out = bytearray()
-    for _ in range(100_000):
-        count = stream.readinto(view)
-        if not count:
-            return bytes(out)
-        out += view[:count]
-        assert len(out) <= limit
-    raise AssertionError("stream did not end")
 
 
 def fetch(url: str, **config: str) -> tuple[bytes, int | None]:
@@ -95,7 +53,7 @@ def fetch(url: str, **config: str) -> tuple[bytes, int | None]:
 
 
 def ranges(server: ImageServer) -> list[str | None]:
-    return [r.headers.get("Range") for r in server.requests if r.method == "GET"]
+    return [r.headers.get("Range") for r in server.gets()]
 
 
 # -- HTTP: the happy paths -----------------------------------------------------------------------
@@ -129,10 +87,10 @@ def test_chunked_transfer(server: ImageServer) -> None:
     assert hashlib.sha256(data).hexdigest() == DIGEST
 
 
-def test_content_encoding_makes_size_unknown_and_is_decoded() -> None:
-    with ImageServer({"/img": gzip.compress(DATA, compresslevel=1)}) as srv:
-        srv.behaviour.content_encoding = "gzip"
-        data, size = fetch(srv.url("/img"))
+def test_content_encoding_makes_size_unknown_and_is_decoded(http_server: Callable[..., ImageServer]) -> None:
+    srv = http_server({"/img": gzip.compress(DATA, compresslevel=1)})
+    srv.behaviour.content_encoding = "gzip"
+    data, size = fetch(srv.url("/img"))
     assert size is None
     assert hashlib.sha256(data).hexdigest() == DIGEST
 
@@ -225,12 +183,12 @@ def test_changed_etag_is_refused(server: ImageServer) -> None:
     assert str(err.value) == f"image at {server.url('/img')} changed on the server during the download"
 
 
-def test_broken_encoded_download_is_not_resumed() -> None:
-    with ImageServer({"/img": gzip.compress(DATA, compresslevel=1)}) as srv:
-        srv.behaviour.content_encoding = "gzip"
-        srv.behaviour.drop_after = 100_000
-        with pytest.raises(SourceError, match=r"cannot be resumed \(the server sent Content-Encoding gzip\)"):
-            fetch(srv.url("/img"))
+def test_broken_encoded_download_is_not_resumed(http_server: Callable[..., ImageServer]) -> None:
+    srv = http_server({"/img": gzip.compress(DATA, compresslevel=1)})
+    srv.behaviour.content_encoding = "gzip"
+    srv.behaviour.drop_after = 100_000
+    with pytest.raises(SourceError, match=r"cannot be resumed \(the server sent Content-Encoding gzip\)"):
+        fetch(srv.url("/img"))
 
 
 def test_server_that_always_resets_gives_up(server: ImageServer) -> None:
@@ -336,24 +294,25 @@ def test_unknown_host() -> None:
 # -- HTTPS ----------------------------------------------------------------------------------------
 
 
-def test_https_untrusted_certificate_fails(tls: TlsFiles) -> None:
-    with ImageServer({"/img": DATA}, tls=tls) as srv, pytest.raises(SourceError) as err:
+def test_https_untrusted_certificate_fails(http_server: Callable[..., ImageServer]) -> None:
+    srv = http_server({"/img": DATA}, tls=True)
+    with pytest.raises(SourceError) as err:
         source().open(srv.url("/img"))
     assert str(err.value).startswith("TLS certificate verification failed for 127.0.0.1: ")
     assert "self-signed certificate" in str(err.value) or "unable to get local issuer" in str(err.value)
 
 
-def test_https_with_ca_bundle(tls: TlsFiles) -> None:
-    with ImageServer({"/img": DATA}, tls=tls) as srv:
-        srv.behaviour.drop_after = 1_500_000
-        data, size = fetch(srv.url("/img"), TLS_CA_BUNDLE=str(tls.ca_cert))
-        assert len(ranges(srv)) == 2
+def test_https_with_ca_bundle(http_server: Callable[..., ImageServer], tls_files: TlsFiles) -> None:
+    srv = http_server({"/img": DATA}, tls=True)
+    srv.behaviour.drop_after = 1_500_000
+    data, size = fetch(srv.url("/img"), TLS_CA_BUNDLE=str(tls_files.ca_cert))
+    assert len(ranges(srv)) == 2
     assert hashlib.sha256(data).hexdigest() == DIGEST and size == SIZE
 
 
-def test_https_insecure_switch(tls: TlsFiles) -> None:
-    with ImageServer({"/img": DATA}, tls=tls) as srv:
-        data, _ = fetch(srv.url("/img"), TLS_INSECURE="yes")
+def test_https_insecure_switch(http_server: Callable[..., ImageServer]) -> None:
+    srv = http_server({"/img": DATA}, tls=True)
+    data, _ = fetch(srv.url("/img"), TLS_INSECURE="yes")
     assert hashlib.sha256(data).hexdigest() == DIGEST
 
 
@@ -373,54 +332,55 @@ def ftp_root(tmp_path: Path) -> Path:
     return root
 
 
-def test_ftp_anonymous_download(ftp_root: Path) -> None:
-    with FtpServer(ftp_root) as ftp:
-        data, size = fetch(ftp.url("images/debian.img"))
+def test_ftp_anonymous_download(ftp_server: Callable[..., FtpServer], ftp_root: Path) -> None:
+    ftp = ftp_server(ftp_root)
+    data, size = fetch(ftp.url("images/debian.img"))
     assert size == SIZE
     assert hashlib.sha256(data).hexdigest() == DIGEST
 
 
-def test_ftp_login_from_url(ftp_root: Path) -> None:
-    with FtpServer(ftp_root, user="bob", password="pw") as ftp:
-        data, _ = fetch(ftp.url("images/debian.img", userinfo="bob:pw"))
-        assert hashlib.sha256(data).hexdigest() == DIGEST
-        with pytest.raises(SourceError) as err:
-            source().open(ftp.url("images/debian.img", userinfo="bob:wrong"))
+def test_ftp_login_from_url(ftp_server: Callable[..., FtpServer], ftp_root: Path) -> None:
+    ftp = ftp_server(ftp_root, user="bob", password="pw")
+    data, _ = fetch(ftp.url("images/debian.img", userinfo="bob:pw"))
+    assert hashlib.sha256(data).hexdigest() == DIGEST
+    with pytest.raises(SourceError) as err:
+        source().open(ftp.url("images/debian.img", userinfo="bob:wrong"))
     assert str(err.value).startswith("FTP login to 127.0.0.1 failed: 530")
     assert "wrong" not in str(err.value)
 
 
-def test_ftp_resume_with_rest(ftp_root: Path) -> None:
-    with FtpServer(ftp_root) as ftp:
-        ftp.drop.after = 1_000_000
-        ftp.drop.times = 2
-        data, _ = fetch(ftp.url("images/debian.img"))
-        offsets = list(ftp.drop.rest_offsets)
+def test_ftp_resume_with_rest(ftp_server: Callable[..., FtpServer], ftp_root: Path) -> None:
+    ftp = ftp_server(ftp_root)
+    ftp.drop.after = 1_000_000
+    ftp.drop.times = 2
+    data, _ = fetch(ftp.url("images/debian.img"))
+    offsets = list(ftp.drop.rest_offsets)
     assert hashlib.sha256(data).hexdigest() == DIGEST
     assert len(offsets) == 2 and all(0 < offset <= 2_000_000 for offset in offsets)
 
 
-def test_ftp_always_dropping_gives_up(ftp_root: Path) -> None:
-    with FtpServer(ftp_root) as ftp:
-        ftp.drop.after = 0
-        ftp.drop.times = -1
-        with pytest.raises(SourceError) as err:
-            fetch(ftp.url("images/debian.img"))
+def test_ftp_always_dropping_gives_up(ftp_server: Callable[..., FtpServer], ftp_root: Path) -> None:
+    ftp = ftp_server(ftp_root)
+    ftp.drop.after = 0
+    ftp.drop.times = -1
+    with pytest.raises(SourceError) as err:
+        fetch(ftp.url("images/debian.img"))
     assert str(err.value).startswith(f"download of {ftp.url('images/debian.img')} failed after 3 retries: ")
 
 
-def test_ftp_missing_file(ftp_root: Path) -> None:
-    with FtpServer(ftp_root) as ftp, pytest.raises(SourceError) as err:
+def test_ftp_missing_file(ftp_server: Callable[..., FtpServer], ftp_root: Path) -> None:
+    ftp = ftp_server(ftp_root)
+    with pytest.raises(SourceError) as err:
         source().open(ftp.url("images/nope.img"))
     assert str(err.value) == f"image not found at {ftp.url('images/nope.img')} (FTP 550)"
 
 
-def test_ftps_with_ca_bundle(ftp_root: Path, tls: TlsFiles) -> None:
-    with FtpServer(ftp_root, tls=tls) as ftp:
-        ftp.drop.after = 500_000
-        data, size = fetch(ftp.url("images/debian.img"), TLS_CA_BUNDLE=str(tls.ca_cert))
-        assert len(ftp.drop.rest_offsets) == 1
-        with pytest.raises(SourceError, match=r"^TLS certificate verification failed for 127\.0\.0\.1: "):
-            source().open(ftp.url("images/debian.img"))
+def test_ftps_with_ca_bundle(ftp_server: Callable[..., FtpServer], ftp_root: Path, tls_files: TlsFiles) -> None:
+    ftp = ftp_server(ftp_root, tls=True)
+    ftp.drop.after = 500_000
+    data, size = fetch(ftp.url("images/debian.img"), TLS_CA_BUNDLE=str(tls_files.ca_cert))
+    assert len(ftp.drop.rest_offsets) == 1
+    with pytest.raises(SourceError, match=r"^TLS certificate verification failed for 127\.0\.0\.1: "):
+        source().open(ftp.url("images/debian.img"))
     assert size == SIZE
     assert hashlib.sha256(data).hexdigest() == DIGEST

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from snf_image.errors import OperatorError, SourceError
-from snf_image.sources.base import ImageStream
 from snf_image.sources.pithos import PithosMapSource, PithosSource
-from tests.httpserver import ImageServer
+from tests.servers import ImageServer, read_all
+
+pytestmark = pytest.mark.usefixtures("network_deadline")
 
 DATA = os.urandom(2 * 1024 * 1024 + 999)
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -30,44 +29,14 @@ FAST = {"HTTP_CONNECT_TIMEOUT": "2", "HTTP_READ_TIMEOUT": "0.5", "HTTP_RETRIES":
 BLOCK = 64 * 1024
 
 
-@pytest.fixture(autouse=True)
-def _deadline_and_no_leftovers() -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError("test exceeded its 20 s deadline")
-
-    before = set(threading.enumerate())
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(20)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    left = [t for t in threading.enumerate() if t not in before]
-    for thread in left:
-        thread.join(2)
-    assert not [t.name for t in left if t.is_alive()]
-
-
-def read_all(stream: ImageStream, bufsize: int = 100_000) -> bytes:
-    buffer = memoryview(bytearray(bufsize))
-    out = bytearray()
-    for _ in range(100_000):
-        count = stream.readinto(buffer)
-        if not count:
-            return bytes(out)
-        out += buffer[:count]
-    raise AssertionError("stream did not end")
-
-
 # -- pithos:// through the object API -------------------------------------------------------------
 
 
 @pytest.fixture
-def pithos() -> Iterator[ImageServer]:
-    with ImageServer({f"/object-store/v1/{ACCOUNT}/{OBJECT}": DATA}) as server:
-        server.behaviour.require_headers = {"X-Auth-Token": TOKEN}
-        yield server
+def pithos(http_server: Callable[..., ImageServer]) -> ImageServer:
+    server = http_server({f"/object-store/v1/{ACCOUNT}/{OBJECT}": DATA})
+    server.behaviour.require_headers = {"X-Auth-Token": TOKEN}
+    return server
 
 
 def pithos_source(server: ImageServer, **config: str) -> PithosSource:
@@ -79,7 +48,7 @@ def test_pithos_object_is_streamed_with_the_token(pithos: ImageServer) -> None:
     assert source.probe(IMG_ID) and not source.probe("pithosmap://ab/1")
     with source.open(IMG_ID) as stream:
         assert stream.size == len(DATA)
-        assert hashlib.sha256(read_all(stream)).hexdigest() == DIGEST
+        assert hashlib.sha256(read_all(stream, 100_000)).hexdigest() == DIGEST
     request = pithos.requests[0]
     assert request.method == "GET"
     assert request.path == f"/object-store/v1/{ACCOUNT}/images/debian%2012/base.diskdump"
@@ -90,7 +59,7 @@ def test_pithos_download_resumes(pithos: ImageServer) -> None:
     pithos.behaviour.drop_after = 700_000
     pithos.behaviour.drop_times = 2
     with pithos_source(pithos).open(IMG_ID) as stream:
-        assert hashlib.sha256(read_all(stream)).hexdigest() == DIGEST
+        assert hashlib.sha256(read_all(stream, 100_000)).hexdigest() == DIGEST
     resumes = [r for r in pithos.requests if "Range" in r.headers]
     assert len(resumes) == 2 and all(r.headers["X-Auth-Token"] == TOKEN for r in resumes)
 
@@ -109,14 +78,32 @@ def test_pithos_missing_object(pithos: ImageServer) -> None:
     assert str(err.value) == f"image not found at {img_id} (HTTP 404)"
 
 
-def test_pithos_token_does_not_follow_a_redirect_to_another_host(pithos: ImageServer) -> None:
-    with ImageServer({"/elsewhere": DATA}) as other:
-        path = f"/object-store/v1/{ACCOUNT}/{OBJECT}"
-        pithos.behaviour.require_headers = {}
-        pithos.behaviour.redirects = {path: other.url("/elsewhere", host="localhost")}
-        with pithos_source(pithos).open(IMG_ID) as stream:
-            assert hashlib.sha256(read_all(stream)).hexdigest() == DIGEST
-        assert other.requests and all("X-Auth-Token" not in r.headers for r in other.requests)
+def test_pithos_token_does_not_follow_a_redirect_to_another_host(
+    pithos: ImageServer, http_server: Callable[..., ImageServer]
+) -> None:
+    other = http_server({"/elsewhere": DATA})
+    path = f"/object-store/v1/{ACCOUNT}/{OBJECT}"
+    pithos.behaviour.require_headers = {}
+    pithos.behaviour.redirects = {path: other.url("/elsewhere", host="localhost")}
+    with pithos_source(pithos).open(IMG_ID) as stream:
+        assert hashlib.sha256(read_all(stream, 100_000)).hexdigest() == DIGEST
+    assert other.requests and all("X-Auth-Token" not in r.headers for r in other.requests)
+
+
+@pytest.mark.parametrize(
+    "object_path",
+    ["../../victim/private/secret.img", "x/%2e%2e/%2E%2E/%2e%2e/victim/private/secret.img", "./x", "x/%252e%252e/y"],
+)
+def test_pithos_ids_with_dot_segments_are_refused(http_server: Callable[..., ImageServer], object_path: str) -> None:
+    """URL normalisation would turn ``..`` into another account's object, fetched with the node's token."""
+    server = http_server({"/object-store/v1/victim/private/secret.img": b"not yours"})
+    img_id = f"pithos://{ACCOUNT}/images/{object_path}"
+    source = pithos_source(server)
+    for attempt in (source.check, source.open):
+        with pytest.raises(OperatorError) as err:
+            attempt(img_id)
+        assert str(err.value) == f"invalid image id {img_id!r}: '.' and '..' segments are not allowed"
+    assert not server.requests
 
 
 def test_pithos_check_needs_url_and_a_full_id() -> None:
@@ -193,13 +180,13 @@ def test_pithosmap_object_ending_inside_a_zero_tail(tmp_path: Path) -> None:
     data = os.urandom(BLOCK + 10) + bytes(5000)
     name = store_object(tmp_path, data, strip=True)
     with map_source(tmp_path).open(f"pithosmap://{name}/{len(data)}") as stream:
-        assert read_all(stream) == data
+        assert read_all(stream, 100_000) == data
 
 
 def test_pithosmap_empty_object(tmp_path: Path) -> None:
     name = store_object(tmp_path, b"")
     with map_source(tmp_path).open(f"pithosmap://{name}/0") as stream:
-        assert stream.size == 0 and read_all(stream) == b""
+        assert stream.size == 0 and read_all(stream, 100_000) == b""
 
 
 def test_pithosmap_default_block_size(tmp_path: Path) -> None:
@@ -215,7 +202,7 @@ def test_pithosmap_missing_block(tmp_path: Path) -> None:
     victim = hashlib.sha256(data[BLOCK : 2 * BLOCK]).hexdigest()
     fanout(tmp_path / "blocks", victim).unlink()
     with map_source(tmp_path).open(f"pithosmap://{name}/{len(data)}") as stream, pytest.raises(SourceError) as err:
-        read_all(stream)
+        read_all(stream, 100_000)
     assert str(err.value) == f"block {victim} of hashmap {name} is missing from {tmp_path / 'blocks'}"
 
 
@@ -228,7 +215,7 @@ def test_pithosmap_corrupt_block(tmp_path: Path) -> None:
     corrupt[100] ^= 1
     path.write_bytes(corrupt)
     with map_source(tmp_path).open(f"pithosmap://{name}/{len(data)}") as stream, pytest.raises(SourceError) as err:
-        read_all(stream)
+        read_all(stream, 100_000)
     assert str(err.value) == f"block {victim} of hashmap {name} is corrupt (hash mismatch)"
 
 

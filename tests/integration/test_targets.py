@@ -2,9 +2,7 @@
 
 import os
 import re
-import socket
 import subprocess
-import time
 
 import pytest
 
@@ -12,7 +10,7 @@ from snf_image.copy import copy_stream
 from snf_image.errors import OperatorError
 from snf_image.sources.local import LocalStream
 from snf_image.targets import BlockTarget, NbdTarget, TargetError, open_target
-from tests import loopdev
+from tests import loopdev, nbdserver
 
 MiB = 1024 * 1024
 
@@ -40,50 +38,20 @@ def test_block_device_gets_exact_bytes_and_zeroed_runs(tmp_path):
     assert os.stat(backing).st_blocks * 512 < 24 * MiB
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nbd_export(tmp_path):
     """A real qemu-nbd serving a disk file on loopback TCP."""
     disk = tmp_path / "remote-disk.raw"
     disk.write_bytes(b"\xa5" * (32 * MiB))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "qemu-nbd",
-            "--format=raw",
-            "--bind=127.0.0.1",
-            f"--port={port}",
-            "--export-name=disk0",
-            "--persistent",
-            "--shared=4",
-            str(disk),
-        ],
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "qemu-nbd did not start"
-            time.sleep(0.05)
-    yield disk, f"nbd://127.0.0.1:{port}/disk0"
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stderr.close()
+    with nbdserver.serve(disk) as server:
+        yield disk, server
 
 
 def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
-    disk, uri = nbd_export
+    disk, server = nbd_export
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
-    with open_target(uri) as target:
+    with open_target(server.uri) as target:
         assert isinstance(target, NbdTarget) and target.size == 32 * MiB
         with LocalStream(image) as stream:
             copy_stream(stream, target, total=stream.size)
@@ -94,12 +62,11 @@ def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
 
 def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export):
     """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd."""
-    disk, uri = nbd_export
-    legacy = uri.replace("nbd://127.0.0.1:", "nbd:127.0.0.1:").replace("/disk0", ":exportname=disk0")
+    disk, server = nbd_export
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
     before = set(os.listdir("/tmp"))
-    with open_target(legacy) as target:
+    with open_target(server.qemu_uri) as target:
         assert target.size == 32 * MiB
         with LocalStream(image) as stream:
             copy_stream(stream, target, total=stream.size)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from tasks import _windows as w
+from tasks._windows import ini, scripts, unattend
 from tests import helpervm, wintree
 from tests.osenv import create_env, install, monitor_messages, task_events
 
@@ -31,7 +31,7 @@ MiB = 1 << 20
 SECTOR = 512
 IMAGE_SIZE = 64 * MiB
 DISK_SIZE = 160 * MiB
-NS = {"u": w.UNATTEND_NS}
+NS = {"u": unattend.UNATTEND_NS}
 PASSWORD = 's3cr3t "pass" %PATH% ^&|'
 KEY = "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
 
@@ -185,17 +185,17 @@ def test_windows_image_with_its_own_answer_file(osdef, tmp_path):
         assert entry["start"] + entry["size"] == DISK_SIZE // SECTOR - 2048  # the partition fills the disk
         assert volume_size(loop) <= IMAGE_SIZE - MiB  # online growth: Windows extends it at first boot
         assert not is_dirty(loop)
-        unattend = (root / "Windows/Panther/unattend.xml").read_bytes()
-        assert unattend.startswith(b"\xef\xbb\xbf<?xml") and b"\r\n" in unattend
-        assert sync_paths(unattend) == [
+        answer = (root / "Windows/Panther/unattend.xml").read_bytes()
+        assert answer.startswith(b"\xef\xbb\xbf<?xml") and b"\r\n" in answer
+        assert sync_paths(answer) == [
             "cmd /c echo image's own",
             "cmd.exe /c diskpart.exe /s %WINDIR%\\SnfScripts\\ExtendFilesystem.txt",
             "cmd.exe /c %WINDIR%\\SnfScripts\\ChangePassword.cmd",
         ]
-        assert w.shell_setup_value(unattend, "amd64", "ComputerName") == "win1"
-        assert w.shell_setup_value(unattend, "amd64", "ProductKey") == KEY
-        assert w.shell_setup_value(unattend, "amd64", "TimeZone") == "UTC"  # the image's own, kept
-        assert etree.fromstring(unattend).nsmap["wcm"] == w.WCM_NS
+        assert unattend.shell_setup_value(answer, "amd64", "ComputerName") == "win1"
+        assert unattend.shell_setup_value(answer, "amd64", "ProductKey") == KEY
+        assert unattend.shell_setup_value(answer, "amd64", "TimeZone") == "UTC"  # the image's own, kept
+        assert etree.fromstring(answer).nsmap["wcm"] == unattend.WCM_NS
 
         snf = root / "Windows/SnfScripts"
         assert (snf / "Password").read_bytes() == b"\xff\xfe" + PASSWORD.encode("utf-16-le")
@@ -217,7 +217,7 @@ def test_windows_image_with_its_own_answer_file(osdef, tmp_path):
             "/t REG_DWORD /d 0\r\n"
         ) in cleanup
         setup_complete = text(root / "Windows/Setup/Scripts/SetupComplete.cmd")
-        assert setup_complete.startswith(w.BEGIN_MARK + "\r\n")
+        assert setup_complete.startswith(scripts.BEGIN_MARK + "\r\n")
         assert setup_complete.endswith("@echo image's own setup\r\n")
         assert '@rmdir /s /q "%WINDIR%\\SnfScripts"' in setup_complete
 
@@ -246,10 +246,10 @@ def test_windows_legacy_is_detected_and_grown_offline(osdef, tmp_path):
         with ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
             sysprep = text(root / "sysprep/sysprep.inf")
             assert sysprep.startswith(";SetupMgrTag\r\n")
-            assert w.ini_get(sysprep, "UserData", "ComputerName") == "abcdefghijklmno"  # 15 characters
-            assert w.ini_get(sysprep, "UserData", "ProductKey") == KEY
-            assert w.ini_get(sysprep, "GuiUnattended", "AdminPassword") == "pw1"
-            assert w.ini_get(sysprep, "GuiUnattended", "EncryptedAdminPassword") == "No"
+            assert ini.ini_get(sysprep, "UserData", "ComputerName") == "abcdefghijklmno"  # 15 characters
+            assert ini.ini_get(sysprep, "UserData", "ProductKey") == KEY
+            assert ini.ini_get(sysprep, "GuiUnattended", "AdminPassword") == "pw1"
+            assert ini.ini_get(sysprep, "GuiUnattended", "EncryptedAdminPassword") == "No"
             assert text(root / "sysprep/i386/$OEM$/CmdLines.txt") == (
                 "[Commands]\r\n"
                 '"cmd.exe /c %WINDIR%\\SnfScripts\\ChangePassword.cmd"\r\n'
@@ -277,10 +277,10 @@ def test_windows_without_answer_file_gets_the_template_and_offline_growth(osdef,
         assert volume_size(loop) > entry["size"] * SECTOR - 4 * MiB
         assert not is_dirty(loop)  # OFFLINE_NTFSRESIZE_NOCHECK cleared the mark
         with ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
-            unattend = (root / "Windows/Panther/unattend.xml").read_bytes()
-            assert w.shell_setup_value(unattend, "amd64", "TimeZone") == "Tokyo Standard Time"
-            assert w.shell_setup_value(unattend, "amd64", "ComputerName") == "win1"
-            assert w.shell_setup_value(unattend, "amd64", "ProductKey") is None  # no os_product_key
+            answer = (root / "Windows/Panther/unattend.xml").read_bytes()
+            assert unattend.shell_setup_value(answer, "amd64", "TimeZone") == "Tokyo Standard Time"
+            assert unattend.shell_setup_value(answer, "amd64", "ComputerName") == "win1"
+            assert unattend.shell_setup_value(answer, "amd64", "ProductKey") is None  # no os_product_key
             assert 'net user "Guest"' in text(root / "Windows/SnfScripts/ChangePassword.cmd")
             assert text(root / "Windows/SnfScripts/ExtendFilesystem.txt") == "exit\r\n"
 

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from helper import detect
+from helper import detect, disklabel
 from helper.commands import TaskError
 from helper.detect import Partition, Table
 
@@ -125,26 +125,70 @@ def test_partition_to_resize_is_the_one_ending_last() -> None:
     assert detect.partition_to_resize(Table("gpt", 512, ())) is None
 
 
-def test_detect_first_hit_wins_and_bsd_by_type() -> None:
+class Prober:
+    """A scripted probe: partition number -> the family found, or the reason it is turned down."""
+
+    def __init__(self, answers: dict[int, str]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[int, str]] = []
+        self.warnings: list[str] = []
+
+    def __call__(self, number: int, check: str) -> str:
+        self.asked.append((number, check))
+        answer = self.answers.get(number, "nothing there")
+        if answer.startswith("="):
+            return answer[1:]
+        raise detect.Rejected(answer)
+
+    def detect(self, table: Table) -> tuple[str, int] | None:
+        return detect.detect(table, self, self.warnings.append)
+
+
+def test_detect_first_hit_wins_and_rejections_are_said() -> None:
     table = detect.parse_table(msdos_with_logicals().read)
-    asked: list[tuple[int, str]] = []
-
-    def probe(number: int, check: str) -> str | None:
-        asked.append((number, check))
-        return None
-
-    assert detect.detect(table, probe) == ("freebsd", 3)
-    assert asked == [(1, "linux")]  # numbers in order: 1, 3 (a5, decided by type) stop the search
-    assert detect.detect(table, lambda n, c: c if n == 1 else None) == ("linux", 1)
+    probe = Prober({1: "its ext4 filesystem has no /etc/fstab", 3: "=freebsd"})
+    assert probe.detect(table) == ("freebsd", 3)
+    assert probe.asked == [(1, "linux"), (3, "freebsd")]  # numbers in order; the a5 slice is checked for a UFS root
+    assert probe.warnings == ["Partition 1 is not a linux root: its ext4 filesystem has no /etc/fstab"]
+    assert Prober({1: "=linux", 3: "=freebsd"}).detect(table) == ("linux", 1)
 
 
 def test_detect_windows_and_linux_checks() -> None:
     img = Image()
     put_mbr(img, 0, [(0x07, 2048, 1000), (0x83, 4096, 1000)])
     table = detect.parse_table(img.read)
-    assert detect.detect(table, lambda n, c: "windows" if c == "windows" else None) == ("windows", 1)
-    assert detect.detect(table, lambda n, c: "linux" if c == "linux" else None) == ("linux", 2)
-    assert detect.detect(table, lambda n, c: None) is None
+    assert Prober({1: "=windows-legacy"}).detect(table) == ("windows-legacy", 1)
+    probe = Prober({1: "its ntfs filesystem has no windows/system32", 2: "=linux"})
+    assert probe.detect(table) == ("linux", 2)
+    assert probe.asked == [(1, "windows"), (2, "linux")]
+    probe = Prober({})
+    assert probe.detect(table) is None
+    assert probe.warnings == [
+        "Partition 1 is not a windows root: nothing there",
+        "Partition 2 is not a linux root: nothing there",
+    ]
+
+
+def bsd_slice(flavour: str, slot_type: int) -> Table:
+    """An MBR disk with a Linux partition, then a BSD slice (disklabel: a root, b swap, e /home)."""
+    img = Image()
+    put_mbr(img, 0, [(0x83, 2048, 2048), (slot_type, 8192, 100000)])
+    parts = {"a": (8192 + 16, 50000, disklabel.FS_BSDFFS), "b": (60000, 8000, disklabel.FS_SWAP),
+             "e": (70000, 38192, disklabel.FS_BSDFFS)}  # fmt: skip
+    img.sector(8193)[:] = disklabel.to_bytes(disklabel.build(flavour, 200000, 8192, 100000, parts))
+    return detect.parse_table(img.read)
+
+
+@pytest.mark.parametrize(("flavour", "slot_type"), [("openbsd", 0xA6), ("netbsd", 0xA9)])
+def test_bsd_slices_are_checked_on_their_a_partition(flavour: str, slot_type: int) -> None:
+    table = bsd_slice(flavour, slot_type)
+    a = next(p for p in table.partitions if p.letter == "a")
+    probe = Prober({a.number: f"={flavour}"})
+    assert probe.detect(table) == (flavour, a.number) and a.number == 5  # a, b, e as 5, 6, 7
+    assert probe.asked == [(1, "linux"), (5, flavour)]
+    probe = Prober({5: "it holds no UFS (no UFS1 or UFS2 superblock)"})
+    assert probe.detect(table) is None
+    assert probe.warnings[-1] == f"Partition 5 is not a {flavour} root: it holds no UFS (no UFS1 or UFS2 superblock)"
 
 
 def test_gpt_candidates() -> None:
@@ -157,13 +201,34 @@ def test_gpt_candidates() -> None:
             Partition(3, 4096, 100, detect.GUID_MS_BASIC_DATA),
             Partition(4, 8192, 100, detect.GUID_LINUX_SWAP),
             Partition(5, 9000, 100, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+            Partition(6, 9100, 100, detect.GUID_EFI_SYSTEM),
+            Partition(7, 9200, 100, detect.GUID_FREEBSD_BOOT),
+            Partition(8, 9300, 100, detect.GUID_FREEBSD_SWAP),
+            Partition(9, 9400, 100, detect.GUID_MS_RESERVED),
+            Partition(10, 9500, 100, detect.GUID_MS_RECOVERY),
         ),
     )
-    assert [(p.number, check) for p, _, check in detect.candidates(table)] == [
+    assert [(p.number, check) for p, check in detect.candidates(table)] == [
         (2, "freebsd"),
         (3, "windows"),
         (5, "linux"),
     ]
+
+
+def test_freebsd_gpt_root_after_a_rejected_ufs_partition() -> None:
+    table = Table(
+        "gpt",
+        512,
+        (
+            Partition(1, 40, 1024, detect.GUID_FREEBSD_BOOT),
+            Partition(2, 2048, 16384, detect.GUID_FREEBSD_SWAP),
+            Partition(3, 18432, 20000, detect.GUID_FREEBSD_UFS),
+            Partition(4, 38432, 90000, detect.GUID_FREEBSD_UFS),
+        ),
+    )
+    probe = Prober({3: "its UFS2 filesystem has no /etc/fstab", 4: "=freebsd"})
+    assert probe.detect(table) == ("freebsd", 4)
+    assert probe.warnings == ["Partition 3 is not a freebsd root: its UFS2 filesystem has no /etc/fstab"]
 
 
 def test_windows_version_is_windows_for_now(tmp_path) -> None:

@@ -173,29 +173,29 @@ def _bsd_disk(flavour: str, label: disklabel.DiskLabel, slice_type: int, start: 
     return img
 
 
-def test_detect_openbsd_root_through_the_label() -> None:
+def test_openbsd_root_candidate_through_the_label() -> None:
     img = _bsd_disk("openbsd", openbsd(), 0xA6, 64)
     table = detect.parse_table(img.read)
     bsd = [(p.number, p.letter, p.type, p.parent) for p in table.partitions if p.kind == "bsd"]
     assert bsd == [(5, "a", "4.2BSD", 2), (6, "b", "swap", 2), (7, "d", "4.2BSD", 2), (8, "e", "4.2BSD", 2)]
-    assert detect.detect(table, lambda n, c: None) == ("openbsd", 5)
+    assert [(p.number, check) for p, check in detect.candidates(table)] == [(5, "openbsd")]
     assert detect.partition_to_resize(table) == 8
 
 
-def test_detect_netbsd_swap_last() -> None:
+def test_netbsd_root_candidate_with_swap_last() -> None:
     parts = {"a": (2048, 900000, FS_BSDFFS), "b": (902048, 146528, FS_SWAP)}
     img = _bsd_disk("netbsd", disklabel.build("netbsd", 1048576, 2048, 1048576 - 2048, parts), 0xA9, 2048)
     table = detect.parse_table(img.read)
-    assert detect.detect(table, lambda n, c: None) == ("netbsd", 5)
+    assert [(p.number, check) for p, check in detect.candidates(table)] == [(5, "netbsd")]
     assert detect.partition_to_resize(table) == 6  # swap: FilesystemResizeUnmounted leaves it
 
 
-def test_detect_bsd_slice_without_label_falls_back_to_the_slice() -> None:
+def test_bsd_slice_without_label_is_itself_the_candidate() -> None:
     img = Image()
     put_mbr(img, 0, [(0xA9, 2048, 100000)])
     table = detect.parse_table(img.read)
     assert [p.kind for p in table.partitions] == ["primary"]
-    assert detect.detect(table, lambda n, c: None) == ("netbsd", 1)
+    assert [(p.number, check) for p, check in detect.candidates(table)] == [(1, "netbsd")]
 
 
 def test_fix_partition_table_plan_bsd() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from helper import framework, runner
+from helper import framework, runner, sandbox
 from helper.commands import TaskError
 from helper.framework import ALL, LINUX, WINDOWS, Context, LoadedTask, Task
 from snf_image import schemas
-from snf_image.contract.rules import RulesError
-from tests.fakeguest import make_ctx, make_rules
+from snf_image.contract.rules import RulesError, new_result_token
+from tests.fakeguest import make_ctx, make_rules, run_unsandboxed
 
 
 def fake(name: str, order: int, ran: list[str], **attrs: Any) -> LoadedTask:
@@ -163,6 +163,12 @@ def write_script(tmp_path: Path, name: str, body: str) -> Path:
     return script
 
 
+@pytest.fixture(autouse=True)
+def unsandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overwrite scripts run without their sandbox here: only the helper VM can build it."""
+    monkeypatch.setattr(sandbox, "run", run_unsandboxed)
+
+
 def overridable_ctx(tmp_path: Path, allow: str = "yes") -> tuple[Context, list[str], LoadedTask]:
     ran: list[str] = []
     ctx = make_ctx(tmp_path, properties={"ALLOW_MOUNTED_TASK_OVERWRITING": allow})
@@ -194,10 +200,38 @@ def test_overwrite_101_runs_task_then_post_exec(tmp_path: Path) -> None:
 
 
 def test_overwrite_failure_fails_the_task(tmp_path: Path) -> None:
-    write_script(tmp_path, "overwrite_task_AssignHostname", "exit 3\n")
+    write_script(tmp_path, "overwrite_task_AssignHostname", "echo no luck >&2\nexit 3\n")
     ctx, _, task = overridable_ctx(tmp_path)
-    with pytest.raises(TaskError, match="exit code 3"):
+    with pytest.raises(TaskError, match=r"overwrite_task_AssignHostname pre-exec failed with exit code 3: no luck$"):
         framework.run_tasks([task], ctx)
+
+
+def test_overwrite_post_exec_may_not_ask_for_the_task_again(tmp_path: Path) -> None:
+    write_script(tmp_path, "overwrite_task_AssignHostname", "exit 101\n")
+    ctx, ran, task = overridable_ctx(tmp_path)
+    with pytest.raises(TaskError, match=r"overwrite_task_AssignHostname post-exec failed with exit code 101$"):
+        framework.run_tasks([task], ctx)
+    assert ran == ["AssignHostname"]
+
+
+def test_overwrite_runs_in_the_sandbox_with_the_guest_and_the_disks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = write_script(tmp_path, "overwrite_task_AssignHostname", "exit 0\n")
+    seen: list[tuple[sandbox.Program, float]] = []
+
+    def record(program: sandbox.Program, seconds: float) -> sandbox.Outcome:
+        seen.append((program, seconds))
+        return sandbox.Outcome(0, "", 0, seconds)
+
+    monkeypatch.setattr(sandbox, "run", record)
+    ctx, _, task = overridable_ctx(tmp_path)
+    framework.run_tasks([task], ctx)
+    ((program, seconds),) = seen
+    assert program.argv == (str(script), "pre-exec")
+    assert program.target == tmp_path and program.disks == (Path("/dev/vdb"),) and program.readonly == ()
+    assert program.env == framework.overwrite_env(ctx, task.task)
+    assert seconds == sandbox.DEFAULT_TIMEOUT
 
 
 def test_overwrite_needs_permission_and_overridable(tmp_path: Path) -> None:
@@ -244,7 +278,7 @@ def run_runner(tmp_path: Path, props: dict[str, str], tasks: list[LoadedTask], *
             tasks=tasks,
             target=tmp_path,
             table_reader=one_partition,
-            detector=kw.pop("detector", lambda dev: ("linux", 1)),
+            detector=kw.pop("detector", lambda dev, warn: ("linux", 1)),
             **kw,
         )
     finally:
@@ -267,7 +301,7 @@ def test_runner_exclude_all_tasks(tmp_path: Path) -> None:
 def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
     seen: list[Context] = []
     task = LoadedTask(Task(name="Look", order=1, families=ALL), seen.append)
-    lines = run_runner(tmp_path, {}, [task], detector=lambda dev: ("linux", 1))
+    lines = run_runner(tmp_path, {}, [task], detector=lambda dev, warn: ("linux", 1))
     assert [m for ln in lines if ln["subtype"] == "warning" for m in ln["messages"]] == [
         "Needed image properties are missing. Autodetecting them...",
         "Detected OSFAMILY: linux",
@@ -279,7 +313,7 @@ def test_runner_autodetects_and_passes_context(tmp_path: Path) -> None:
 
 
 def test_runner_uses_given_properties(tmp_path: Path) -> None:
-    def no_detection(dev: Path) -> None:
+    def no_detection(dev: Path, warn: object) -> None:
         raise AssertionError("must not detect")
 
     seen: list[Context] = []
@@ -307,7 +341,7 @@ def test_runner_rejects_bad_properties(tmp_path: Path, props: dict[str, str], me
 
 def test_runner_detection_failure(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="Unable to detect"):
-        run_runner(tmp_path, {}, [], detector=lambda dev: None)
+        run_runner(tmp_path, {}, [], detector=lambda dev, warn: None)
 
 
 def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:
@@ -395,10 +429,11 @@ def test_main_runs_and_reports_success(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(runner, "RESULT_PORT", str(tmp_path / "result"))
     monkeypatch.setattr(runner, "PROGRESS_PORT", str(tmp_path / "progress"))
     rules_disk = tmp_path / "rules"
-    rules_disk.write_bytes(make_rules(properties={"EXCLUDE_ALL_TASKS": "yes"}).to_json() + b"\0" * 100)
+    rules = make_rules(properties={"EXCLUDE_ALL_TASKS": "yes"}, result_token=(token := new_result_token()))
+    rules_disk.write_bytes(rules.to_json() + b"\0" * 100)
     monkeypatch.setattr(runner, "wait_for_serial", lambda serial, wait=0: rules_disk)
     assert runner.main() == 0
-    assert (tmp_path / "result").read_text() == "SUCCESS\n"
+    assert (tmp_path / "result").read_text() == f"SUCCESS {token}\n"
 
 
 def test_main_reports_malformed_rules_as_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,11 @@ def test_no_sandbox_no_user(tmp_path):
 
 
 def test_accelerator(tmp_path):
-    assert _values(_cmd(tmp_path, accel="tcg"), "-machine") == ["pc,accel=tcg"]
+    tcg = _cmd(tmp_path, accel="tcg")
+    assert _values(tcg, "-machine") == ["pc,accel=tcg"]
+    # RDRAND, trusted by the kernel: its RNG is ready at once (Python's start does not wait ~1 s for entropy)
+    assert _values(tcg, "-cpu") == ["qemu64,+rdrand"]
+    assert "random.trust_cpu=on" in _values(tcg, "-append")[0].split()
     kvm = _cmd(tmp_path, accel="kvm")
     assert _values(kvm, "-machine") == ["pc,accel=kvm"]
     assert _values(kvm, "-cpu") == ["host"]
@@ -133,6 +137,8 @@ def test_runner_override_and_probe(tmp_path):
     assert "-drive" not in probe
     assert "snf_image_probe" in _values(probe, "-append")[0].split()
     assert constants.CMDLINE_ACTIVATE not in _values(probe, "-append")[0].split()
+    # the probe hears the kernel: a silent console is how it tells a hung one
+    assert "quiet" not in _values(probe, "-append")[0].split() and "quiet" in _values(cmd, "-append")[0].split()
 
 
 def _feed(lines: list[bytes]) -> list[dict]:
@@ -186,6 +192,48 @@ def test_sanitize():
     assert channels.sanitize("x" * 1000, 10) == "x" * 10 + "..."
 
 
+TOKEN = "c0ffee" * 10 + "c0de"
+FORGED = f"Result(success=False, reason={channels.FORGED_SUCCESS!r})"
+
+
+@pytest.mark.parametrize(
+    ("data", "verdict"),
+    [
+        (b"", "None"),
+        (b"\n\r\n", "None"),
+        (f"SUCCESS {TOKEN}\n".encode(), "Result(success=True, reason='')"),
+        (f"SUCCESS {TOKEN}\r\n".encode(), "Result(success=True, reason='')"),
+        (f"SUCCESS {TOKEN}".encode(), "Result(success=True, reason='')"),  # the port closed before the newline
+        (b"ERROR: helper init: no disk\n", "Result(success=False, reason='helper init: no disk')"),
+        (b"SUCCESS\n", FORGED),
+        (b"SUCCESS \n", FORGED),
+        (f"SUCCESS {TOKEN[:-1]}\n".encode(), FORGED),
+        (f"SUCCESS {TOKEN}0\n".encode(), FORGED),
+        (f"SUCCESS {TOKEN.upper()}\n".encode(), FORGED),
+        (f"SUCCESS\nSUCCESS {TOKEN}\n".encode(), FORGED),  # image code wrote first
+        (f"SUCCESS {TOKEN}\nSUCCESS\n".encode(), FORGED),  # or after
+        (f"SUCCESS {TOKEN}\nERROR: x\nSUCCESS {'0' * 64}\n".encode(), FORGED),
+        (
+            f"SUCCESS {TOKEN}\nSUCCESS {TOKEN}\n".encode(),
+            "Result(success=False, reason='the result port carried 2 lines where the runner writes one')",
+        ),
+        (
+            f"ERROR: planted\nSUCCESS {TOKEN}\n".encode(),
+            "Result(success=False, reason='the result port carried 2 lines where the runner writes one; "
+            "the first error: planted')",
+        ),
+        (
+            b"garbage\n",
+            "Result(success=False, reason='the result port carried something that is not a result line')",
+        ),
+        (b"\xff\xfe\n", "Result(success=False, reason='the result port carried something that is not a result line')"),
+    ],
+)
+def test_result_verdict(data, verdict):
+    """Only the runner's one SUCCESS line with the token is success; a SUCCESS without it is named a forgery."""
+    assert repr(channels.result_verdict(data, TOKEN)) == verdict
+
+
 def test_helper_version_is_stable_and_tracks_code():
     version = helper_version()
     assert version.startswith(__import__("snf_image").__version__ + "+")
@@ -218,15 +266,17 @@ def test_run_helper_validates_before_booting(tmp_path):
     (tmp_path / "version").write_text(helper_version())
     config = jail.HelperConfig(helper_dir=tmp_path, accel="tcg", qemu="/nonexistent/qemu")
     rules = json.dumps({}).encode()
+    with pytest.raises(ValueError, match="needs the deployment's result token"):
+        jail.run_helper(config, [], rules, print, print, token="")
     with pytest.raises(HelperError, match="rules"):
-        jail.run_helper(config, [], b"", print, print)
+        jail.run_helper(config, [], b"", print, print, token=TOKEN)
     with pytest.raises(HelperError, match="does not exist"):
-        jail.run_helper(config, [jail.JailDisk(str(tmp_path / "nope"), 0)], rules, print, print)
+        jail.run_helper(config, [jail.JailDisk(str(tmp_path / "nope"), 0)], rules, print, print, token=TOKEN)
     with pytest.raises(HelperError, match=r"cannot start the helper VM \(/nonexistent/qemu\)"):
-        jail.run_helper(config, [], rules, print, lambda _: None)
+        jail.run_helper(config, [], rules, print, lambda _: None, token=TOKEN)
     with pytest.raises(HelperError, match="distinct"):
         disk = str(tmp_path / "image")
-        jail.run_helper(config, [jail.JailDisk(disk, 0), jail.JailDisk(disk, 0)], rules, print, print)
+        jail.run_helper(config, [jail.JailDisk(disk, 0), jail.JailDisk(disk, 0)], rules, print, print, token=TOKEN)
 
 
 def _fake_qemu(tmp_path: Path, body: str) -> jail.HelperConfig:
@@ -251,7 +301,7 @@ def test_sigterm_ignored_then_sigkill(tmp_path):
         match=r"^Image customization failed: the helper VM did not finish on time "
         r"\(0\.5 s\)$",
     ):
-        jail.run_helper(config, [], b"{}", print, log.append)
+        jail.run_helper(config, [], b"{}", print, log.append, token=TOKEN)
     assert time.monotonic() - start < 5
     assert any("sending SIGKILL" in line for line in log)
 
@@ -264,5 +314,5 @@ def test_qemu_dies(tmp_path):
         match=r"^Image customization failed: the helper VM died unexpectedly "
         r"\(exit code 3\)$",
     ):
-        jail.run_helper(config, [], b"{}", print, log.append)
+        jail.run_helper(config, [], b"{}", print, log.append, token=TOKEN)
     assert "QEMU: qemu: cannot set up guest memory" in log

@@ -69,14 +69,19 @@ def test_what_is_not_a_line_is_refused(raw: bytes, reason: str) -> None:
 
 
 def test_result_lines() -> None:
-    assert Result(True).to_line() == "SUCCESS\n"
+    token = "ab" * 32
+    success = Result.succeeded(token)
+    assert success.to_line() == f"SUCCESS {token}\n"
+    assert token not in repr(success)
+    assert Result.parse_line(success.to_line().encode()) == success
     failure = Result.failure("no\nroot  partition")
     assert failure.to_line() == "ERROR: no root partition\n"
-    assert Result.parse(failure.to_line().encode()) == failure
-    assert Result.parse(b"SUCCESS\r\ngarbage after") == Result(True)
-    assert Result.parse(b"ERROR:\n") == Result(False, "")
-    for nothing in (b"", b"SUCCESS!", b" SUCCESS", b"OK\nSUCCESS\n", b"\xff"):
-        assert Result.parse(nothing) is None
+    assert Result.parse_line(failure.to_line().encode()) == failure
+    assert Result.parse_line(b"SUCCESS\r") == Result(True, token="")  # a claim: the host checks the token
+    assert Result.parse_line(b"SUCCESS wrong") == Result(True, token="wrong")
+    assert Result.parse_line(b"ERROR:") == Result(False, "")
+    for nothing in (b"", b"SUCCESS!", b" SUCCESS", b"OK", b"\xff"):
+        assert Result.parse_line(nothing) is None
 
 
 def test_a_reason_is_one_bounded_line() -> None:

@@ -11,8 +11,8 @@ import yaml
 
 from helper.commands import TaskError
 from snf_image.contract.rules import RulesNic, RulesSettings
-from tasks import _ifupdown, _network
-from tasks._network import NicPlan, plan_nics
+from tasks import _network
+from tasks._nics import NicPlan, plan_nics
 
 SETTINGS = RulesSettings(
     dhcp_tags=("auto", "dhcp", "nfdhcpd"),
@@ -219,7 +219,7 @@ LO = ["# The loopback network interface", "auto lo", "iface lo inet loopback", "
 
 
 def test_interfaces_static_with_gateway_from_empty() -> None:
-    assert _ifupdown.render_interfaces("", [static()]).splitlines() == [
+    assert _network.render_interfaces("", [static()]).splitlines() == [
         *LO,
         *BLOCK_HEAD,
         "auto nic0",
@@ -243,7 +243,7 @@ def test_interfaces_static_with_gateway_from_empty() -> None:
     ],
 )
 def test_interfaces_dynamic(ipv4: str | None, ipv6: str | None, stanzas: list[str]) -> None:
-    lines = _ifupdown.render_interfaces("", [dynamic(ipv4=ipv4, ipv6=ipv6)]).splitlines()
+    lines = _network.render_interfaces("", [dynamic(ipv4=ipv4, ipv6=ipv6)]).splitlines()
     assert lines[len(LO) + len(BLOCK_HEAD) :] == [
         "auto nic0",
         "allow-hotplug nic0",
@@ -254,7 +254,7 @@ def test_interfaces_dynamic(ipv4: str | None, ipv6: str | None, stanzas: list[st
 
 def test_interfaces_two_nics_and_an_unconfigured_one() -> None:
     plans = [static(0), static(1, MAC1, ipv6="slaac"), dynamic(2, "aa:00:00:00:00:03", ipv4=None)]
-    block = _ifupdown.render_interfaces("", plans).splitlines()[len(LO) + len(BLOCK_HEAD) :]
+    block = _network.render_interfaces("", plans).splitlines()[len(LO) + len(BLOCK_HEAD) :]
     assert block == [
         "auto nic0",
         "allow-hotplug nic0",
@@ -306,7 +306,7 @@ iface eth0.100 inet manual
 
 
 def test_interfaces_preserves_unrelated_config() -> None:
-    out = _ifupdown.render_interfaces(DEBIAN_INTERFACES, [dynamic()])
+    out = _network.render_interfaces(DEBIAN_INTERFACES, [dynamic()])
     head = out.split("# BEGIN")[0]
     assert head == (
         "# This file describes the network interfaces available on your system\n"
@@ -334,31 +334,31 @@ def test_interfaces_preserves_unrelated_config() -> None:
 
 
 def test_interfaces_rerun_is_idempotent() -> None:
-    once = _ifupdown.render_interfaces(DEBIAN_INTERFACES, [static(), dynamic(1, MAC1)])
-    twice = _ifupdown.render_interfaces(once, [static(), dynamic(1, MAC1)])
+    once = _network.render_interfaces(DEBIAN_INTERFACES, [static(), dynamic(1, MAC1)])
+    twice = _network.render_interfaces(once, [static(), dynamic(1, MAC1)])
     assert twice == once
     assert once.count("# BEGIN snf-image") == 1 and once.count("iface nic0 inet static") == 1
     # a changed plan replaces the block
-    changed = _ifupdown.render_interfaces(once, [dynamic()])
+    changed = _network.render_interfaces(once, [dynamic()])
     assert "inet static" not in changed.split("# BEGIN")[1] and changed.count("# BEGIN snf-image") == 1
 
 
 def test_interfaces_crlf_kept() -> None:
     crlf = "auto lo\r\niface lo inet loopback\r\n\r\nallow-hotplug eth0\r\niface eth0 inet dhcp\r\n"
-    out = _ifupdown.render_interfaces(crlf, [dynamic()])
+    out = _network.render_interfaces(crlf, [dynamic()])
     assert out.startswith("auto lo\r\niface lo inet loopback\r\n\r\n# BEGIN")
     assert "\n" not in out.replace("\r\n", "")
     assert "eth0" not in out
-    assert _ifupdown.render_interfaces(out, [dynamic()]) == out
+    assert _network.render_interfaces(out, [dynamic()]) == out
 
 
 def test_strip_interfaces_keeps_file_without_ours() -> None:
     text = "# only comments\nauto lo\niface lo inet loopback\n"
-    assert _ifupdown.strip_interfaces(text, ["nic0"]) == text
+    assert _network.strip_interfaces(text, ["nic0"]) == text
 
 
 def test_interfaces_sources() -> None:
-    assert _ifupdown.interfaces_sources(DEBIAN_INTERFACES + "source-directory interfaces.d\n") == [
+    assert _network.interfaces_sources(DEBIAN_INTERFACES + "source-directory interfaces.d\n") == [
         ("source", "/etc/network/interfaces.d/*"),
         ("source-directory", "interfaces.d"),
     ]
@@ -579,7 +579,7 @@ def static6(index: int = 0, gateway6: str | None = "2001:db8::1") -> NicPlan:
 
 
 def test_interfaces_static_ipv6() -> None:
-    lines = _ifupdown.render_interfaces_block([static6(1)])
+    lines = _network.render_interfaces_block([static6(1)])
     assert lines[3:-1] == [
         "auto nic1",
         "allow-hotplug nic1",
@@ -590,7 +590,7 @@ def test_interfaces_static_ipv6() -> None:
         "    gateway 2001:db8::1",
         "    metric 101",
     ]
-    assert "gateway" not in "\n".join(_ifupdown.render_interfaces_block([static6(gateway6=None)]))
+    assert "gateway" not in "\n".join(_network.render_interfaces_block([static6(gateway6=None)]))
 
 
 def test_ifcfg_static_ipv6() -> None:

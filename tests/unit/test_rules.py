@@ -18,12 +18,15 @@ from snf_image.contract import codec
 from snf_image.contract.constants import SERIAL_DISK_PREFIX
 from snf_image.contract.rules import (
     RULES_FORMAT,
+    HostKey,
     PersonalityFile,
     Rules,
     RulesDisk,
     RulesError,
     RulesNic,
     RulesSettings,
+    is_result_token,
+    new_result_token,
 )
 from snf_image.ganeti import parse_environment
 from snf_image.params import validate
@@ -125,7 +128,7 @@ def test_schema_and_dataclasses_agree() -> None:
 @pytest.mark.parametrize(
     ("change", "found"),
     [
-        (lambda s: s["properties"].update(result_token={"type": "string"}), "'result_token' has no field"),
+        (lambda s: s["properties"].update(resume_token={"type": "string"}), "'resume_token' has no field"),
         (lambda s: s["properties"].pop("hypervisor"), "field 'hypervisor' is not in the schema"),
         (lambda s: s["properties"]["nics"]["items"]["properties"].pop("gateway6"), "'gateway6' is not in the"),
         (lambda s: s["required"].append("password"), "rules.password: required"),
@@ -142,10 +145,14 @@ def test_a_disagreement_is_found(change: Any, found: str) -> None:
     assert any(found in problem for problem in rules_mismatches(schema)), rules_mismatches(schema)
 
 
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
 def full_rules() -> Rules:
     """Every field set to something other than its default."""
     return Rules(
         instance_name="vm1.example.org",
+        result_token=new_result_token(),
         old_instance_name="old.example.org",
         hypervisor="kvm",
         img_format="extdump",
@@ -183,6 +190,7 @@ def full_rules() -> Rules:
             cloud_init_debug=True,
         ),
         files={"unattend.xml": "<unattend/>\r\n", "sysprep.inf": "[Unattended]\r\n"},
+        ssh_host_keys=(HostKey(kind="ed25519", private=PRIVATE_KEY, public="ssh-ed25519 AAAAC3 root@vm1\n"),),
         only_tasks=("AssignHostname",),
         debug=True,
     )
@@ -195,6 +203,18 @@ def test_a_full_rules_round_trips_and_validates() -> None:
     assert Rules.from_json(data) == rules
     defaults = {f.name: f.default for f in dataclasses.fields(Rules) if f.default is not dataclasses.MISSING}
     assert all(getattr(rules, name) != value for name, value in defaults.items()), "a field left at its default"
+
+
+def test_the_result_token_is_fresh_random_and_never_shown() -> None:
+    tokens = {new_result_token() for _ in range(100)}
+    assert len(tokens) == 100 and all(is_result_token(t) and len(t) == 64 for t in tokens)
+    rules = full_rules()
+    assert rules.result_token not in repr(rules)
+
+
+def test_the_private_host_keys_stay_out_of_repr() -> None:
+    rules = full_rules()
+    assert PRIVATE_KEY not in repr(rules) and "ssh-ed25519 AAAAC3" in repr(rules)
 
 
 def test_disks_are_found_by_a_serial_made_from_their_index() -> None:
@@ -233,6 +253,7 @@ def with_change(path: list[str | int], value: Any) -> bytes:
         (with_change(["nics", 0, "mac"], KeyError), r"rules.nics\[0\]: missing field 'mac'"),
         (with_change(["nics", 0, "tags"], "dhcp"), r"rules.nics\[0\].tags: expected an array, not a string"),
         (with_change(["nics"], {}), "rules.nics: expected an array, not an object"),
+        (with_change(["ssh_host_keys", 0, "private"], None), r"rules.ssh_host_keys\[0\].private: expected a string"),
         (with_change(["disks"], []), "rules: no instance disk"),
         (with_change(["disks", 0, "index"], 0.5), r"rules.disks\[0\].index: expected an integer, not float"),
         (with_change(["settings", "cloud_init_debug"], "yes"), "rules.settings.cloud_init_debug: expected a boolean"),
@@ -242,6 +263,9 @@ def with_change(path: list[str | int], value: Any) -> bytes:
         (with_change(["properties", "X"], 1), r"rules.properties\['X'\]: expected a string"),
         (with_change(["files"], ["unattend.xml"]), "rules.files: expected an object, not an array"),
         (with_change(["only_tasks"], [1]), r"rules.only_tasks\[0\]: expected a string"),
+        (with_change(["result_token"], KeyError), "rules: missing field 'result_token'"),
+        (with_change(["result_token"], "s3cret"), "rules: the result token is not 64 lower-case hex digits"),
+        (with_change(["result_token"], "AB" * 32), "rules: the result token is not 64 lower-case hex digits"),
     ],
 )
 def test_malformed_rules_are_one_clear_error(data: bytes, message: str) -> None:
@@ -259,6 +283,7 @@ def test_optional_fields_may_be_left_out() -> None:
         "nics": [{"index": 0, "mac": None, "tags": []}],
         "disks": [{"index": 0, "size_bytes": 1}],
         "settings": {},
+        "result_token": "0123456789abcdef" * 4,
     }
     assert schemas.first_error("rules", minimal) is None
     rules = Rules.from_json(json.dumps(minimal).encode())

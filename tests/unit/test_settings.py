@@ -105,3 +105,13 @@ def test_source_priorities_and_disabling(tmp_path):
     assert settings.source_disabled("pithos") and settings.source_disabled("null")
     assert not settings.source_disabled("local")
     assert settings.source_config("local")["IMAGE_DIR"] == "/srv/images"
+
+
+def test_image_cache_settings(tmp_path):
+    settings = load_settings(config_dir=tmp_path)
+    assert (settings.image_cache_dir, settings.image_cache_size) == (Path("/var/cache/snf-image/images"), 0)
+    for value, size in [("0", 0), ("1048576", 1048576), ("500M", 500 << 20), ("20G", 20 << 30), ("1TiB", 1 << 40)]:
+        assert load_settings(config_dir=tmp_path, overrides={"IMAGE_CACHE_SIZE": value}).image_cache_size == size
+    for bad in ("-1", "1.5G", "lots", ""):
+        with pytest.raises(OperatorError, match="IMAGE_CACHE_SIZE must be a size like 0, 500M, 20G"):
+            load_settings(config_dir=tmp_path, overrides={"IMAGE_CACHE_SIZE": bad})

@@ -10,26 +10,21 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 import requests
 import urllib3
 
 from snf_image.errors import OperatorError, SourceError
-from snf_image.sources import network
-from snf_image.sources.network import (
-    FATAL,
-    FATAL_AT_START,
-    TRANSIENT,
-    HttpOptions,
-    NetworkSource,
-    RetryBudget,
-    RetryOptions,
-    describe_network_error,
-    parse_image_url,
-    redact_url,
-)
+from snf_image.settings import load_settings
+from snf_image.sources import failures, select_source
+from snf_image.sources.failures import FATAL, FATAL_AT_START, TRANSIENT, RetryBudget, describe_network_error
+from snf_image.sources.netpolicy import is_public_address
+from snf_image.sources.network import NetworkSource
+from snf_image.sources.options import HttpOptions, RetryOptions
 from snf_image.sources.pithos import PithosMapSource, PithosSource
+from snf_image.sources.urls import parse_url, redact_url
 
 
 @pytest.mark.parametrize(
@@ -52,7 +47,7 @@ def test_probe(img_id: str, expected: bool) -> None:
 
 
 def test_parse_splits_and_hides_credentials() -> None:
-    url = parse_image_url("https://al%40ice:p%3Ass@example.org:8443/a%20b/img?sig=SECRET#frag")
+    url = parse_url("https://al%40ice:p%3Ass@example.org:8443/a%20b/img?sig=SECRET#frag")
     assert (url.scheme, url.host, url.port) == ("https", "example.org", 8443)
     assert (url.username, url.password) == ("al@ice", "p:ss")
     assert url.url == "https://example.org:8443/a%20b/img?sig=SECRET"
@@ -61,9 +56,9 @@ def test_parse_splits_and_hides_credentials() -> None:
 
 
 def test_parse_defaults_and_ipv6() -> None:
-    assert parse_image_url("http://h/x").port == 80
-    assert parse_image_url("ftps://h/x").port == 21  # explicit FTPS
-    url = parse_image_url("ftp://[::1]:2121/dir/file.img")
+    assert parse_url("http://h/x").port == 80
+    assert parse_url("ftps://h/x").port == 21  # explicit FTPS
+    url = parse_url("ftp://[::1]:2121/dir/file.img")
     assert (url.host, url.port, url.path) == ("::1", 2121, "/dir/file.img")
 
 
@@ -152,7 +147,7 @@ def test_describe_certificate_failure() -> None:
 
 def test_retry_budget_counts_consecutive_and_total(monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr(network.time, "sleep", pauses.append)
+    monkeypatch.setattr(failures.time, "sleep", pauses.append)
     budget = RetryBudget(RetryOptions(retries=2, backoff=1.0), "http://h/x")
     budget.failed("a")
     budget.failed("b")
@@ -175,7 +170,7 @@ def test_retry_budget_counts_consecutive_and_total(monkeypatch: pytest.MonkeyPat
 
 def test_backoff_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr(network.time, "sleep", pauses.append)
+    monkeypatch.setattr(failures.time, "sleep", pauses.append)
     budget = RetryBudget(RetryOptions(retries=6, backoff=1.0), "x")
     for _ in range(6):
         budget.failed("r")
@@ -200,3 +195,41 @@ def test_pithosmap_probe_and_id_length_follow_the_hash() -> None:
         source.check("pithosmap://" + "ab" * 32 + "/1")
     with pytest.raises(OperatorError, match=r"^img_id: hashmap"):
         source.check("pithosmap://" + "AB" * 20 + "/1")  # right length (upper case accepted), no map
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # link-local (cloud metadata)
+        ("100.64.0.1", False),  # shared address space
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),  # multicast is "global" to Python, not to us
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("fec0::1", False),  # site-local
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("::ffff:93.184.216.34", False),  # mapped addresses are reserved space whatever they map
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+    ],
+)
+def test_is_public_address(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+def test_select_source_never_echoes_url_credentials(tmp_path: Path) -> None:
+    settings = load_settings(config_dir=tmp_path)
+    with pytest.raises(OperatorError) as err:
+        select_source("gopher://alice:s3cret@h/x?token=t0ken", settings)
+    assert str(err.value) == "img_id: no source can handle image id 'gopher://h/x?...'"

@@ -6,27 +6,24 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helper import disks
 from helper.commands import TaskError
 from tasks import add_swap
-from tests.fakeguest import make_ctx, make_guest
+from tasks._swap import parse_swap
+from tests.fakeguest import CLOUD_INIT_GUEST, make_ctx, make_guest
 
 UUID = "0b7e4d6f-1c2a-4a7e-9a51-3f1b8b0c9d11"
 
 
-@pytest.fixture(autouse=True)
-def _no_cloud_init_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(add_swap._unix, "cloud_init_hook", lambda name: None)
-
-
 def test_parse_swap() -> None:
-    assert add_swap.parse_swap("") is None
-    assert add_swap.parse_swap(" B ") == "b"
-    assert add_swap.parse_swap("3:512") == (3, 512)
+    assert parse_swap("") is None
+    assert parse_swap(" B ") == "b"
+    assert parse_swap("3:512") == (3, 512)
     for bad in ("0:1", "3:", "bb", "3:1:1", "-1"):
         with pytest.raises(TaskError, match="Invalid SWAP"):
-            add_swap.parse_swap(bad)
+            parse_swap(bad)
 
 
 def test_disk_index() -> None:
@@ -108,9 +105,10 @@ def test_run_nothing_without_swap(tmp_path: Path) -> None:
     assert (root / "etc/fstab").read_text() == before
 
 
-def test_run_cloud_init_partition_goes_to_the_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(add_swap._unix, "cloud_init_hook", lambda name: lambda ctx, size: calls.append((name, size)))
-    root = make_guest(tmp_path / "root")
+def test_run_cloud_init_partition_becomes_cloud_init_swap(tmp_path: Path) -> None:
+    root = make_guest(tmp_path / "root", CLOUD_INIT_GUEST)
+    before = (root / "etc/fstab").read_text()
     add_swap.run(make_ctx(root, properties={"SWAP": "2:512", "CLOUD_INIT": "yes"}))
-    assert calls == [("add_swap", 512)]
+    config = yaml.safe_load((root / "etc/cloud/cloud.cfg.d/98_snf-image-AddSwap.cfg").read_text())
+    assert config == {"swap": {"filename": "/swap.img", "size": 512 << 20, "maxsize": 512 << 20}}
+    assert (root / "etc/fstab").read_text() == before  # no partition to format: FixPartitionTable did not run

@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helper.commands import TaskError
 from tasks import assign_hostname as ah
-from tests.fakeguest import HOSTS, make_ctx, make_guest, warnings
+from tests.fakeguest import CLOUD_INIT_GUEST, HOSTS, make_ctx, make_guest, warnings
 
 FQDN = "vm1.example.com"
-
-
-@pytest.fixture(autouse=True)
-def _no_cloud_init_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ah._unix, "cloud_init_hook", lambda name: None)
 
 
 def test_check_hostname() -> None:
@@ -164,10 +160,10 @@ def test_run_bad_name(tmp_path: Path) -> None:
         ah.run(make_ctx(root, {"instance_name": "x\n127.0.0.1 evil"}))
 
 
-def test_run_cloud_init_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(ah._unix, "cloud_init_hook", lambda name: lambda ctx, fqdn: calls.append(f"{name} {fqdn}"))
-    root = make_guest(tmp_path)
+def test_run_cloud_init_sets_meta_data_and_the_files(tmp_path: Path) -> None:
+    root = make_guest(tmp_path, CLOUD_INIT_GUEST)
     ah.run(make_ctx(root, {"instance_name": FQDN}, {"CLOUD_INIT": "yes"}))
-    assert calls == [f"set_hostname {FQDN}"]
-    assert (root / "etc/hostname").read_text() == FQDN + "\n"
+    seed = root / "var/lib/cloud/seed/nocloud-net"
+    assert yaml.safe_load((seed / "meta-data").read_text()) == {"local-hostname": FQDN}
+    assert (seed / "meta-data").stat().st_mode & 0o777 == 0o600 and seed.stat().st_mode & 0o777 == 0o700
+    assert (root / "etc/hostname").read_text() == FQDN + "\n"  # in case the image's cloud-init keeps its name

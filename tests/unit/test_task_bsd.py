@@ -21,8 +21,8 @@ from tasks import (
     filesystem_resize_mounted,
     mount_image,
 )
-from tasks._network import NicPlan
-from tests.fakeguest import make_ctx, make_guest, warnings
+from tasks._nics import NicPlan
+from tests.fakeguest import host_keys, make_ctx, make_guest, warnings
 
 MASTER_PASSWD = """# $FreeBSD$
 #
@@ -240,8 +240,12 @@ def test_change_password_method_override_and_missing_user(tmp_path: Path) -> Non
 @pytest.mark.parametrize("family", ["freebsd", "netbsd", "openbsd"])
 def test_delete_ssh_keys_bsd(tmp_path: Path, family: str) -> None:
     root = guest(tmp_path, family)
-    delete_ssh_keys.FAMILY_HANDLERS[family](make_ctx(root, osfamily=family))
-    assert sorted(p.name for p in (root / "etc/ssh").iterdir()) == ["moduli", "sshd_config"]
+    delete_ssh_keys.run(make_ctx(root, rules={"ssh_host_keys": host_keys()}, osfamily=family))
+    names = ["extra_key", "extra_key.pub", "moduli", "sshd_config"]  # its one HostKey line, an unknown type: rsa
+    assert sorted(p.name for p in (root / "etc/ssh").iterdir()) == names
+    rsa = next(key for key in host_keys() if key.kind == "rsa")
+    assert (root / "etc/ssh/extra_key").read_text() == rsa.private
+    assert (root / "etc/ssh/extra_key").stat().st_mode & 0o777 == 0o600
 
 
 def test_personality_owner_from_the_image(tmp_path: Path) -> None:

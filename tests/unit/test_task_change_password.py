@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from passlib.hash import bcrypt, md5_crypt, sha1_crypt, sha256_crypt, sha512_crypt
 
 from helper.commands import TaskError
 from tasks import change_password as cp
 from tasks._unix import User
-from tests.fakeguest import make_ctx, make_guest, warnings
+from tests.fakeguest import CLOUD_INIT_GUEST, make_ctx, make_guest, warnings
 
 ALICE = User("alice", 1000, 1000, "/home/alice", "/bin/bash")
 TODAY = cp.days_since_epoch(datetime.datetime.now(datetime.UTC).date())
@@ -231,23 +232,19 @@ def test_run_shadow_symlink_cannot_escape(tmp_path: Path) -> None:
     assert outside.read_text() == "root:*:1:0:99999:7:::\n"
 
 
-def test_run_cloud_init_without_hook_edits_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cp._unix, "cloud_init_hook", lambda name: None)
-    root = make_guest(tmp_path)
-    ctx = make_ctx(root, {"password": "pw"}, {"CLOUD_INIT": "yes", "USERS": "root"})
-    cp.run(ctx)
-    assert shadow_of(root, "root")[1].startswith("$6$")
-    assert any("cloud-init" in w for w in warnings(ctx))
-
-
-def test_run_cloud_init_hands_over_hashed_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, cp.Credentials]] = []
-    monkeypatch.setattr(cp._unix, "cloud_init_hook", lambda name: lambda ctx, creds: calls.append((name, creds)))
-    root = make_guest(tmp_path)
+def test_run_cloud_init_hands_over_the_hash_and_keys(tmp_path: Path) -> None:
+    root = make_guest(tmp_path, CLOUD_INIT_GUEST)
     before = (root / "etc/shadow").read_text()
-    cp.run(make_ctx(root, {"password": "pw", "auth_keys": "ssh-rsa K k"}, {"CLOUD_INIT": "yes", "USERS": "alice"}))
-    [(name, creds)] = calls
-    assert name == "change_password"
-    assert creds.users == ["alice"] and creds.keys == ["ssh-rsa K k"]
-    assert creds.hashed is not None and sha512_crypt.verify("pw", creds.hashed)
+    rules = {"password": "S3cret-pass", "auth_keys": "ssh-rsa K k"}
+    cp.run(make_ctx(root, rules, {"CLOUD_INIT": "yes", "USERS": "alice"}))
+    cfg = root / "etc/cloud/cloud.cfg.d/98_snf-image-ChangePassword.cfg"
+    config = yaml.safe_load(cfg.read_text())
+    [entry] = config["chpasswd"]["list"]
+    user, hashed = entry.split(":", 1)
+    assert user == "alice" and sha512_crypt.verify("S3cret-pass", hashed) and config["ssh_pwauth"] is True
+    assert "S3cret-pass" not in cfg.read_text()  # the hash, never the password
+    assert cfg.stat().st_mode & 0o777 == 0o600
+    meta = yaml.safe_load((root / "var/lib/cloud/seed/nocloud-net/meta-data").read_text())
+    assert meta == {"public-keys": ["ssh-rsa K k"]}
     assert (root / "etc/shadow").read_text() == before
+    assert not (root / "home/alice/.ssh").exists()

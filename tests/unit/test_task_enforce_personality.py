@@ -7,16 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from helper.commands import TaskError
 from snf_image.contract.rules import PersonalityFile
 from tasks import enforce_personality as ep
-from tests.fakeguest import make_ctx, make_guest, warnings
-
-
-@pytest.fixture(autouse=True)
-def _no_cloud_init_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ep._unix, "cloud_init_hook", lambda name: None)
+from tests.fakeguest import CLOUD_INIT_GUEST, make_ctx, make_guest, warnings
 
 
 def entry(path: str, data: bytes = b"hello\n", **kw: Any) -> PersonalityFile:
@@ -120,10 +116,16 @@ def test_run_parent_symlink_stays_in_the_guest(tmp_path: Path) -> None:
     assert (root / "f").read_bytes() == b"b"
 
 
-def test_run_cloud_init_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[list[ep.File]] = []
-    monkeypatch.setattr(ep._unix, "cloud_init_hook", lambda name: lambda ctx, files: calls.append(files))
-    root = make_guest(tmp_path)
-    ep.run(make_ctx(root, {"personality": (entry("/etc/motd"),)}, {"CLOUD_INIT": "yes"}))
-    assert [f.path for f in calls[0]] == ["/etc/motd"]
-    assert not (root / "etc/motd").exists()
+def test_run_cloud_init_writes_files_at_first_boot(tmp_path: Path) -> None:
+    root = make_guest(tmp_path, CLOUD_INIT_GUEST)
+    personality = (entry("/etc/motd"), entry("/home/alice/x", b"\0", owner="alice", group="1000", mode=0o600))
+    ep.run(make_ctx(root, {"personality": personality}, {"CLOUD_INIT": "yes"}))
+    cfg = root / "etc/cloud/cloud.cfg.d/98_snf-image-EnforcePersonality.cfg"
+    assert cfg.stat().st_mode & 0o777 == 0o600  # the contents may be secret
+    assert yaml.safe_load(cfg.read_text())["write_files"] == [
+        {"path": "/etc/motd", "content": "aGVsbG8K", "encoding": "b64", "owner": "root:root", "permissions": "0440"},
+        {"path": "/home/alice/x", "content": "AA==", "encoding": "b64", "owner": "alice:alice", "permissions": "0600"},
+    ]
+    remover = (root / "var/lib/cloud/scripts/per-once/snf-image-remove-EnforcePersonality.sh").read_text()
+    assert "rm -f -- /etc/cloud/cloud.cfg.d/98_snf-image-EnforcePersonality.cfg\n" in remover
+    assert not (root / "etc/motd").exists() and not (root / "home/alice/x").exists()

@@ -18,7 +18,6 @@ from helper.commands import TaskError
 from snf_image import windows as host_windows
 from snf_image.contract.rules import PersonalityFile
 from snf_image.errors import OperatorError
-from tasks import _windows as w
 from tasks import (
     assign_hostname,
     change_password,
@@ -27,10 +26,11 @@ from tasks import (
     filesystem_resize_mounted,
     install_unattend,
 )
+from tasks._windows import checks, ini, scripts, unattend
 from tests import wintree
 from tests.fakeguest import make_ctx, warnings
 
-NS = {"u": w.UNATTEND_NS, "wcm": w.WCM_NS}
+NS = {"u": unattend.UNATTEND_NS, "wcm": unattend.WCM_NS}
 PANTHER = "Windows/Panther/unattend.xml"
 
 
@@ -40,8 +40,9 @@ def xml(data: bytes):
 
 def commands(data: bytes) -> list[tuple[str, str, str]]:
     root = xml(data)
+    action = f"{{{unattend.WCM_NS}}}action"
     return [
-        (c.findtext("u:Order", namespaces=NS), c.findtext("u:Path", namespaces=NS), c.get(f"{{{w.WCM_NS}}}action"))
+        (c.findtext("u:Order", namespaces=NS), c.findtext("u:Path", namespaces=NS), c.get(action))
         for c in root.iterfind(".//u:RunSynchronousCommand", NS)
     ]
 
@@ -50,7 +51,7 @@ def commands(data: bytes) -> list[tuple[str, str, str]]:
 
 
 def test_sync_commands_continue_the_order_and_keep_bom_crlf_comments_namespaces():
-    out = w.add_sync_commands(wintree.UNATTEND_WITH_COMPONENTS, "amd64", [("cmd /c a", "A"), ("cmd /c b", "B")])
+    out = unattend.add_sync_commands(wintree.UNATTEND_WITH_COMPONENTS, "amd64", [("cmd /c a", "A"), ("cmd /c b", "B")])
     assert out.startswith(b"\xef\xbb\xbf<?xml")
     assert b"\r\n" in out and b"\n" not in out.replace(b"\r\n", b"")
     assert b"<!-- made by Windows System Image Manager -->" in out
@@ -60,16 +61,16 @@ def test_sync_commands_continue_the_order_and_keep_bom_crlf_comments_namespaces(
         ("3", "cmd /c b", "add"),
     ]
     root = xml(out)
-    assert root.nsmap[None] == w.UNATTEND_NS and root.nsmap["wcm"] == w.WCM_NS
+    assert root.nsmap[None] == unattend.UNATTEND_NS and root.nsmap["wcm"] == unattend.WCM_NS
     assert b"ns0:" not in out and b'wcm:action="add"' in out
     assert b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"' in out  # unused declarations kept
     # idempotent: the same Path is not added twice
-    assert commands(w.add_sync_commands(out, "amd64", [("cmd /c a", "A")])) == commands(out)
+    assert commands(unattend.add_sync_commands(out, "amd64", [("cmd /c a", "A")])) == commands(out)
 
 
 def test_a_missing_component_is_created_as_setup_wants_it():
     doc = b'<?xml version="1.0"?>\n<unattend xmlns="urn:schemas-microsoft-com:unattend"/>'
-    out = w.set_shell_setup(doc, "x86", {"ComputerName": "vm1", "ProductKey": "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"})
+    out = unattend.set_shell_setup(doc, "x86", {"ComputerName": "vm1", "ProductKey": "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"})
     (component,) = xml(out).iterfind("u:settings[@pass='specialize']/u:component", NS)
     assert dict(component.attrib) == {
         "name": "Microsoft-Windows-Shell-Setup",
@@ -79,7 +80,7 @@ def test_a_missing_component_is_created_as_setup_wants_it():
         "versionScope": "nonSxS",
     }
     assert component.findtext("u:ComputerName", namespaces=NS) == "vm1"
-    assert w.shell_setup_value(out, "x86", "ProductKey") == "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
+    assert unattend.shell_setup_value(out, "x86", "ProductKey") == "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
 
 
 def test_existing_values_are_replaced_in_the_matching_architecture_only():
@@ -92,36 +93,32 @@ def test_existing_values_are_replaced_in_the_matching_architecture_only():
         ),
         1,
     )
-    out = w.set_shell_setup(both, "amd64", {"ComputerName": "web1"})
-    assert w.shell_setup_value(out, "amd64", "ComputerName") == "web1"
-    assert w.shell_setup_value(out, "x86", "ComputerName") == "*"
-    assert w.shell_setup_value(out, "amd64", "TimeZone") == "UTC"
+    out = unattend.set_shell_setup(both, "amd64", {"ComputerName": "web1"})
+    assert unattend.shell_setup_value(out, "amd64", "ComputerName") == "web1"
+    assert unattend.shell_setup_value(out, "x86", "ComputerName") == "*"
+    assert unattend.shell_setup_value(out, "amd64", "TimeZone") == "UTC"
 
 
 def test_utf16_answer_file_stays_utf16():
     doc = '<?xml version="1.0" encoding="utf-16"?>\r\n<unattend xmlns="urn:schemas-microsoft-com:unattend"/>\r\n'
-    out = w.set_shell_setup(doc.encode("utf-16"), "amd64", {"ComputerName": "vm1"})
+    out = unattend.set_shell_setup(doc.encode("utf-16"), "amd64", {"ComputerName": "vm1"})
     assert out.startswith(b"\xff\xfe")
     text = out[2:].decode("utf-16-le")
     assert "vm1" in text and "\r\n" in text
 
 
 def test_retarget_only_when_no_component_has_the_architecture():
-    out, moved = w.retarget_arch(wintree.UNATTEND_WITH_COMPONENTS, "x86")
+    out, moved = unattend.retarget_arch(wintree.UNATTEND_WITH_COMPONENTS, "x86")
     assert moved and b'processorArchitecture="amd64"' not in out
-    same, moved = w.retarget_arch(wintree.UNATTEND_WITH_COMPONENTS, "amd64")
+    same, moved = unattend.retarget_arch(wintree.UNATTEND_WITH_COMPONENTS, "amd64")
     assert not moved and same == wintree.UNATTEND_WITH_COMPONENTS
 
 
 def test_not_an_answer_file_is_a_clear_error():
     with pytest.raises(TaskError, match="not well-formed"):
-        w.add_sync_commands(b"<unattend", "amd64", [])
+        unattend.add_sync_commands(b"<unattend", "amd64", [])
     with pytest.raises(TaskError, match="root element"):
-        w.add_sync_commands(b"<unattend/>", "amd64", [])
-
-
-def test_answer_file_accounts():
-    assert w.answer_file_accounts(wintree.UNATTEND_WITH_COMPONENTS) == ["operator"]
+        unattend.add_sync_commands(b"<unattend/>", "amd64", [])
 
 
 # --- INI editor ------------------------------------------------------------
@@ -129,31 +126,31 @@ def test_answer_file_accounts():
 
 def test_ini_set_replaces_in_place_keeping_comments_indent_and_crlf():
     text = wintree.SYSPREP_INF
-    out = w.ini_set(text, "userdata", "ComputerName", "VM1")
+    out = ini.ini_set(text, "userdata", "ComputerName", "VM1")
     assert "    ComputerName=VM1\r\n" in out and "ComputerName=*" not in out
     assert out.startswith(";SetupMgrTag\r\n") and "\n" not in out.replace("\r\n", "")
-    assert w.ini_get(out, "UserData", "computername") == "VM1"
-    assert w.ini_get(out, "UserData", "FullName") == "Owner"
+    assert ini.ini_get(out, "UserData", "computername") == "VM1"
+    assert ini.ini_get(out, "UserData", "FullName") == "Owner"
 
 
 def test_ini_set_adds_keys_at_the_section_end_and_new_sections_at_the_end():
-    out = w.ini_set(wintree.SYSPREP_INF, "GuiUnattended", "EncryptedAdminPassword", "No")
+    out = ini.ini_set(wintree.SYSPREP_INF, "GuiUnattended", "EncryptedAdminPassword", "No")
     assert "    TimeZone=85\r\n    EncryptedAdminPassword=No\r\n\r\n[UserData]" in out
-    out = w.ini_set(out, "Identification", "JoinWorkgroup", "WORKGROUP")
+    out = ini.ini_set(out, "Identification", "JoinWorkgroup", "WORKGROUP")
     assert out.endswith("\r\n\r\n[Identification]\r\nJoinWorkgroup=WORKGROUP\r\n")
 
 
 def test_ini_set_drops_duplicates_and_ignores_comments():
     text = "[UserData]\n; ComputerName=old\nComputerName=a\nComputerName=b\n"
-    assert w.ini_set(text, "UserData", "ComputerName", "c") == "[UserData]\n; ComputerName=old\nComputerName=c\n"
+    assert ini.ini_set(text, "UserData", "ComputerName", "c") == "[UserData]\n; ComputerName=old\nComputerName=c\n"
 
 
 def test_cmdlines_lines_are_added_once():
     text = '[Commands]\r\n"C:\\own.cmd"\r\n'
-    out = w.ini_add_line(text, "Commands", '"cmd.exe /c x"')
+    out = ini.ini_add_line(text, "Commands", '"cmd.exe /c x"')
     assert out == '[Commands]\r\n"C:\\own.cmd"\r\n"cmd.exe /c x"\r\n'
-    assert w.ini_add_line(out, "Commands", '"cmd.exe /c x"') == out
-    assert w.ini_add_line("", "Commands", '"x"') == '[Commands]\r\n"x"\r\n'
+    assert ini.ini_add_line(out, "Commands", '"cmd.exe /c x"') == out
+    assert ini.ini_add_line("", "Commands", '"x"') == '[Commands]\r\n"x"\r\n'
 
 
 def test_utf16_and_bom_text_round_trip():
@@ -163,16 +160,16 @@ def test_utf16_and_bom_text_round_trip():
         "[UserData]\r\nOrgName=Caf\xe9\r\n".encode("cp1252"),
         b"[UserData]\n",
     ):
-        text, codec = w.decode_text(data)
+        text, codec = ini.decode_text(data)
         assert text.startswith("[UserData]")
-        assert w.encode_text(text, codec) == data
-    assert w.ini_codec("plain") == "utf-8" and w.ini_codec("Zoë") == "utf-16-le-bom"
+        assert ini.encode_text(text, codec) == data
+    assert ini.ini_codec("plain") == "utf-8" and ini.ini_codec("Zoë") == "utf-16-le-bom"
 
 
 def test_ini_quote_refuses_quotes():
-    assert w.ini_quote("p w") == '"p w"'
+    assert ini.ini_quote("p w") == '"p w"'
     with pytest.raises(TaskError):
-        w.ini_quote('a"b')
+        ini.ini_quote('a"b')
 
 
 # --- decisions ---------------------------------------------------------------
@@ -180,23 +177,23 @@ def test_ini_quote_refuses_quotes():
 
 @pytest.mark.parametrize("name", ["a", "WEB-01", "abcdefghijklmno", "x_1"])
 def test_computer_names_up_to_15_characters_are_accepted(name):
-    assert w.computer_name(name) == name
+    assert checks.computer_name(name) == name
 
 
 def test_computer_name_is_the_first_label():
-    assert w.computer_name("web1.example.org") == "web1"
+    assert checks.computer_name("web1.example.org") == "web1"
 
 
 @pytest.mark.parametrize("name", ["abcdefghijklmnop", "12345", "a b", "a$", "", "über"])
 def test_bad_computer_names_are_refused(name):
     with pytest.raises(TaskError, match="computer name"):
-        w.computer_name(name)
+        checks.computer_name(name)
 
 
 def test_users_match_whole_names_without_case():
     existing = ["Administrator", "Guest"]
-    assert w.missing_users(["Admin"], existing) == ["Admin"]
-    assert w.missing_users(["administrator", "Guest"], existing) == []
+    assert checks.missing_users(["Admin"], existing) == ["Admin"]
+    assert checks.missing_users(["administrator", "Guest"], existing) == []
 
 
 @pytest.mark.parametrize(
@@ -205,50 +202,49 @@ def test_users_match_whole_names_without_case():
 )
 def test_images_not_generalized_are_refused_naming_sysprep(state):
     with pytest.raises(TaskError, match="sysprep /generalize"):
-        w.check_image_state(state)
+        checks.check_image_state(state)
 
 
 def test_generalized_states_pass():
-    w.check_image_state("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE")
-    w.check_image_state("IMAGE_STATE_GENERALIZE_RESEAL_TO_AUDIT")
+    checks.check_image_state("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE")
+    checks.check_image_state("IMAGE_STATE_GENERALIZE_RESEAL_TO_AUDIT")
 
 
 def test_versions():
-    assert w.nt_major("6.3", 10) == 10
-    assert w.nt_major("6.1", None) == 6
-    assert w.family_of(5) == "windows-legacy" and w.family_of(6) == "windows"
+    assert checks.nt_major("6.3", 10) == 10
+    assert checks.nt_major("6.1", None) == 6
     with pytest.raises(TaskError, match="windows-legacy"):
-        w.check_family("windows", 5)
+        checks.check_family("windows", 5)
     with pytest.raises(TaskError, match="'windows'"):
-        w.check_family("windows-legacy", 10)
-    assert w.unattend_arch("AMD64") == "amd64" and w.unattend_arch("x86") == "x86"
+        checks.check_family("windows-legacy", 10)
+    assert checks.unattend_arch("AMD64") == "amd64" and checks.unattend_arch("x86") == "x86"
     with pytest.raises(TaskError):
-        w.unattend_arch("MIPS")
+        checks.unattend_arch("MIPS")
 
 
 def test_password_scripts_never_hold_the_password():
     password = 'p@ss "w0rd" %PATH% ^&|'
-    scripts = w.password_cmd(["Administrator", "web admin"]) + w.password_vbs(["Administrator", "web admin"])
-    assert "w0rd" not in scripts and "PATH%" not in scripts
-    assert 'net user "web admin" /ACTIVE:YES /EXPIRES:NEVER /PASSWORDREQ:YES\r\n' in scripts
-    assert w.password_file(password) == b"\xff\xfe" + password.encode("utf-16-le")
+    text = scripts.password_cmd(["Administrator", "web admin"]) + scripts.password_vbs(["Administrator", "web admin"])
+    assert "w0rd" not in text and "PATH%" not in text
+    assert 'net user "web admin" /ACTIVE:YES /EXPIRES:NEVER /PASSWORDREQ:YES\r\n' in text
+    assert scripts.password_file(password) == b"\xff\xfe" + password.encode("utf-16-le")
     with pytest.raises(TaskError):
-        w.check_user_name('evil" & del')
+        checks.check_user_name('evil" & del')
 
 
 def test_diskpart_selects_the_partition_not_a_volume():
-    assert w.diskpart_script(2) == "select disk 0\r\nselect partition 2\r\nextend filesystem\r\nexit\r\n"
+    assert scripts.diskpart_script(2) == "select disk 0\r\nselect partition 2\r\nextend filesystem\r\nexit\r\n"
 
 
 def test_rdp_restore():
-    assert w.rdp_restore_line(0).endswith("/v fDenyTSConnections /t REG_DWORD /d 0")
-    assert w.rdp_restore_line(None).startswith("reg delete ")
+    assert scripts.rdp_restore_line(0).endswith("/v fDenyTSConnections /t REG_DWORD /d 0")
+    assert scripts.rdp_restore_line(None).startswith("reg delete ")
 
 
 def test_setup_complete_keeps_the_image_commands_after_ours():
-    out = w.insert_setup_complete("echo own\r\n")
-    assert out.startswith(w.BEGIN_MARK) and out.endswith("echo own\r\n")
-    assert w.insert_setup_complete(out) == out
+    out = scripts.insert_setup_complete("echo own\r\n")
+    assert out.startswith(scripts.BEGIN_MARK) and out.endswith("echo own\r\n")
+    assert scripts.insert_setup_complete(out) == out
 
 
 # --- registry ----------------------------------------------------------------
@@ -291,7 +287,7 @@ def windows_ctx(root: Path, osfamily: str = "windows", **rules):
 def run_windows_tasks(ctx) -> None:
     for module in (install_unattend, assign_hostname, change_password, disable_remote_desktop):
         module.run(ctx)
-    w.resize_online(ctx)
+    filesystem_resize_mounted.grow_ntfs_at_boot(ctx)
 
 
 def test_windows_tasks_on_an_image_with_its_own_unattend(tmp_path):
@@ -305,19 +301,19 @@ def test_windows_tasks_on_an_image_with_its_own_unattend(tmp_path):
         "cmd.exe /c diskpart.exe /s %WINDIR%\\SnfScripts\\ExtendFilesystem.txt",
         "cmd.exe /c %WINDIR%\\SnfScripts\\ChangePassword.cmd",
     ]
-    assert w.shell_setup_value(data, "amd64", "ComputerName") == "vm1"
-    assert w.shell_setup_value(data, "amd64", "ProductKey") == "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
+    assert unattend.shell_setup_value(data, "amd64", "ComputerName") == "vm1"
+    assert unattend.shell_setup_value(data, "amd64", "ProductKey") == "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
     snf = root / "Windows/SnfScripts"
     assert (snf / "Password").read_bytes() == b"\xff\xfe" + "s3cr3t!".encode("utf-16-le")
     for script in ("ChangePassword.cmd", "SetPassword.vbs", "SnfSetupComplete.cmd"):
         assert "s3cr3t" not in (snf / script).read_bytes().decode()
-    assert (snf / "ExtendFilesystem.txt").read_bytes().decode() == w.diskpart_script(2)
+    assert (snf / "ExtendFilesystem.txt").read_bytes().decode() == scripts.diskpart_script(2)
     cleanup = (snf / "SnfSetupComplete.cmd").read_bytes().decode()
     assert 'del /f /q "%WINDIR%\\SnfScripts\\Password"' in cleanup
     assert 'del /f /q "%SystemDrive%\\Windows\\Panther\\unattend.xml"' in cleanup
-    assert w.rdp_restore_line(0) in cleanup
+    assert scripts.rdp_restore_line(0) in cleanup
     setup_complete = (root / "Windows/Setup/Scripts/SetupComplete.cmd").read_bytes().decode()
-    assert setup_complete.startswith(w.BEGIN_MARK) and setup_complete.endswith("echo own\r\n")
+    assert setup_complete.startswith(scripts.BEGIN_MARK) and setup_complete.endswith("echo own\r\n")
     system = root / "Windows/System32/config/SYSTEM"
     assert wintree.read_value(system, "ControlSet001\\Control\\Terminal Server", "fDenyTSConnections") == 1
     assert wintree.read_value(system, "ControlSet001\\Control\\Terminal Server", "fSingleSessionPerUser") == 1
@@ -328,11 +324,11 @@ def test_without_an_answer_file_the_template_is_installed_with_the_timezone(tmp_
     ctx = windows_ctx(root, files=files_for("w. europe standard time"))
     run_windows_tasks(ctx)
     data = (root / PANTHER).read_bytes()
-    assert w.shell_setup_value(data, "x86", "TimeZone") == "W. Europe Standard Time"
-    assert w.shell_setup_value(data, "x86", "ComputerName") == "vm1"
+    assert unattend.shell_setup_value(data, "x86", "TimeZone") == "W. Europe Standard Time"
+    assert unattend.shell_setup_value(data, "x86", "ComputerName") == "vm1"
     assert any("retargeted" in m for m in warnings(ctx))
     cleanup = (root / "Windows/SnfScripts/SnfSetupComplete.cmd").read_bytes().decode()
-    assert w.rdp_restore_line(None) in cleanup
+    assert scripts.rdp_restore_line(None) in cleanup
 
 
 def test_ignore_unattend_replaces_the_image_answer_file(tmp_path):
@@ -341,7 +337,7 @@ def test_ignore_unattend_replaces_the_image_answer_file(tmp_path):
     install_unattend.run(ctx)
     data = (root / PANTHER).read_bytes()
     assert "cmd /c echo image's own" not in [c[1] for c in commands(data)]
-    assert w.shell_setup_value(data, "amd64", "TimeZone") == "GMT Standard Time"
+    assert unattend.shell_setup_value(data, "amd64", "TimeZone") == "GMT Standard Time"
 
 
 def test_an_image_not_generalized_is_refused(tmp_path):
@@ -379,10 +375,10 @@ def test_legacy_tasks_edit_sysprep_inf_and_cmdlines(tmp_path):
     ctx = windows_ctx(root, osfamily="windows-legacy", instance_name="abcdefghijklmno.example.org")
     run_windows_tasks(ctx)
     text = (root / "sysprep/sysprep.inf").read_bytes().decode()
-    assert w.ini_get(text, "UserData", "ComputerName") == "abcdefghijklmno"
-    assert w.ini_get(text, "UserData", "ProductKey") == "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
-    assert w.ini_get(text, "GuiUnattended", "AdminPassword") == "s3cr3t!"
-    assert w.ini_get(text, "GuiUnattended", "EncryptedAdminPassword") == "No"
+    assert ini.ini_get(text, "UserData", "ComputerName") == "abcdefghijklmno"
+    assert ini.ini_get(text, "UserData", "ProductKey") == "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
+    assert ini.ini_get(text, "GuiUnattended", "AdminPassword") == "s3cr3t!"
+    assert ini.ini_get(text, "GuiUnattended", "EncryptedAdminPassword") == "No"
     assert text.startswith(";SetupMgrTag\r\n")
     cmdlines = (root / "sysprep/i386/$OEM$/CmdLines.txt").read_bytes().decode()
     assert cmdlines == (
@@ -398,8 +394,8 @@ def test_legacy_without_sysprep_inf_gets_the_template(tmp_path):
     ctx = windows_ctx(root, osfamily="windows-legacy", files=files_for("Pacific Standard Time"))
     run_windows_tasks(ctx)
     text = (root / "sysprep/sysprep.inf").read_bytes().decode()
-    assert w.ini_get(text, "GuiUnattended", "TimeZone") == "004"
-    assert w.ini_get(text, "UserData", "ComputerName") == "vm1"
+    assert ini.ini_get(text, "GuiUnattended", "TimeZone") == "004"
+    assert ini.ini_get(text, "UserData", "ComputerName") == "vm1"
 
 
 def test_legacy_not_resealed_is_refused(tmp_path):
@@ -436,7 +432,7 @@ def test_online_resize_is_skipped_when_offline(tmp_path):
     root = wintree.make_windows_root(tmp_path / "root")
     ctx = windows_ctx(root, properties={"OFFLINE_NTFSRESIZE": "yes"})
     install_unattend.run(ctx)
-    w.resize_online(ctx)
+    filesystem_resize_mounted.grow_ntfs_at_boot(ctx)
     assert (root / "Windows/SnfScripts/ExtendFilesystem.txt").read_bytes().decode() == "exit\r\n"
     assert filesystem_resize_mounted.TASK.resize
 

@@ -1,4 +1,4 @@
-"""A real threaded HTTP(S) server on 127.0.0.1 that serves test files and misbehaves on request.
+"""A real threaded HTTP(S) server on loopback that serves test files and misbehaves on request.
 
 Sources must be tested against real sockets: the failures that matter
 (a reset in the middle of a body, a stalled peer, a body shorter than its
@@ -10,6 +10,10 @@ Tests set :attr:`ImageServer.behaviour` before (or between) requests; each
         server.behaviour.drop_after = 1000
         stream = open_the_source(server.url("/img"))
 
+Validators and conditional requests follow RFC 9110: ``ETag`` and
+``Last-Modified`` when set, ``If-Range`` (a resume of another version gets
+the whole new body, 200), ``If-None-Match`` / ``If-Modified-Since`` (304).
+
 Stopping the server closes every client connection and joins every handler
 thread, so a test leaves nothing running behind it.
 """
@@ -17,8 +21,6 @@ thread, so a test leaves nothing running behind it.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import re
 import socket
 import ssl
@@ -27,7 +29,8 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+
+from .tls import TlsFiles
 
 #: Body bytes written per send(); small enough that a drop lands near its offset.
 _WRITE_CHUNK = 64 * 1024
@@ -51,6 +54,9 @@ class Behaviour:
     #: Send the full Content-Length header but close cleanly (FIN) after this many bytes.
     truncate_after: int | None = None
     truncate_times: int = 1
+    #: After this many body bytes, send one byte every ``trickle_interval`` seconds (never stalls long).
+    trickle_after: int | None = None
+    trickle_interval: float = 0.1
     #: Answer ``Range`` requests with 200 and the whole file.
     ignore_range: bool = False
     #: Answer ``Range`` requests with 206 and this (wrong) start offset.
@@ -59,8 +65,11 @@ class Behaviour:
     transfer: str = "length"
     #: A Content-Encoding header to send (the body is not actually encoded).
     content_encoding: str | None = None
-    #: ETag header value, if any.
+    #: ETag and Last-Modified header values, if any.
     etag: str | None = None
+    last_modified: str | None = None
+    #: Whether 206 responses repeat the validators (RFC 9110 says they should; not every server does).
+    validators_on_partial: bool = True
     #: Headers a request must carry (else 401), e.g. {"X-Auth-Token": "secret"}.
     require_headers: dict[str, str] = field(default_factory=dict)
     #: path -> Location: answer 302 to these paths.
@@ -74,87 +83,6 @@ class RequestLog:
     method: str
     path: str
     headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1/localhost signed by it."""
-
-    ca_cert: Path
-    cert: Path
-    key: Path
-
-
-def make_tls_files(directory: Path) -> TlsFiles:
-    """Create a CA and a server certificate under ``directory`` (python3-cryptography)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    lifetime = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("snf-image test CA"))
-        .issuer_name(name("snf-image test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(lifetime[0])
-        .not_valid_after(lifetime[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(lifetime[0])
-        .not_valid_after(lifetime[1])
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
 
 
 class _Server(ThreadingHTTPServer):
@@ -171,6 +99,10 @@ class _Server(ThreadingHTTPServer):
             sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         self.owner.track(sock)
         return sock, addr
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -203,6 +135,29 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
+    def _validators(self) -> dict[str, str]:
+        behaviour = self.server.owner.behaviour
+        found = {"ETag": behaviour.etag, "Last-Modified": behaviour.last_modified}
+        return {key: value for key, value in found.items() if value}
+
+    def _not_modified(self) -> bool:
+        validators = self._validators()
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            return "ETag" in validators and if_none_match == validators["ETag"]
+        since = self.headers.get("If-Modified-Since")
+        return since is not None and since == validators.get("Last-Modified")
+
+    def _range_start(self, length: int) -> int | None:
+        """The start the client asked for, when it is honoured (If-Range must name this version)."""
+        match = re.fullmatch(r"bytes=([0-9]+)-", self.headers.get("Range") or "")
+        if not match or self.server.owner.behaviour.ignore_range:
+            return None
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range not in self._validators().values():
+            return None
+        return int(match.group(1))
+
     def _serve(self, body: bool) -> None:
         owner = self.server.owner
         behaviour = owner.behaviour
@@ -222,37 +177,40 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._simple(404)
             return
-        start = 0
-        header_range = self.headers.get("Range")
-        match = re.fullmatch(r"bytes=([0-9]+)-", header_range or "")
-        status = 200
-        if match and not behaviour.ignore_range:
-            start = int(match.group(1))
-            if start >= len(data):
-                self._simple(416, {"Content-Range": f"bytes */{len(data)}"})
-                return
-            status = 206
-        send_start = start if behaviour.wrong_range_start is None or status != 206 else behaviour.wrong_range_start
-        payload = memoryview(data)[send_start:]
-        self.send_response(status)
+        if self._not_modified():
+            self._simple(304, self._validators())
+            return
+        start = self._range_start(len(data))
+        if start is not None and start >= len(data):
+            self._simple(416, {"Content-Range": f"bytes */{len(data)}"})
+            return
+        send_start = start or 0
+        if start is not None and behaviour.wrong_range_start is not None:
+            send_start = behaviour.wrong_range_start
+        self._send_headers(data, start, send_start)
+        if body:
+            self._send_body(memoryview(data)[send_start:], behaviour)
+
+    def _send_headers(self, data: bytes, start: int | None, send_start: int) -> None:
+        behaviour = self.server.owner.behaviour
+        self.send_response(200 if start is None else 206)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
+        if start is not None:
             self.send_header("Content-Range", f"bytes {send_start}-{len(data) - 1}/{len(data)}")
-        if behaviour.etag:
-            self.send_header("ETag", behaviour.etag)
+        if start is None or behaviour.validators_on_partial:
+            for key, value in self._validators().items():
+                self.send_header(key, value)
         if behaviour.content_encoding:
             self.send_header("Content-Encoding", behaviour.content_encoding)
         if behaviour.transfer == "length":
-            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Content-Length", str(len(data) - send_start))
         elif behaviour.transfer == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
         else:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        if body:
-            self._send_body(payload, behaviour)
 
     def _send_body(self, payload: memoryview, behaviour: Behaviour) -> None:
         owner = self.server.owner
@@ -262,11 +220,18 @@ class _Handler(BaseHTTPRequestHandler):
             if after is not None and owner.consume(name):
                 action, cut = name, min(after, len(payload))
                 break
+        if action is None and behaviour.trickle_after is not None:
+            action, cut = "trickle", min(behaviour.trickle_after, len(payload))
         try:
             self._write(payload[:cut])
             if action == "stall":
                 owner.stopping.wait(behaviour.stall_seconds)
                 self._write(payload[cut:])
+            elif action == "trickle":
+                for offset in range(cut, len(payload)):
+                    if owner.stopping.wait(behaviour.trickle_interval):
+                        break
+                    self._write(payload[offset : offset + 1])
             elif action is None:
                 if behaviour.transfer == "chunked":
                     self.wfile.write(b"0\r\n\r\n")
@@ -293,10 +258,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ImageServer:
-    """Serve ``files`` (URL path -> bytes) on 127.0.0.1 over HTTP, or HTTPS with ``tls``."""
+    """Serve ``files`` (URL path -> bytes) on ``host`` (default 127.0.0.1) over HTTP, or HTTPS with ``tls``."""
 
-    def __init__(self, files: dict[str, bytes], tls: TlsFiles | None = None) -> None:
+    def __init__(self, files: dict[str, bytes], tls: TlsFiles | None = None, host: str = "127.0.0.1") -> None:
         self.files = files
+        self.host = host
         self.behaviour = Behaviour()
         self.requests: list[RequestLog] = []
         self.stopping = threading.Event()
@@ -314,10 +280,20 @@ class ImageServer:
         assert self._httpd is not None
         return self._httpd.server_address[1]
 
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
+    def url(self, path: str, host: str | None = None) -> str:
         """The URL of ``path`` on this server."""
         scheme = "https" if self.tls_context else "http"
-        return f"{scheme}://{host}:{self.port}{path}"
+        host = host or self.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
+
+    def gets(self, path: str | None = None) -> list[RequestLog]:
+        """The GET requests received so far (for ``path`` only, when given)."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.method == "GET" and (path is None or urllib.parse.urlsplit(r.path).path == path)
+            ]
 
     def log(self, entry: RequestLog) -> None:
         with self._lock:
@@ -338,7 +314,8 @@ class ImageServer:
             return True
 
     def start(self) -> ImageServer:
-        httpd = _Server(("127.0.0.1", 0), _Handler)
+        server_class = _Server6 if ":" in self.host else _Server
+        httpd = server_class((self.host, 0), _Handler)
         httpd.owner = self
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -370,4 +347,4 @@ class ImageServer:
         self.stop()
 
 
-__all__ = ["Behaviour", "ImageServer", "RequestLog", "TlsFiles", "make_tls_files"]
+__all__ = ["Behaviour", "ImageServer", "RequestLog"]

@@ -2,8 +2,10 @@
 
 It serves a directory, anonymously and optionally for one user, and can
 abort the data connection (TCP RST) after N bytes of a transfer, a given
-number of times, to exercise the source's ``REST`` resume. The server loop
-runs in one thread that :meth:`FtpServer.stop` ends and joins.
+number of times, to exercise the source's ``REST`` resume, or send at a
+limited rate (``rate_limit`` bytes/s, pyftpdlib's throttled data channel).
+It counts the ``RETR`` commands it receives. The server loop runs in one
+thread that :meth:`FtpServer.stop` ends and joins.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 from pathlib import Path
 
 from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
+from pyftpdlib.handlers import DTPHandler, FTPHandler, ThrottledDTPHandler, TLS_DTPHandler, TLS_FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from .httpserver import TlsFiles
+from .tls import TlsFiles
 
 
 class _DropState:
@@ -28,6 +30,7 @@ class _DropState:
         self.after: int | None = None
         self.times = 1
         self.rest_offsets: list[int] = []
+        self.retrieved: list[str] = []
         self._lock = threading.Lock()
 
     def take(self) -> int | None:
@@ -70,6 +73,7 @@ class FtpServer:
         user: str | None = None,
         password: str = "",
         tls: TlsFiles | None = None,
+        rate_limit: int = 0,
     ) -> None:
         self.root = root
         self.drop = _DropState()
@@ -78,12 +82,19 @@ class FtpServer:
         if user is not None:
             authorizer.add_user(user, password, str(root), perm="elr")
         base, dtp_base = (TLS_FTPHandler, TLS_DTPHandler) if tls else (FTPHandler, DTPHandler)
+        if rate_limit:
+            assert not tls, "a throttled FTPS data channel is not implemented"
+            dtp_base = type("Throttled", (ThrottledDTPHandler,), {"write_limit": rate_limit})
         drop = self.drop
 
         class Handler(base):  # type: ignore[misc, valid-type]
             def ftp_REST(self, line: str) -> None:
                 drop.rest_offsets.append(int(line))
                 super().ftp_REST(line)
+
+            def ftp_RETR(self, file: str) -> None:
+                drop.retrieved.append(file)
+                super().ftp_RETR(file)
 
         Handler.authorizer = authorizer
         Handler.dtp_handler = _dropping(dtp_base, self.drop)
