@@ -285,7 +285,11 @@ def render_nmconnection(plan: NicPlan) -> str:
     for the same device; ``addr-gen-mode=eui64`` keeps the SLAAC address
     the one the cloud computes from the MAC. A NIC with nothing to
     configure still gets a profile (IPv4 disabled) so NetworkManager does
-    not start DHCP on it by itself.
+    not start DHCP on it by itself. Every configured family has the NIC's
+    ``route-metric``, learned routes included: NetworkManager's own
+    per-device metrics (100, 101, ... in activation order) would otherwise
+    collide with an explicit one, and two IPv6 default routes with one
+    metric become a single multipath route across two networks.
     """
     lines = [
         "[connection]",
@@ -303,22 +307,22 @@ def render_nmconnection(plan: NicPlan) -> str:
     if plan.ipv4 == "static" and plan.address is not None:
         gateway = f",{plan.gateway}" if plan.gateway is not None else ""
         lines += ["method=manual", f"address1={plan.address.with_prefixlen}{gateway}"]
-        if plan.gateway is not None:
-            lines.append(f"route-metric={plan.metric}")
     elif plan.ipv4 == "dhcp":
         lines.append("method=auto")
     else:
         lines.append("method=disabled")
+    if plan.ipv4 is not None:
+        lines.append(f"route-metric={plan.metric}")
     lines += ["", "[ipv6]", "addr-gen-mode=eui64", "ip6-privacy=0"]
     if plan.ipv6 == "static" and plan.address6 is not None:
         gateway = f",{plan.gateway6}" if plan.gateway6 is not None else ""
         lines += ["method=manual", f"address1={plan.address6.with_prefixlen}{gateway}"]
-        if plan.gateway6 is not None:
-            lines.append(f"route-metric={plan.metric}")
     else:
         # "auto" follows the router advertisement's M/O flags: SLAAC, stateless or stateful DHCPv6.
         # "ignore" rather than "disabled", which NetworkManager < 1.20 does not know.
         lines.append("method=auto" if plan.ipv6 else "method=ignore")
+    if plan.ipv6 is not None:
+        lines.append(f"route-metric={plan.metric}")
     return f"# {HEADER}\n" + join_lines(lines)
 
 

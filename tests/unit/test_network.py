@@ -463,6 +463,7 @@ def test_nmconnection_static() -> None:
         "addr-gen-mode=eui64",
         "ip6-privacy=0",
         "method=auto",
+        "route-metric=100",
     ]
     assert uuid == _network.connection_uuid(MAC0) != _network.connection_uuid(MAC1)
 
@@ -476,9 +477,11 @@ def test_nmconnection_static() -> None:
     ],
 )
 def test_nmconnection_dynamic(ipv4: str | None, ipv6: str | None, v4: str, v6: str) -> None:
-    lines = _network.render_nmconnection(dynamic(ipv4=ipv4, ipv6=ipv6)).splitlines()
-    assert lines[lines.index("[ipv4]") + 1] == v4
-    assert lines[-1] == v6
+    """Learned routes carry the NIC's metric too: NetworkManager's own per-device ones would collide with ours."""
+    text = _network.render_nmconnection(dynamic(1, MAC1, ipv4=ipv4, ipv6=ipv6))
+    ipv4_section, ipv6_section = text.split("[ipv4]\n")[1].split("\n[ipv6]\n")
+    assert ipv4_section.splitlines() == [v4, *(["route-metric=101"] if ipv4 else [])]
+    assert ipv6_section.splitlines()[2:] == [v6, *(["route-metric=101"] if ipv6 else [])]
 
 
 # --- netplan / network-config v2 -------------------------------------------------------------------
