@@ -151,10 +151,10 @@ def run(
             )
         if not osfamily:
             osfamily = found[0]
-            reporter.warning(f"Detected OSFAMILY: {osfamily}")
+            reporter.warning(messages.detected("OSFAMILY", osfamily))
         if not root_value:
             root_value = str(found[1])
-            reporter.warning(f"Detected ROOT_PARTITION: {root_value}")
+            reporter.warning(messages.detected("ROOT_PARTITION", root_value))
     if osfamily not in OSFAMILIES:
         raise TaskError(f"Invalid OSFAMILY: {osfamily!r} (expected one of {', '.join(OSFAMILIES)})")
     root_partition = _partition_number(root_value)

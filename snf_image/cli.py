@@ -6,7 +6,10 @@ terminal it draws a live progress bar; otherwise it prints plain lines.
 ``snf-image helper build`` builds the helper VM image, ``snf-image helper
 probe`` probes KVM again for the node, ``snf-image helper status`` says
 whether the helper image matches the installed code, and ``snf-image verify``
-checks parameters the way Ganeti's ``verify`` does.
+checks parameters the way Ganeti's ``verify`` does. Secrets never go on the
+command line (every user of the node can read it): the password and its hash
+come from a file or standard input. Ctrl-C (or SIGTERM, SIGHUP) stops a
+deployment after everything it started is stopped and removed.
 
 Help texts are plain text: argparse prints them as they are.
 """
@@ -32,6 +35,7 @@ from .contract.constants import (
 from .errors import OperatorError, SnfImageError
 from .ganeti import parse_environment
 from .helperimage.kernel import DEFAULT_KERNEL, KERNEL_FLAVOURS
+from .lifecycle import Interrupted, termination_raises
 from .oscripts import setup_logging
 from .progress import Progress
 from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, load_settings
@@ -97,6 +101,26 @@ class TerminalDisplay:
             self._bar_shown = False
 
 
+def read_secret(path: str | None, option: str) -> str | None:
+    """A secret from a file, or from standard input for ``-``: its first line, never the command line."""
+    if path is None:
+        return None
+    try:
+        if path == "-":
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.readline()
+    except OSError as exc:
+        raise OperatorError(f"{option}: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise OperatorError(f"{option}: {path} is not UTF-8 text") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise OperatorError(f"{option}: {'standard input' if path == '-' else path} holds no secret on its first line")
+    return secret
+
+
 def _load_personality(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -133,8 +157,8 @@ def deploy_environment(args: argparse.Namespace) -> dict[str, str]:
     params = {
         "IMG_ID": args.image,
         "IMG_FORMAT": args.format,
-        "IMG_PASSWD": args.password,
-        "IMG_PASSWD_HASH": args.password_hash,
+        "IMG_PASSWD": read_secret(args.password_file, "--password-file"),
+        "IMG_PASSWD_HASH": read_secret(args.password_hash_file, "--password-hash-file"),
         "IMG_PROPERTIES": args.properties,
         "IMG_PERSONALITY": _load_personality(args.personality),
         "IMG_CHECKSUM": args.checksum,
@@ -161,6 +185,13 @@ def image_file(value: str) -> Path | None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.password is not None or args.password_hash is not None:
+        raise OperatorError(
+            "--password and --password-hash are refused: a command line is readable by every user of the node; "
+            "use --password-file FILE or --password-file - (standard input), or --password-hash-file"
+        )
+    if args.password_file == "-" and args.password_hash_file == "-":
+        raise OperatorError("--password-file - and --password-hash-file -: only one can read standard input")
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -188,7 +219,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 deploy.copy_image(env.instance, os_params, settings, progress)
             else:
                 deploy.create(env.instance, env.os.osparams, settings, progress)
-        except SnfImageError as exc:
+        except (SnfImageError, Interrupted) as exc:
             progress.error(str(exc).splitlines()[0])
             raise
     print(record.line())
@@ -283,8 +314,14 @@ def parser() -> argparse.ArgumentParser:
     )
     dep.add_argument("--format", required=True, choices=IMAGE_FORMATS, help="image format")
     dep.add_argument("--hostname", default="snf-image-guest", help="the guest's hostname [%(default)s]")
-    dep.add_argument("--password", help="password of the image's users")
-    dep.add_argument("--password-hash", help="crypt(3) hash instead of a password")
+    dep.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="file whose first line is the password of the image's users; - reads it from standard input",
+    )
+    dep.add_argument("--password-hash-file", metavar="FILE", help="the same for a crypt(3) hash instead of a password")
+    dep.add_argument("--password", help="refused: on a command line every user of the node can read it")
+    dep.add_argument("--password-hash", help="refused, as --password")
     dep.add_argument("--properties", help="image properties, a JSON object")
     dep.add_argument("--personality", type=Path, help="JSON file: files to inject (img_personality)")
     dep.add_argument("--auth-keys", type=Path, help="file of SSH public keys for the users")
@@ -356,8 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        return args.func(args)
+        with termination_raises():
+            return args.func(args)
     except SnfImageError as exc:
         for line in str(exc).splitlines():
             print(f"snf-image: error: {line}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"snf-image: error: {exc}", file=sys.stderr)
+        return 128 + exc.signum

@@ -24,6 +24,8 @@ BUFFER_SIZE = 8 * 1024 * 1024
 ZERO_BLOCK = 64 * 1024
 _ZEROS = bytes(ZERO_BLOCK)
 PROGRESS_INTERVAL = 3.0
+#: Seconds to wait for the reader thread to stop when the copy ends early.
+READER_STOP_TIMEOUT = 2.0
 _HASH_ZEROS = bytes(1024 * 1024)
 
 
@@ -66,10 +68,10 @@ def verify_checksum(stream: HashingStream, expected: str) -> None:
         raise ImageError(f"image checksum mismatch: expected {algorithm}:{digest.lower()}, got {algorithm}:{actual}")
 
 
-def _fill(stream: ImageStream, view: memoryview) -> int:
-    """Read until the buffer is full or the stream ends, so zero blocks stay aligned."""
+def _fill(stream: ImageStream, view: memoryview, stop: threading.Event) -> int:
+    """Read until the buffer is full or the stream ends, so zero blocks stay aligned (or until told to stop)."""
     filled = 0
-    while filled < len(view):
+    while filled < len(view) and not stop.is_set():
         n = stream.readinto(view[filled:])
         if n == 0:
             break
@@ -128,7 +130,7 @@ class _ReadAhead:
                 buffer = self._free.get()
                 if self._stop.is_set():
                     break
-                n = _fill(self._stream, memoryview(buffer))
+                n = _fill(self._stream, memoryview(buffer), self._stop)
                 self._ready.put((hole, buffer, n))
                 if n == 0 and not hole:
                     break
@@ -150,10 +152,14 @@ class _ReadAhead:
         self._free.put(buffer)
 
     def close(self) -> None:
-        """Stop the reader (also after an error of the writing side) and wait for it."""
+        """Stop the reader (also after an error of the writing side or a signal) and wait for it, boundedly.
+
+        A reader blocked on a stalled source (a server that sends nothing) is left behind: a
+        daemon thread, it ends with its read, or with the process.
+        """
         self._stop.set()
         self._free.put(bytearray(0))
-        self._thread.join()
+        self._thread.join(READER_STOP_TIMEOUT)
 
 
 def copy_stream(

@@ -31,6 +31,7 @@ from .sources import select_source
 from .sources.base import ImageStream
 from .sources.fetch import local_image, open_image
 from .sources.local import LocalStream
+from .sources.urls import redact_id
 from .targets import DiskTarget, open_target
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def _drain(stream: ImageStream) -> None:
 @summary.timed(summary.PHASE_COPY)
 def copy_image(instance: Instance, os_params: OsParams, settings: Settings, progress: Progress) -> CopyOutcome:
     """Fetch the image and write it onto disk 0."""
-    progress.info(f"Processing image with ID: {os_params.img_id} and format: {os_params.img_format}")
+    progress.info(f"Processing image with ID: {redact_id(os_params.img_id)} and format: {os_params.img_format}")
     source = select_source(os_params.img_id, settings)
     summary.note_image(os_params.img_id, source.name, os_params.properties)
     source.check(os_params.img_id)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import OperatorError
+from .targets import unsupported_disk
 
 SUPPORTED_API_VERSION = 20
 SCRIPTS = ("create", "import", "export", "rename", "verify")
@@ -166,6 +167,9 @@ def _parse_disk(env: Mapping[str, str], index: int) -> Disk:
     uri = _get(env, prefix + "URI")
     if path is None and uri is None:
         raise OperatorError(f"missing Ganeti environment variable {prefix}PATH (or {prefix}URI)")
+    problem = unsupported_disk(path or uri or "")
+    if problem:  # refused before anything is copied, not by the jail afterwards
+        raise OperatorError(f"{prefix}{'PATH' if path else 'URI'}: {problem}")
     access = _get(env, prefix + "ACCESS") or "rw"
     if access not in ("rw", "ro"):
         raise OperatorError(f"Ganeti environment variable {prefix}ACCESS must be rw or ro, got {access!r}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .contract.rules import HostKey
 from .errors import OperatorError
+from .lifecycle import child_env
 
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 KEYGEN_TIMEOUT = 120  # seconds; an RSA key takes well under one
@@ -40,7 +41,7 @@ def generate(instance_name: str) -> tuple[HostKey, ...]:
             for kind in KEY_TYPES:
                 argv = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment, "-f", str(Path(tmp) / kind)]
                 keygens[kind] = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
                 )
         except FileNotFoundError as exc:
             raise OperatorError("ssh-keygen is missing on this node: install openssh-client") from exc

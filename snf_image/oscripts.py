@@ -5,6 +5,8 @@ its job and returns an exit code. A failure the operator can act on is one
 ``ERROR: ...`` line on stderr (which Ganeti shows in the job and keeps in
 the OS log) and, for create, exactly one ``image-error`` progress message;
 anything unexpected is logged with its traceback as an internal error.
+SIGTERM, SIGINT or SIGHUP (Ganeti's timeout) stops a script the same way, after
+everything it started is stopped and removed (:mod:`snf_image.lifecycle`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from . import deploy, summary, transfer
 from .errors import SnfImageError
 from .ganeti import ScriptEnvironment, parse_environment
+from .lifecycle import Interrupted, termination_raises
 from .progress import Progress
 from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, Settings, load_settings
 
@@ -85,7 +88,7 @@ def _run(script: str, args: list[str], environ: Mapping[str, str], os_dir: Path)
                 deploy.create(instance, env.os.osparams, settings, progress)
             else:
                 deploy.rename(instance, env.os.osparams, settings, progress)
-        except SnfImageError as exc:
+        except (SnfImageError, Interrupted) as exc:
             progress.error(str(exc).splitlines()[0])
             raise
         except Exception:
@@ -98,11 +101,17 @@ def main(script: str, os_dir: Path, args: list[str] | None = None, environ: Mapp
     """Run one OS script; the exit code Ganeti sees."""
     setup_logging(False)
     try:
-        return _run(script, sys.argv[1:] if args is None else args, os.environ if environ is None else environ, os_dir)
+        with termination_raises():
+            return _run(
+                script, sys.argv[1:] if args is None else args, os.environ if environ is None else environ, os_dir
+            )
     except SnfImageError as exc:
         for line in str(exc).splitlines():
             print(f"ERROR: {line}", file=sys.stderr, flush=True)
         return 1
+    except Interrupted as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     except Exception:
         log.exception("internal error in the %s script", script)
         print(f"ERROR: {INTERNAL_ERROR}", file=sys.stderr, flush=True)

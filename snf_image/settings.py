@@ -13,6 +13,7 @@ defaults for that parameter, as in the original (OSP_* and config_url win).
 from __future__ import annotations
 
 import logging
+import pwd
 import re
 import shlex
 from collections.abc import Mapping
@@ -159,6 +160,24 @@ def parse_duration(value: str, name: str) -> float:
     return float(match.group(1)) * factor
 
 
+def _helper_user(value: str) -> str:
+    """The user qemu and the image converter run as: never empty (qemu would keep root), never privileged."""
+    user = value.strip()
+    if not user:
+        raise OperatorError(
+            "setting HELPER_USER is empty: the helper VM and the image converter must run as an unprivileged user"
+        )
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return user  # not on this node: qemu's -runas and the converter say so when they start
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise OperatorError(
+            f"setting HELPER_USER: {user!r} is privileged; the helper VM and the image converter must not run as root"
+        )
+    return user
+
+
 def parse_size(value: str, name: str) -> int:
     """A size in bytes with an optional binary suffix: 0, 1048576, 512M, 20G, 1T."""
     match = re.fullmatch(r"\s*([0-9]{1,15})\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
@@ -182,6 +201,8 @@ class Settings:
     helper_soft_timeout: float
     helper_hard_timeout: float
     helper_user: str
+    #: Run the helper VM when qemu has no seccomp sandbox (a loud warning each time) instead of refusing.
+    helper_allow_no_seccomp: bool
     helper_memory: int
     helper_debug: bool
     helper_accel: str
@@ -241,6 +262,7 @@ DEFAULTS: dict[str, str] = {
     "HELPER_SOFT_TIMEOUT": "120",
     "HELPER_HARD_TIMEOUT": "5",
     "HELPER_USER": "nobody",
+    "HELPER_ALLOW_NO_SECCOMP": "no",
     "HELPER_MEMORY": "512",
     "HELPER_DEBUG": "no",
     "HELPER_ACCEL": "auto",
@@ -307,7 +329,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[
         helper_dir=Path(raw["HELPER_DIR"]),
         helper_soft_timeout=parse_duration(raw["HELPER_SOFT_TIMEOUT"], "HELPER_SOFT_TIMEOUT"),
         helper_hard_timeout=parse_duration(raw["HELPER_HARD_TIMEOUT"], "HELPER_HARD_TIMEOUT"),
-        helper_user=raw["HELPER_USER"],
+        helper_user=_helper_user(raw["HELPER_USER"]),
+        helper_allow_no_seccomp=parse_bool(raw["HELPER_ALLOW_NO_SECCOMP"], "HELPER_ALLOW_NO_SECCOMP"),
         helper_memory=_positive_int(raw["HELPER_MEMORY"], "HELPER_MEMORY"),
         helper_debug=parse_bool(raw["HELPER_DEBUG"], "HELPER_DEBUG"),
         helper_accel=accel,

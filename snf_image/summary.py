@@ -21,12 +21,12 @@ import contextlib
 import contextvars
 import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .contract import messages
 from .contract.constants import HELPER_WARNING, MSG_COPY_PROGRESS, MSG_HELPER, OSFAMILIES
 from .metrics import MetricsFile, process_token
 from .progress import Progress
@@ -40,8 +40,6 @@ PHASE_HELPER = "helper"
 SUCCESS = "success"
 FAILURE = "failure"
 UNKNOWN = "unknown"
-#: The runner's warning when it detected the OS family itself (helper/runner.py).
-_DETECTED_FAMILY = re.compile(r"Detected OSFAMILY: ([a-z-]+)")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,9 +67,9 @@ class DeploymentRecord:
             self.copied_bytes = int(message["position"])
         elif message.get("type") == MSG_HELPER and message.get("subtype") == HELPER_WARNING:
             for text in message.get("messages", []):
-                found = _DETECTED_FAMILY.fullmatch(str(text))
-                if found and found.group(1) in OSFAMILIES:
-                    self.os_family = found.group(1)
+                found = messages.parse_detected(str(text))
+                if found is not None and found[0] == "OSFAMILY" and found[1] in OSFAMILIES:
+                    self.os_family = found[1]
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

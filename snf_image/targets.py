@@ -9,7 +9,9 @@ NBD exports get NBD_CMD_WRITE_ZEROES.
 Userspace disks (``DISK_N_URI``) are reached over NBD with libnbd: an
 ``nbd://`` or ``nbd+unix://`` URI directly, anything else qemu understands
 (``rbd:``, ``gluster://``, ``iscsi://``, ...) through a private ``qemu-nbd``
-that exports it on a unix socket for the duration of the copy.
+that exports it on a unix socket for the duration of the copy. qemu-nbd is our
+child, not a daemon, so it is stopped with the copy, on a signal too, and dies
+with us (:mod:`snf_image.lifecycle`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import errno
 import fcntl
 import logging
 import os
-import signal
+import re
+import socket
 import stat
 import struct
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
+from . import lifecycle
 from .errors import OperatorError, SnfImageError
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,14 @@ BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 ZERO_CHUNK = 4 * 1024 * 1024
-NBD_SCHEMES = ("nbd://", "nbd+unix://", "nbds://", "nbds+unix://")
+#: Userspace disks that both the copy and the helper VM's qemu can open (nbds:// is NBD over TLS:
+#: qemu would need certificates the helper has not).
+USERSPACE_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix", "rbd", "iscsi", "gluster")
+#: What libnbd reaches directly; the other userspace disks go through a private qemu-nbd.
+NBD_SCHEMES = ("nbd://", "nbd+unix://")
 QEMU_NBD_START_TIMEOUT = 10.0
+#: Seconds qemu-nbd gets to flush and exit on SIGTERM before it is killed.
+QEMU_NBD_STOP_TIMEOUT = 10.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -175,8 +184,9 @@ class NbdTarget(DiskTarget):
 
         self.name = uri
         self._readonly = readonly
-        self._pid_file: Path | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._dir_fd: int | None = None
+        self._children = contextlib.ExitStack()
         self._handle = nbd.NBD()
         self._nbd_error = nbd.Error
         try:
@@ -194,34 +204,41 @@ class NbdTarget(DiskTarget):
             raise
 
     def _start_qemu_nbd(self, uri: str) -> str:
-        """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path.
-
-        ``--fork`` returns only once the export is ready (or has failed, with the reason on stderr).
-        """
+        """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path once it listens."""
         self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-nbd-")
-        socket_path = str(Path(self._tmpdir.name) / "disk.sock")
-        self._pid_file = Path(self._tmpdir.name) / "qemu-nbd.pid"
-        result = subprocess.run(
-            [
-                "qemu-nbd",
-                "--fork",
-                f"--pid-file={self._pid_file}",
-                "--format=raw",
-                "--cache=none",
-                "--persistent",
-                "--shared=1",
-                f"--socket={socket_path}",
-                *(["--read-only"] if self._readonly else []),
-                uri,
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=QEMU_NBD_START_TIMEOUT,
+        # a unix socket's path has at most 107 bytes and TMPDIR may be longer: both qemu-nbd and we
+        # reach the directory through this descriptor (qemu-nbd inherits it under the same number)
+        self._dir_fd = os.open(self._tmpdir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        socket_path = f"/proc/self/fd/{self._dir_fd}/disk.sock"
+        argv = [
+            "qemu-nbd",
+            "--format=raw",
+            "--cache=none",
+            "--persistent",
+            "--shared=1",
+            f"--socket={socket_path}",
+            *(["--read-only"] if self._readonly else []),
+            uri,
+        ]
+        proc = self._children.enter_context(
+            lifecycle.spawned(
+                argv,
+                grace=QEMU_NBD_STOP_TIMEOUT,
+                pass_fds=(self._dir_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         )
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise TargetError(f"qemu-nbd cannot open disk {uri}: {reason}")
+        deadline = time.monotonic() + QEMU_NBD_START_TIMEOUT
+        while not _listening(socket_path):
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                reason = (proc.stderr.read().decode("utf-8", "replace").strip().splitlines() or ["unknown error"])[-1]
+                raise TargetError(f"qemu-nbd cannot open disk {uri}: {reason}")
+            if time.monotonic() > deadline:
+                raise TargetError(f"qemu-nbd did not export disk {uri} within {QEMU_NBD_START_TIMEOUT:g} s")
+            time.sleep(0.02)
         return socket_path
 
     def read(self, offset: int, length: int) -> bytes:
@@ -265,28 +282,19 @@ class NbdTarget(DiskTarget):
         if handle is not None:
             with contextlib.suppress(Exception):  # already disconnected: nothing to release
                 handle.shutdown()
-        if self._pid_file is not None and self._pid_file.exists():
-            _stop_process(int(self._pid_file.read_text()))
-            self._pid_file = None
+        self._children.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
 
-def _stop_process(pid: int) -> None:
-    """Terminate a daemon we started, then kill it if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
+def _listening(socket_path: str) -> bool:
+    """Whether a server accepts connections on this unix socket yet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(socket_path) == 0
 
 
 def is_local(path: str) -> bool:
@@ -295,8 +303,24 @@ def is_local(path: str) -> bool:
     return not sep or "/" in scheme
 
 
+def unsupported_disk(path: str) -> str | None:
+    """Why a disk cannot be deployed onto, or None: a userspace URI neither the copy nor the jail could use."""
+    if is_local(path):
+        return None
+    scheme = re.match(r"([a-z][a-z0-9+.-]*):", path)
+    if scheme and scheme.group(1) in USERSPACE_SCHEMES:
+        return None
+    return (
+        f"unsupported disk {path.split('?')[0][:200]!r}: expected a path or a {'/'.join(USERSPACE_SCHEMES)} URI "
+        "(the helper VM's qemu could not open it)"
+    )
+
+
 def open_target(path: str) -> DiskTarget:
     """Open what Ganeti gave as the disk: a regular file, a block device, or a userspace URI."""
+    problem = unsupported_disk(path)
+    if problem is not None:
+        raise OperatorError(problem)
     if not is_local(path):
         return NbdTarget(path)
     try:

@@ -70,6 +70,11 @@ def behave(probe: str, raw: bytes, rules: dict, ports: serialprobe.Ports) -> Non
         ports.succeed()
     elif probe == "hang":
         time.sleep(3600)
+    elif probe == "chatter":  # valid progress lines, within the limits but far more than a pipe holds; then hang
+        for n in range(400):
+            ports.say({"subtype": "warning", "messages": [f"chatter {n} " + "x" * 2000]})
+            time.sleep(0.01)
+        time.sleep(3600)
     elif probe == "crash":
         serialprobe.console("jailprobe: exiting PID 1 on purpose")
         os._exit(1)

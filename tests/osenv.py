@@ -43,26 +43,33 @@ class OsDefinition:
         lines = [f'{key}="{value}"' for key, value in {"IMAGE_DIR": str(self.image_dir), **settings}.items()]
         (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
 
-    def run(
-        self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()
-    ) -> subprocess.CompletedProcess:
-        full = {
+    def script_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The whole environment a script gets: Ganeti's PATH, our settings, a TMPDIR of its own, ``env``."""
+        return {
             "PATH": GANETI_PATH,
             "SNF_IMAGE_CONFIG_DIR": str(self.config_dir),
             "SNF_IMAGE_VARIANTS_DIR": str(self.variants_dir),
             "TMPDIR": str(self.tmpdir),
             **env,
         }
+
+    def run(
+        self, script: str, env: dict[str, str], *args: str, stdin: bytes = b"", pass_fds=()
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["./" + script, *args],
             cwd=self.os_dir,
-            env=full,
+            env=self.script_env(env),
             input=stdin,
             capture_output=True,
             umask=0o077,
             pass_fds=pass_fds,
             timeout=600,
         )
+
+    def start(self, script: str, env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
+        """The script started as :meth:`run` runs it, without waiting (a test may signal it)."""
+        return subprocess.Popen(["./" + script, *args], cwd=self.os_dir, env=self.script_env(env), umask=0o077, **popen)
 
 
 def install(root: Path) -> OsDefinition:

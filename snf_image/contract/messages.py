@@ -107,6 +107,23 @@ def error(text: str) -> HelperLine:
     return _text_line(HELPER_ERROR, text)
 
 
+#: The warning by which the runner announces a property it detected itself (the original's text).
+DETECTED_PREFIX = "Detected "
+
+
+def detected(name: str, value: str) -> str:
+    """The text of the warning that says the runner detected property ``name`` (OSFAMILY, ROOT_PARTITION)."""
+    return f"{DETECTED_PREFIX}{name}: {value}"
+
+
+def parse_detected(text: str) -> tuple[str, str] | None:
+    """(name, value) of a :func:`detected` warning text, or None for any other text."""
+    if not text.startswith(DETECTED_PREFIX):
+        return None
+    name, sep, value = text[len(DETECTED_PREFIX) :].partition(": ")
+    return (name, value) if sep and name.isupper() and value else None
+
+
 def _text_line(subtype: str, text: str) -> HelperLine:
     text = " ".join(text.split()) or "(no message)"
     while True:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import nbd  # python3-libnbd
 
+from .. import lifecycle
 from ..errors import ImageError
 from ..sources.base import ImageStream
 from . import sandbox
@@ -85,9 +87,12 @@ class ConvertedImage(ImageStream):
         self._position = 0
         self._extent_end = 0
         self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-convert-")
+        self._dir_fd: int | None = None
         try:
             self._log = open(Path(self._tmpdir.name) / "converter.log", "w+b")  # noqa: SIM115 - closed by close()
-            socket_path = str(Path(self._tmpdir.name) / "export.sock")
+            # a unix socket's path has at most 107 bytes and TMPDIR may be longer: reach it through a descriptor
+            self._dir_fd = os.open(self._tmpdir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            socket_path = f"/proc/self/fd/{self._dir_fd}/export.sock"
             self._start(fd, socket_path)
             self._handle = self._connect(socket_path)
             self.size = self._handle.get_size()
@@ -105,7 +110,8 @@ class ConvertedImage(ImageStream):
             fds = (fd, served.fileno(), client.fileno(), listener.fileno())
             argv = converter_argv(self.header, *fds)
             binds = {PYTHON: PYTHON, QEMU_STORAGE_DAEMON: QEMU_STORAGE_DAEMON}
-            self._process = sandbox.spawn(self._config, argv, binds, fds, self._log.fileno())
+            with lifecycle.uninterrupted():  # a signal now must not lose the sandbox between start and here
+                self._process = sandbox.spawn(self._config, argv, binds, fds, self._log.fileno())
         finally:  # the sandbox holds its own copies: once it is gone, the sockets close
             for sock in (listener, served, client):
                 sock.close()
@@ -215,4 +221,7 @@ class ConvertedImage(ImageStream):
             process.stop()
         if getattr(self, "_log", None) is not None:
             self._log.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
         self._tmpdir.cleanup()

@@ -9,6 +9,7 @@ bounded, schema-checked readers). :func:`run_helper` puts them together.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import stat
@@ -24,7 +25,7 @@ from .accel import choose_accel, qemu_supports_sandbox
 from .channels import result_verdict, sanitize
 from .command import build_qemu_command, is_uri
 from .config import ACCELERATORS, HelperConfig, JailDisk
-from .vm import boot, workdir
+from .vm import boot, check_runnable, workdir
 
 __all__ = ["ACCELERATORS", "HelperConfig", "JailDisk", "check_helper_dir", "run_helper"]
 
@@ -48,6 +49,22 @@ def _is_block_device(path: str) -> bool:
         return stat.S_ISBLK(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def _seccomp(config: HelperConfig, log: Callable[[str], None]) -> bool:
+    """Whether qemu runs under seccomp; without it, refuse unless HELPER_ALLOW_NO_SECCOMP says otherwise."""
+    check_runnable(config.qemu)
+    if qemu_supports_sandbox(config.qemu):
+        return True
+    if not config.allow_no_seccomp:
+        raise HelperError(
+            f"{config.qemu} has no seccomp sandbox (-sandbox): refusing to run the helper VM without it "
+            "(HELPER_ALLOW_NO_SECCOMP=yes runs it anyway)"
+        )
+    warning = f"WARNING: {config.qemu} has no seccomp sandbox: the helper VM runs without it (HELPER_ALLOW_NO_SECCOMP)"
+    logging.getLogger(__name__).warning("%s", warning)
+    log(warning)
+    return False
 
 
 def run_helper(
@@ -83,11 +100,10 @@ def run_helper(
             raise HelperError(f"disk {disk.index} does not exist: {disk.path_or_uri}")
     block = frozenset(d.path_or_uri for d in disks if not is_uri(d.path_or_uri) and _is_block_device(d.path_or_uri))
 
+    sandbox = _seccomp(config, log)
     accel = choose_accel(config, log)
-    with workdir(config, rules) as (rules_path, channels, fds):
-        cmd = build_qemu_command(
-            config, accel, disks, rules_path, channels, sandbox=qemu_supports_sandbox(config.qemu), block_devices=block
-        )
+    with workdir(config, rules) as (rules_disk, channels, fds):
+        cmd = build_qemu_command(config, accel, disks, rules_disk, channels, sandbox=sandbox, block_devices=block)
         log(f"starting the helper VM ({accel}): {shlex.join(cmd)}")
         if channels.debug is not None:
             log(f"helper debug shell: socat -,raw,echo=0 UNIX-CONNECT:{channels.debug}")

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from snf_image.errors import HelperError
+from snf_image.lifecycle import child_env
 
 from .command import build_qemu_command
 from .config import ACCELERATORS, HelperConfig
@@ -56,7 +57,9 @@ PROBE_RECIPE = "2"
 @functools.cache
 def _qemu_help(qemu: str) -> str:
     try:
-        return subprocess.run([qemu, "-help"], check=False, capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run(
+            [qemu, "-help"], check=False, capture_output=True, text=True, timeout=10, env=child_env()
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
 

@@ -4,11 +4,12 @@ The VM (qemu, direct kernel boot, ``-nodefaults -nic none``, ``-runas``,
 ``-sandbox``) gets these virtio-blk disks, found in the guest by serial:
 
 * ``snf-helper-root``  HELPER_DIR/image, read-only
-* ``snf-rules``        the rules JSON (UTF-8) padded with NULs to 512 bytes, read-only
+* ``snf-rules``        the rules JSON (UTF-8) padded with NULs to 512 bytes, read-only (a memfd)
 * ``snf-disk<N>``      instance disk N (Ganeti index), read-write unless told otherwise
 
 and four serial ports: ttyS0 console, ttyS1 result, ttyS2 progress (JSON
-lines), ttyS3 debug shell (only with debug).
+lines), ttyS3 debug shell (only with debug). The rules disk and the first three
+ports are file descriptors qemu inherits (``-add-fd``), never paths.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from snf_image.contract import constants
 from snf_image.errors import HelperError
+from snf_image.targets import USERSPACE_SCHEMES
 
-from .config import DEFAULT_RUNNER, Channels, HelperConfig, JailDisk
+from .config import DEFAULT_RUNNER, Channels, HelperConfig, JailDisk, PassedFd
 
-#: Disk URIs passed to qemu as they are; anything else must be an absolute path.
-URI_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix", "rbd", "iscsi", "gluster")
+#: Disk URIs passed to qemu as they are (the copy opens the same); anything else must be an absolute path.
+URI_SCHEMES = USERSPACE_SCHEMES
 
 
 def _escape(value: str) -> str:
@@ -98,7 +100,7 @@ def build_qemu_command(
     config: HelperConfig,
     accel: str,
     disks: Sequence[JailDisk],
-    rules_path: Path | None,
+    rules: PassedFd | None,
     channels: Channels,
     *,
     sandbox: bool = True,
@@ -107,8 +109,9 @@ def build_qemu_command(
 ) -> list[str]:
     """The qemu argument list for one helper run (pure: no I/O, unit-tested).
 
-    ``block_devices`` names the local disk paths that are block devices (they need
-    qemu's host_device protocol). ``probe`` builds the KVM probe boot (no disks).
+    ``rules`` is the rules disk's descriptor. ``block_devices`` names the local disk paths that
+    are block devices (they need qemu's host_device protocol). ``probe`` builds the KVM probe
+    boot (no disks).
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accelerator must be kvm or tcg, not {accel!r}")
@@ -153,10 +156,14 @@ def build_qemu_command(
         "-append",
         kernel_cmdline(config.debug, config.runner, probe=probe),
     ]
-    # Serial ports, in guest order ttyS0..ttyS3.
-    cmd += ["-chardev", f"file,id=console,path={_escape(str(channels.console))}", "-serial", "chardev:console"]
-    cmd += ["-chardev", f"file,id=result,path={_escape(str(channels.result))}", "-serial", "chardev:result"]
-    cmd += ["-chardev", f"file,id=progress,path={_escape(str(channels.progress))}", "-serial", "chardev:progress"]
+    passed = [channels.console, channels.result, channels.progress]
+    if rules is not None and not probe:
+        passed.append(rules)
+    for fd in passed:
+        cmd += ["-add-fd", f"fd={int(fd.fd)},set={int(fd.fdset)},opaque={fd.opaque}"]
+    # Serial ports, in guest order ttyS0..ttyS3; append=on: a pipe cannot be truncated.
+    for port in (channels.console, channels.result, channels.progress):
+        cmd += ["-chardev", f"file,id={port.opaque},path={port.path},append=on", "-serial", f"chardev:{port.opaque}"]
     if config.debug and channels.debug is not None and not probe:
         cmd += [
             "-chardev",
@@ -175,8 +182,8 @@ def build_qemu_command(
         _drive("helper-root", str(helper_dir / "image"), False, True, "writeback"),
         constants.SERIAL_HELPER_ROOT,
     )
-    if rules_path is not None:
-        cmd += blk("rules", _drive("rules", str(rules_path), False, True, "writeback"), constants.SERIAL_RULES)
+    if rules is not None:
+        cmd += blk("rules", _drive("rules", rules.path, False, True, "writeback"), constants.SERIAL_RULES)
     for disk in disks:
         drive_id = f"disk{int(disk.index)}"
         drive = _drive(drive_id, disk.path_or_uri, disk.path_or_uri in block_devices, disk.readonly, "writeback")

@@ -32,8 +32,11 @@ class HelperConfig:
     memory_mib: int = 512
     soft_timeout: float = 120.0
     hard_timeout: float = 5.0
-    #: qemu drops to this user after opening its files; None keeps root (tests only).
+    #: qemu drops to this user after opening its files; None keeps root (tests only: the
+    #: HELPER_USER setting cannot be empty).
     user: str | None = "nobody"
+    #: Run even when qemu has no seccomp sandbox (-sandbox), with a warning (HELPER_ALLOW_NO_SECCOMP).
+    allow_no_seccomp: bool = False
     accel: str = "auto"
     debug: bool = False
     qemu: str = "qemu-system-x86_64"
@@ -53,6 +56,7 @@ class HelperConfig:
             soft_timeout=settings.helper_soft_timeout,
             hard_timeout=settings.helper_hard_timeout,
             user=settings.helper_user,
+            allow_no_seccomp=settings.helper_allow_no_seccomp,
             accel=settings.helper_accel,
             debug=settings.helper_debug,
             qemu=settings.helper_qemu,
@@ -60,10 +64,24 @@ class HelperConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Channels:
-    """Host-side ends of the serial ports (FIFOs, a socket) qemu writes to."""
+class PassedFd:
+    """A descriptor qemu gets with ``-add-fd`` and opens as ``/dev/fdset/<fdset>``: it has no path of its own."""
 
-    console: Path
-    result: Path
-    progress: Path
+    fd: int
+    fdset: int
+    #: What it is, for qemu's listing of its descriptors.
+    opaque: str
+
+    @property
+    def path(self) -> str:
+        return f"/dev/fdset/{self.fdset}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Channels:
+    """The serial ports qemu writes to: pipes to us, and the debug shell's socket (debug only)."""
+
+    console: PassedFd
+    result: PassedFd
+    progress: PassedFd
     debug: Path | None = None

@@ -1,19 +1,36 @@
-"""One run of qemu: start it, relay its channels, enforce the timeouts, make sure it is gone."""
+"""One run of qemu: start it, relay its channels, enforce the timeouts, make sure it is gone.
+
+qemu runs under coreutils' ``timeout``, started with a parent-death signal
+(:func:`snf_image.lifecycle.spawned`). qemu's ``-runas`` drops root, which clears a
+parent-death signal; the supervisor stays root and keeps it. So when this process is
+SIGKILLed -- it runs no code then -- the supervisor gets SIGTERM, passes it on to qemu and
+SIGKILLs it after the hard timeout; and should this process merely stall, the supervisor
+stops qemu at the soft + hard deadline by itself.
+
+Nothing of a run is on a filesystem: the rules (passwords, user-data, keys) are in a sealed
+memfd and the serial ports are pipes, handed to qemu as file descriptors (``-add-fd``, opened
+as ``/dev/fdset/N``). No other process can open them, and a SIGKILL leaves no file behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import errno
+import fcntl
+import itertools
 import os
 import selectors
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from snf_image import lifecycle
 from snf_image.contract import constants
 from snf_image.errors import HelperError
 
@@ -26,7 +43,17 @@ from .channels import (
     ProtocolViolation,
     sanitize,
 )
-from .config import Channels, HelperConfig
+from .config import Channels, HelperConfig, PassedFd
+
+#: coreutils: runs qemu as its child and stops it (see the module docstring).
+SUPERVISOR = "/usr/bin/timeout"
+#: Seconds after the soft + hard timeouts at which the supervisor stops qemu on its own; normally
+#: the relay loop has done it long before.
+SUPERVISOR_MARGIN = 5.0
+#: qemu's numbers for the descriptors it gets (-add-fd set=N): the rules disk, then the ports.
+FDSET_RULES = 1
+CHANNEL_FDSETS = {"console": 2, "result": 3, "progress": 4}
+_RULES_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
 @dataclasses.dataclass
@@ -39,16 +66,6 @@ class _Outcome:
     result: bytes = b""
     console_tail: deque = dataclasses.field(default_factory=lambda: deque(maxlen=CONSOLE_TAIL))
     seconds: float = 0.0
-
-
-def _open_fifo(path: Path) -> int:
-    """Create a FIFO and open it read-write, non-blocking.
-
-    Holding a write end ourselves means no spurious EOF before qemu opens it;
-    the end of the stream is the end of the qemu process instead.
-    """
-    os.mkfifo(path, 0o600)
-    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def _read_all(fd: int) -> bytes:
@@ -69,14 +86,6 @@ def _read_all(fd: int) -> bytes:
         if sum(map(len, chunks)) > 1 << 20:
             break
     return b"".join(chunks)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
 
 
 class _Relay:
@@ -138,6 +147,8 @@ def _relay_until_exit(
 ) -> None:
     """Relay the channels until qemu exits: SIGTERM at the soft timeout, SIGKILL after the hard one.
 
+    The supervisor does the escalation: it passes the SIGTERM on to qemu and SIGKILLs it
+    ``hard_timeout`` seconds later; only if it has not after a margin more, this SIGKILLs them.
     With ``stall_timeout``, a console silent for that long counts as the soft timeout too.
     """
     log = relay.log
@@ -156,14 +167,15 @@ def _relay_until_exit(
                 relay.outcome.timed_out = True
                 relay.outcome.stalled = stalled and now < soft
                 if relay.outcome.stalled:
-                    log(f"helper VM console silent for {stall_timeout:g} s: sending SIGTERM")
+                    why = f"console silent for {stall_timeout:g} s"
                 else:
-                    log(f"helper VM did not finish in {soft_timeout:g} s: sending SIGTERM")
-                proc.terminate()
-                hard = now + hard_timeout
+                    why = f"did not finish in {soft_timeout:g} s"
+                log(f"helper VM {why}: sending SIGTERM, SIGKILL {hard_timeout:g} s on")
+                proc.send_signal(signal.SIGTERM)
+                hard = now + hard_timeout + SUPERVISOR_MARGIN
             elif hard is not None and now >= hard:
-                log(f"helper VM still running {hard_timeout:g} s after SIGTERM: sending SIGKILL")
-                proc.kill()
+                log("helper VM still running after its supervisor's SIGKILL: sending SIGKILL")
+                lifecycle.signal_group(proc, signal.SIGKILL)
                 hard = float("inf")
             wait = (soft if hard is None else hard) - now
             if hard is None and stall_timeout is not None:
@@ -183,6 +195,31 @@ def _relay_until_exit(
     relay.finish()
 
 
+def check_runnable(qemu: str) -> None:
+    """Refuse a qemu that is not there (the supervisor would only report it as an exit code)."""
+    if shutil.which(qemu, path=lifecycle.child_env()["PATH"]) is None:
+        raise HelperError(f"cannot start the helper VM ({qemu}): no such program")
+
+
+def supervised(cmd: Sequence[str], soft_timeout: float, hard_timeout: float) -> list[str]:
+    """``cmd`` under the supervisor: SIGTERM at the soft + hard timeouts plus a margin, SIGKILL a hard timeout on.
+
+    ``--foreground``: the supervisor signals qemu alone and waits for it, so when the supervisor
+    has exited, qemu is gone (reaped), never merely dying.
+    """
+    deadline = soft_timeout + hard_timeout + SUPERVISOR_MARGIN
+    return [SUPERVISOR, "--foreground", f"--kill-after={max(hard_timeout, 0.1):g}s", f"{deadline:g}s", *cmd]
+
+
+def passed_fds(cmd: Sequence[str]) -> tuple[int, ...]:
+    """The descriptors the command line hands to qemu (``-add-fd fd=N,...``): exactly those are inherited."""
+    return tuple(
+        int(value.split(",", 1)[0].removeprefix("fd="))
+        for option, value in itertools.pairwise(cmd)
+        if option == "-add-fd"
+    )
+
+
 def boot(
     cmd: list[str],
     fds: dict[str, int],
@@ -192,65 +229,88 @@ def boot(
     log: Callable[[str], None],
     stall_timeout: float | None = None,
 ) -> _Outcome:
-    """Run qemu to its end, relaying the channels; the VM is gone when this returns.
+    """Run qemu to its end, relaying the channels (our read ends in ``fds``); the VM is gone when this returns.
 
     ``stall_timeout``: give up as at the soft timeout once the console has been silent
     that long (the KVM probe: a hung kernel prints nothing more).
     """
+    check_runnable(cmd[0])
     outcome = _Outcome()
     relay = _Relay(outcome, on_progress, log)
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            cmd,
+        with lifecycle.spawned(
+            supervised(cmd, soft_timeout, hard_timeout),
+            grace=hard_timeout,
+            pass_fds=passed_fds(cmd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise HelperError(f"cannot start the helper VM ({cmd[0]}): {exc.strerror or exc}") from None
-    try:
-        os.set_blocking(proc.stdout.fileno(), False)
-        try:
-            _relay_until_exit(
-                proc, {**fds, "qemu": proc.stdout.fileno()}, relay, soft_timeout, hard_timeout, start, stall_timeout
-            )
-        except ProtocolViolation as exc:
-            outcome.violation = str(exc)
-            log(f"helper VM broke the protocol ({exc}): killing it")
-            _kill(proc)
-        outcome.returncode = proc.wait()
+        ) as proc:
+            assert proc.stdout is not None
+            with proc.stdout:
+                os.set_blocking(proc.stdout.fileno(), False)
+                sources = {**fds, "qemu": proc.stdout.fileno()}
+                try:
+                    _relay_until_exit(proc, sources, relay, soft_timeout, hard_timeout, start, stall_timeout)
+                except ProtocolViolation as exc:
+                    outcome.violation = str(exc)
+                    log(f"helper VM broke the protocol ({exc}): killing it")
+                    lifecycle.signal_group(proc, signal.SIGKILL)
+                outcome.returncode = proc.wait()
     finally:
-        _kill(proc)
-        if proc.stdout:
-            proc.stdout.close()
         outcome.seconds = time.monotonic() - start
     return outcome
 
 
+def _rules_fd(rules: bytes) -> int:
+    """A read-only descriptor of a sealed memfd holding ``rules`` padded to 512 bytes (qemu's raw disk)."""
+    memfd = os.memfd_create("snf-image-rules", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        data = memoryview(rules + b"\0" * (-len(rules) % 512))
+        while data:
+            data = data[os.write(memfd, data) :]
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _RULES_SEALS)
+        return os.open(f"/proc/self/fd/{memfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(memfd)
+
+
 @contextlib.contextmanager
-def workdir(config: HelperConfig, rules: bytes | None) -> Iterator[tuple[Path | None, Channels, dict[str, int]]]:
-    """A private temp dir with the rules disk and the channel FIFOs; all removed on exit."""
-    fds: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="snf-image-jail-") as tmp:
-        work = Path(tmp)
-        try:
-            rules_path = None
-            if rules is not None:
-                rules_path = work / "rules.img"
-                fd = os.open(rules_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(rules + b"\0" * (-len(rules) % 512))
-            debug = None
-            if config.debug:
-                debug = Path(config.debug_socket) if config.debug_socket else work / "debug.sock"
-            channels = Channels(work / "console", work / "result", work / "progress", debug)
-            for name in ("console", "result", "progress"):
-                fds[name] = _open_fifo(getattr(channels, name))
-            yield rules_path, channels, fds
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-            if config.debug and config.debug_socket:
-                Path(config.debug_socket).unlink(missing_ok=True)
+def workdir(config: HelperConfig, rules: bytes | None) -> Iterator[tuple[PassedFd | None, Channels, dict[str, int]]]:
+    """What one run needs, as descriptors (see the module docstring); all closed on exit.
+
+    Yields the rules disk (None without rules), the channels for the command line, and our
+    non-blocking read ends of the serial ports by name. Only the debug shell's socket, with
+    debug on, is a file: at ``config.debug_socket``, or in a private temporary directory.
+    """
+    owned: list[int] = []
+    private_dir = None
+    try:
+        rules_disk = None
+        if rules is not None:
+            owned.append(_rules_fd(rules))
+            rules_disk = PassedFd(owned[-1], FDSET_RULES, "rules")
+        read_ends: dict[str, int] = {}
+        ports: dict[str, PassedFd] = {}
+        for name, fdset in CHANNEL_FDSETS.items():
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            owned += [read_end, write_end]
+            os.set_blocking(read_end, False)
+            read_ends[name] = read_end
+            ports[name] = PassedFd(write_end, fdset, name)
+        debug = None
+        if config.debug:
+            if config.debug_socket:
+                debug = Path(config.debug_socket)
+            else:
+                private_dir = tempfile.TemporaryDirectory(prefix="snf-image-jail-")
+                debug = Path(private_dir.name) / "debug.sock"
+        yield rules_disk, Channels(**ports, debug=debug), read_ends
+    finally:
+        for fd in owned:
+            os.close(fd)
+        if private_dir is not None:
+            private_dir.cleanup()
+        if config.debug and config.debug_socket:
+            Path(config.debug_socket).unlink(missing_ok=True)

@@ -40,9 +40,52 @@ def validator(name: str, definition: str | None = None) -> jsonschema.protocols.
 
 
 def first_error(name: str, instance: Any, definition: str | None = None) -> str | None:
-    """The most relevant validation error as one line, or None if ``instance`` is valid."""
+    """The most relevant validation error as one line, or None if ``instance`` is valid.
+
+    The line names where (the path inside ``instance``) and what the schema wanted, never the
+    rejected value: values may be secrets (a password too long) or hostile text.
+    """
     error = jsonschema.exceptions.best_match(validator(name, definition).iter_errors(instance))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
+    return f"{where}: {describe(error)}" if where else describe(error)
+
+
+def _join(values: Any) -> str:
+    return ", ".join(str(v) for v in values) if isinstance(values, list | tuple) else str(values)
+
+
+_BOUNDS = {
+    "minLength": "shorter than {} characters",
+    "maxLength": "longer than {} characters",
+    "minItems": "fewer than {} items",
+    "maxItems": "more than {} items",
+    "minProperties": "fewer than {} entries",
+    "maxProperties": "more than {} entries",
+    "minimum": "less than {}",
+    "maximum": "more than {}",
+    "exclusiveMinimum": "not more than {}",
+    "exclusiveMaximum": "not less than {}",
+}
+
+
+def describe(error: jsonschema.exceptions.ValidationError) -> str:
+    """What ``error``'s schema keyword demanded, in words, built from the schema alone (not the value)."""
+    keyword, wanted = error.validator, error.validator_value
+    if keyword in _BOUNDS:
+        return _BOUNDS[keyword].format(wanted)
+    if keyword == "type":
+        return f"must be of type {_join(wanted).replace(', ', ' or ')}"
+    if keyword == "enum":
+        return f"must be one of {_join(wanted)}"
+    if keyword == "pattern":
+        subject = "a name " if "propertyNames" in error.schema_path else ""
+        return f"{subject}does not match {wanted}"
+    if keyword == "required" and isinstance(error.instance, dict):
+        return f"lacks {_join([key for key in wanted if key not in error.instance])}"
+    if keyword == "additionalProperties" and isinstance(error.schema, dict):
+        return f"may only have the fields {_join(list(error.schema.get('properties', {})))}"
+    if keyword == "format":
+        return f"is not a valid {wanted}"
+    return f"is not valid ({keyword})"

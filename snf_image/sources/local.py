@@ -3,7 +3,8 @@
 Ids are ``local://NAME``, the deprecated ``file://NAME``, or a bare NAME
 without a scheme. NAME is resolved inside IMAGE_DIR with every symlink
 followed; a result outside IMAGE_DIR (``..``, an absolute path, a symlink
-pointing out) is refused.
+pointing out) is refused, and so is anything in HELPER_DIR (by default
+inside IMAGE_DIR): the helper VM's own image is not an image to deploy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from ..errors import OperatorError, SourceError
+from ..settings import DEFAULTS
 from .base import ImageSource, ImageStream
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,9 @@ class LocalSource(ImageSource):
         path = (root / name).resolve()
         if not path.is_relative_to(root) or path == root:
             raise OperatorError(f"img_id: {img_id!r} points outside the image directory {root}")
+        helper_dir = Path(self.config.get("HELPER_DIR") or DEFAULTS["HELPER_DIR"]).resolve()
+        if path.is_relative_to(helper_dir):  # by default IMAGE_DIR holds HELPER_DIR: never deploy the helper
+            raise OperatorError(f"img_id: {img_id!r} is in the helper VM's directory {helper_dir}, not an image")
         if not path.is_file():
             raise OperatorError(f"img_id: image {name!r} not found in {root}")
         return path

@@ -1,5 +1,6 @@
 """The snf-image command: the create pipeline from a plain command line, with a live bar on a terminal."""
 
+import io
 import os
 import pty
 import subprocess
@@ -160,3 +161,48 @@ def test_helper_status(tmp_path):
         "snf-image: the helper VM image is not ready: helper image is missing"
     )
     assert "build it with: snf-image helper build" in result.stdout
+
+
+def test_the_password_comes_from_a_file_or_standard_input(tmp_path, monkeypatch):
+    from snf_image import cli
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret pass\nignored second line\n")
+    base = ["deploy", "--disk", "/d", "--image", "null", "--format", "diskdump"]
+    env = cli.deploy_environment(cli.parser().parse_args([*base, "--password-file", str(secret)]))
+    assert env["OSP_IMG_PASSWD"] == "s3cret pass" and "OSP_IMG_PASSWD_HASH" not in env
+    monkeypatch.setattr("sys.stdin", io.StringIO("$6$salt$hash\n"))
+    env = cli.deploy_environment(cli.parser().parse_args([*base, "--password-hash-file", "-"]))
+    assert env["OSP_IMG_PASSWD_HASH"] == "$6$salt$hash"
+
+
+def test_a_password_on_the_command_line_is_refused_and_not_echoed(setup):
+    _, disk, conf = setup
+    for option in ("--password", "--password-hash"):
+        result = snf_image(*deploy_args(disk, conf), option, "Pa55-never-echoed")
+        assert result.returncode == 1
+        assert "refused" in result.stderr and "--password-file" in result.stderr
+        assert "Pa55-never-echoed" not in result.stdout + result.stderr
+    help_text = snf_image("deploy", "--help").stdout
+    assert "--password-file FILE" in help_text and "refused" in help_text
+
+
+def test_password_file_problems_are_one_error_line(setup, tmp_path):
+    _, disk, conf = setup
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for args, message in (
+        (["--password-file", str(tmp_path / "missing")], "--password-file: cannot read"),
+        (["--password-file", str(empty)], "holds no secret on its first line"),
+        (["--password-file", "-", "--password-hash-file", "-"], "only one can read standard input"),
+    ):
+        result = snf_image(*deploy_args(disk, conf), *args, input="")
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr
+
+
+def test_copy_only_deploy_reads_the_password_from_standard_input(setup):
+    image, disk, conf = setup
+    result = snf_image(*deploy_args(disk, conf), "--password-file", "-", input="from stdin\n")
+    assert result.returncode == 0, result.stderr
+    assert disk.read_bytes()[: 8 * MiB] == image.read_bytes()

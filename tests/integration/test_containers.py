@@ -301,7 +301,7 @@ def test_create_pipeline_refuses_a_root_converter(tmp_path):
     old_data_disk(disk, 32 * MiB)
     result = snf_image_deploy(tmp_path, image, disk, "HELPER_USER=root")
     assert result.returncode != 0
-    reason = "setting HELPER_USER: 'root' is privileged; the image converter must not run as root"
+    reason = "setting HELPER_USER: 'root' is privileged; the helper VM and the image converter must not run as root"
     assert result.stderr.strip().splitlines() == [f"snf-image: error: {reason}"]
     assert disk.read_bytes() == b"\xa5" * (32 * MiB)
 

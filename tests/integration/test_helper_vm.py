@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from snf_image.helperimage.codelayer import helper_version
 from snf_image.jail import vm
 from snf_image.jail.channels import FORGED_SUCCESS
 from snf_image.jail.command import build_qemu_command
+from snf_image.progress import MONITOR_CLOSE_TIMEOUT, Progress
+from tests import leftovers
 from tests.helpervm import ensure_helper, probe_helper_dir, probe_rules
 
 pytestmark = pytest.mark.vm
@@ -40,32 +44,27 @@ def probe_dir(tmp_path_factory) -> Path:
 
 
 def _qemu_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmdline and marker.encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
-def _jail_tmpdirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("snf-image-jail-*")}
+    """The qemu processes (not their supervisor) of this test's helper."""
+    return [
+        pid
+        for pid in leftovers.pids()
+        if leftovers.cmdline(pid).startswith("qemu-system") and marker in leftovers.cmdline(pid)
+    ]
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind(probe_dir):
-    """Every run, good or bad, leaves no qemu process and no temp dir (FIFOs, rules disk)."""
-    before = _jail_tmpdirs()
+def nothing_left_behind(probe_dir, tmp_path, monkeypatch):
+    """Every run, good or bad, leaves nothing: no process, no temporary file (in a TMPDIR of its own)."""
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    watch = leftovers.Watch(marker=probe_dir, tmpdir=private_tmp)
     yield
-    assert _qemu_pids(str(probe_dir)) == []
-    assert _jail_tmpdirs() - before == set()
+    _, left = watch.wait_clean(2)
+    assert not left, left
 
 
-def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
+def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, on_progress=None, **config):
     progress: list[dict] = []
     log: list[str] = []
     rules, token = probe_rules({"probe": probe, **(rules_extra or {})})
@@ -79,7 +78,7 @@ def _run(probe_dir: Path, probe: str, disks=(), rules_extra=None, **config):
     start = time.monotonic()
     error = None
     try:
-        jail.run_helper(cfg, list(disks), rules, progress.append, log.append, token=token)
+        jail.run_helper(cfg, list(disks), rules, on_progress or progress.append, log.append, token=token)
     except HelperError as exc:
         error = exc
     return error, progress, log, time.monotonic() - start
@@ -170,6 +169,33 @@ def test_hang_times_out(probe_dir):
     assert str(error) == "Image customization failed: the helper VM did not finish on time (25 s)"
     assert 25 <= seconds < 40
     assert any("sending SIGTERM" in line for line in log)
+
+
+def test_a_monitor_that_stops_reading_does_not_suspend_the_timeouts(probe_dir, tmp_path, caplog):
+    """The VM floods valid progress lines at a monitor that reads nothing, then hangs: the soft timeout still fires."""
+    monitor = tmp_path / "monitor"
+    monitor.write_text("#!/bin/sh\nexec sleep 3600\n")
+    monitor.chmod(0o755)
+
+    def too_late(signum, frame):
+        raise AssertionError("the helper's timeouts were suspended")
+
+    previous = signal.signal(signal.SIGALRM, too_late)
+    signal.alarm(150)
+    try:
+        with Progress(str(monitor), "inst1") as progress:
+            error, _, log, seconds = _run(
+                probe_dir, "chatter", on_progress=progress.helper, soft_timeout=30.0, hard_timeout=2.0
+            )
+            closing = time.monotonic()
+        closed = time.monotonic() - closing
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(error) == "Image customization failed: the helper VM did not finish on time (30 s)", "\n".join(log)
+    assert 30 <= seconds < 45
+    assert closed < MONITOR_CLOSE_TIMEOUT + 2
+    assert "progress monitor did not read its last messages" in caplog.text  # it was fed, and stalled
 
 
 def test_version_mismatch_refused_before_boot(probe_dir, tmp_path):

@@ -88,6 +88,19 @@ def test_verify_checks_that_a_source_resolves_the_image(osdef):
     assert b"ERROR: invalid image id 'pithos://a/c/../../b/o': '.' and '..' segments are not allowed" in result.stderr
 
 
+def test_the_helper_image_is_not_an_image(osdef):
+    """By default IMAGE_DIR holds HELPER_DIR: the helper's own files are refused as image ids."""
+    helper = osdef.image_dir / "helper"
+    helper.mkdir()
+    (helper / "image").write_bytes(b"\0" * 512)
+    osdef.configure(HELPER_DIR=str(helper))
+    for img_id in ("local://helper/image", "helper/image", "local://helper/../helper/image"):
+        result = osdef.run("verify", verify_env(img_id=img_id, img_format="diskdump"), "parameters")
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.decode().splitlines() if line.startswith("ERROR: ")]
+        assert errors == [f"ERROR: img_id: {img_id!r} is in the helper VM's directory {helper}, not an image"]
+
+
 def test_verify_of_an_unknown_check_fails(osdef):
     result = osdef.run("verify", verify_env(img_id="null", img_format="diskdump"), "kernel")
     assert result.returncode == 1 and b"only 'parameters'" in result.stderr
@@ -116,6 +129,9 @@ def test_create_failure_is_one_image_error_and_leaves_the_disk(osdef, tmp_path):
         ({"OS_VARIANT": "nope"}, "ERROR: unofficial variant 'nope' is unsupported"),
         ({"OSP_IMG_FORMAT": "bogus"}, "ERROR: img_format: must be one of diskdump, extdump, ntfsdump"),
         ({"OSP_IMG_ID": "gopher://x"}, "ERROR: img_id: no source can handle image id 'gopher://x'"),
+        # refused before disk 0 is written, not by the helper VM afterwards
+        ({"DISK_COUNT": "2", "DISK_1_URI": "nbds://127.0.0.1/x"}, "ERROR: DISK_1_URI: unsupported disk 'nbds://"),
+        ({"DISK_0_PATH": "nbds+unix:///x?socket=/run/x.sock"}, "ERROR: DISK_0_PATH: unsupported disk 'nbds+unix:///x'"),
         (
             {"OSP_IMG_ID": "pithos://a/c/%2e%2e/%2e%2e/b/o"},
             "ERROR: invalid image id 'pithos://a/c/%2e%2e/%2e%2e/b/o': '.' and '..' segments are not allowed",

@@ -2,15 +2,16 @@
 
 import os
 import re
-import subprocess
+import tempfile
 
 import pytest
 
 from snf_image.copy import copy_stream
 from snf_image.errors import OperatorError
+from snf_image.lifecycle import INHERITED_VARIABLES
 from snf_image.sources.local import LocalStream
 from snf_image.targets import BlockTarget, NbdTarget, TargetError, open_target
-from tests import loopdev, nbdserver
+from tests import leftovers, loopdev, nbdserver
 
 MiB = 1024 * 1024
 
@@ -60,20 +61,30 @@ def test_nbd_uri_through_libnbd(tmp_path, nbd_export):
     assert got[: len(data)] == data and got[len(data) :] == b"\xa5" * (16 * MiB)
 
 
-def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export):
-    """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd."""
-    disk, server = nbd_export
+def test_other_uris_through_a_private_qemu_nbd(tmp_path, nbd_export, monkeypatch):
+    """A URI that is not nbd:// (here qemu's legacy nbd: syntax) goes through our own qemu-nbd, our child.
+
+    Its socket lives in a TMPDIR too long for a unix socket's path (107 bytes).
+    """
+    disk, export = nbd_export
     image = tmp_path / "image.raw"
     data = image_with_holes(image)
-    before = set(os.listdir("/tmp"))
-    with open_target(server.qemu_uri) as target:
+    private_tmp = tmp_path / ("long-tmpdir-" + "x" * 100)
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setenv("OSP_IMG_PASSWD", "never-in-a-child-8231")
+    watch = leftovers.Watch(marker=private_tmp, tmpdir=private_tmp)
+    with open_target(export.qemu_uri) as target:
         assert target.size == 32 * MiB
+        (server,) = [pid for pid in leftovers.descendants() if "--socket=/proc/self/fd/" in leftovers.cmdline(pid)]
+        names = {line.partition("=")[0] for line in leftovers.environ(server).split("\n") if line}
+        assert names <= set(INHERITED_VARIABLES) and "never-in-a-child-8231" not in leftovers.environ(server)
         with LocalStream(image) as stream:
             copy_stream(stream, target, total=stream.size)
         target.flush()
     assert disk.read_bytes()[: len(data)] == data
-    assert not any(name.startswith("snf-image-nbd-") for name in set(os.listdir("/tmp")) - before)
-    assert "snf-image-nbd-" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    _, left = watch.wait_clean(1)
+    assert not left, left
 
 
 def test_unreachable_uri_is_a_clear_error():

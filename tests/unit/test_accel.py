@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -19,26 +18,36 @@ from snf_image import jail
 from snf_image.helperimage.codelayer import helper_version
 from snf_image.jail import accel
 
-#: The stand-in qemu: argv[1] of the real call is ignored; it finds its result and console files.
+#: The stand-in qemu. Like the real one it gets a minimal environment and its ports as descriptors
+#: (-add-fd, /dev/fdset/N): it counts its runs and finds its behaviour in files beside it.
 QEMU = """#!/usr/bin/python3
 import os, sys, time
+here = os.path.dirname(sys.argv[0])
 if sys.argv[1:] == ["-help"]:
     print("QEMU emulator version 0.0.1 (stand-in)")
     sys.exit(0)
-with open(os.environ.get("RUNS", "/dev/null"), "a") as f:
+with open(os.path.join(here, "runs"), "a") as f:
     f.write("run\\n")
-paths = {}
+fdsets = {}
+for option, value in zip(sys.argv, sys.argv[1:]):
+    if option == "-add-fd":
+        fields = dict(item.split("=", 1) for item in value.split(","))
+        fdsets["/dev/fdset/" + fields["set"]] = int(fields["fd"])
+ports = {}
 for arg in sys.argv:
     if arg.startswith("file,id="):
-        name, _, path = arg[len("file,id="):].partition(",path=")
-        paths[name] = path
-behaviour = open(os.path.join(os.path.dirname(sys.argv[0]), "behaviour")).read().strip()
+        fields = dict(item.split("=", 1) for item in arg[len("file,"):].split(","))
+        ports[fields["id"]] = fdsets[fields["path"]]
+def write(port, text):
+    os.write(ports[port], text.encode())
+behaviour = open(os.path.join(here, "behaviour")).read().strip()
+delay = os.path.join(here, "delay")
 if behaviour == "works":
-    time.sleep(float(os.environ.get("DELAY", "0")))
-    open(paths["console"], "w").write("Linux version 6.1\\n")
-    open(paths["result"], "w").write("SNF-IMAGE-PROBE-OK\\n")
+    time.sleep(float(open(delay).read()) if os.path.exists(delay) else 0)
+    write("console", "Linux version 6.1\\n")
+    write("result", "SNF-IMAGE-PROBE-OK\\n")
 elif behaviour == "hangs":
-    open(paths["console"], "w").write("Linux version 6.1\\n")
+    write("console", "Linux version 6.1\\n")
     time.sleep(60)
 elif behaviour == "aborts":
     print("qemu: failed to set MSR 0x10a", flush=True)
@@ -61,12 +70,11 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> jail.HelperConfig
     kvm = tmp_path / "kvm"
     kvm.write_bytes(b"")
     monkeypatch.setattr(accel, "KVM_DEVICE", str(kvm))
-    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
     return jail.HelperConfig(helper_dir=helper, qemu=str(qemu), user=None, state_dir=tmp_path / "state")
 
 
 def _runs(config: jail.HelperConfig) -> int:
-    runs = Path(os.environ["RUNS"])
+    runs = Path(config.qemu).parent / "runs"
     return len(runs.read_text().splitlines()) if runs.exists() else 0
 
 
@@ -160,8 +168,8 @@ def _deploy(config: jail.HelperConfig, queue: multiprocessing.Queue) -> None:
     queue.put((accel.choose_accel(config, log.append), log))
 
 
-def test_deployments_starting_together_probe_once(config: jail.HelperConfig, monkeypatch) -> None:
-    monkeypatch.setenv("DELAY", "1.0")
+def test_deployments_starting_together_probe_once(config: jail.HelperConfig) -> None:
+    (Path(config.qemu).parent / "delay").write_text("1.0")
     queue: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()
     procs = [multiprocessing.get_context("fork").Process(target=_deploy, args=(config, queue)) for _ in range(4)]
     for proc in procs:

@@ -14,11 +14,14 @@ from snf_image.errors import HelperError
 from snf_image.helperimage.codelayer import code_layer_files, helper_version
 from snf_image.jail import channels
 from snf_image.jail.command import build_qemu_command
-from snf_image.jail.config import Channels
+from snf_image.jail.config import Channels, PassedFd
+from snf_image.jail.vm import passed_fds
+from tests import leftovers
 
 
 def _channels(tmp: Path, debug: bool = False) -> Channels:
-    return Channels(tmp / "console", tmp / "result", tmp / "progress", tmp / "debug.sock" if debug else None)
+    ports = [PassedFd(10 + n, n, name) for n, name in enumerate(("console", "result", "progress"), start=2)]
+    return Channels(*ports, tmp / "debug.sock" if debug else None)
 
 
 def _cmd(tmp_path: Path, **kwargs) -> list[str]:
@@ -28,7 +31,7 @@ def _cmd(tmp_path: Path, **kwargs) -> list[str]:
         config,
         kwargs.pop("accel", "tcg"),
         disks,
-        Path("/w/rules.img"),
+        PassedFd(9, 1, "rules"),
         _channels(Path("/w"), kwargs.pop("debug_channel", False)),
         **kwargs,
     )
@@ -88,7 +91,7 @@ def test_disks_by_serial_raw_and_readonly_root(tmp_path):
     assert drives[0] == (
         "if=none,id=helper-root,format=raw,file.driver=file,file.filename=/h/image,cache=writeback,readonly=on"
     )
-    assert drives[1].startswith("if=none,id=rules,format=raw,file.driver=file,file.filename=/w/rules.img,")
+    assert drives[1].startswith("if=none,id=rules,format=raw,file.driver=file,file.filename=/dev/fdset/1,")
     assert drives[1].endswith("readonly=on")
     assert "file.driver=host_device,file.filename=/dev/sdz" in drives[2]
     assert "file.driver=file,file.filename=/srv/disk1.img" in drives[3]
@@ -121,11 +124,25 @@ def test_serial_ports_in_order(tmp_path):
     cmd = _cmd(tmp_path)
     assert _values(cmd, "-serial") == ["chardev:console", "chardev:result", "chardev:progress"]
     chardevs = _values(cmd, "-chardev")
-    assert chardevs[0] == "file,id=console,path=/w/console"
+    assert chardevs[0] == "file,id=console,path=/dev/fdset/2,append=on"
+    assert chardevs[2] == "file,id=progress,path=/dev/fdset/4,append=on"
     debug = _cmd(tmp_path, config={"debug": True}, debug_channel=True)
     assert _values(debug, "-serial")[3] == "chardev:debug"
     assert "socket,id=debug,path=/w/debug.sock,server=on,wait=off" in _values(debug, "-chardev")
     assert constants.CMDLINE_DEBUG in _values(debug, "-append")[0].split()
+
+
+def test_rules_and_ports_are_passed_descriptors_never_paths(tmp_path):
+    """The rules (secrets) and the ports have no path: qemu inherits exactly these descriptors."""
+    cmd = _cmd(tmp_path)
+    assert _values(cmd, "-add-fd") == [
+        "fd=12,set=2,opaque=console",
+        "fd=13,set=3,opaque=result",
+        "fd=14,set=4,opaque=progress",
+        "fd=9,set=1,opaque=rules",
+    ]
+    assert passed_fds(cmd) == (12, 13, 14, 9)
+    assert passed_fds(_cmd(tmp_path, probe=True)) == (12, 13, 14)
 
 
 def test_runner_override_and_probe(tmp_path):
@@ -285,7 +302,10 @@ def _fake_qemu(tmp_path: Path, body: str) -> jail.HelperConfig:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "version").write_text(helper_version())
     qemu = tmp_path / "fake-qemu"
-    header = '#!/usr/bin/python3\nimport signal, sys, time\nif sys.argv[1:] == ["-help"]:\n    sys.exit(0)\n'
+    header = (
+        "#!/usr/bin/python3\nimport signal, sys, time\n"
+        'if sys.argv[1:] == ["-help"]:\n    print("\\n-sandbox on")\n    sys.exit(0)\n'
+    )
     qemu.write_text(header + body)
     qemu.chmod(0o755)
     return jail.HelperConfig(helper_dir=tmp_path, accel="tcg", qemu=str(qemu), user=None)
@@ -303,7 +323,8 @@ def test_sigterm_ignored_then_sigkill(tmp_path):
     ):
         jail.run_helper(config, [], b"{}", print, log.append, token=TOKEN)
     assert time.monotonic() - start < 5
-    assert any("sending SIGKILL" in line for line in log)
+    assert any("sending SIGTERM, SIGKILL 0.5 s on" in line for line in log)
+    assert not [pid for pid in leftovers.pids() if str(config.qemu) in leftovers.cmdline(pid)]
 
 
 def test_qemu_dies(tmp_path):
@@ -316,3 +337,17 @@ def test_qemu_dies(tmp_path):
     ):
         jail.run_helper(config, [], b"{}", print, log.append, token=TOKEN)
     assert "QEMU: qemu: cannot set up guest memory" in log
+
+
+def test_a_qemu_without_seccomp_is_refused_unless_allowed(tmp_path, caplog):
+    config = _fake_qemu(tmp_path, "sys.exit(0)\n")
+    Path(config.qemu).write_text(Path(config.qemu).read_text().replace('print("\\n-sandbox on")', "pass"))
+    with pytest.raises(HelperError, match=r"has no seccomp sandbox \(-sandbox\): refusing to run the helper VM"):
+        jail.run_helper(config, [], b"{}", print, print, token=TOKEN)
+    config.allow_no_seccomp = True
+    log: list[str] = []
+    with pytest.raises(HelperError, match="ended without a result"):
+        jail.run_helper(config, [], b"{}", print, log.append, token=TOKEN)
+    assert any(line.startswith("WARNING: ") and "runs without it" in line for line in log)
+    assert "runs without it (HELPER_ALLOW_NO_SECCOMP)" in caplog.text
+    assert "-sandbox" not in next(line for line in log if line.startswith("starting the helper VM"))

@@ -89,3 +89,12 @@ def test_a_reason_is_one_bounded_line() -> None:
     assert messages.one_line("") == "unknown error"
     long = Result.failure("x" * 5000)
     assert len(long.reason) == RESULT_MAX_REASON and long.reason.endswith("...")
+
+
+def test_detected_properties_are_announced_and_read_back_in_one_format() -> None:
+    text = messages.detected("OSFAMILY", "windows-legacy")
+    assert text == "Detected OSFAMILY: windows-legacy"  # the original's wording, which operators know
+    assert messages.parse_detected(text) == ("OSFAMILY", "windows-legacy")
+    assert messages.parse_detected(messages.detected("ROOT_PARTITION", "5")) == ("ROOT_PARTITION", "5")
+    for other in ("Detected nothing", "Detected osfamily: linux", "Detected OSFAMILY: ", "OSFAMILY: linux"):
+        assert messages.parse_detected(other) is None

@@ -7,6 +7,7 @@ import pytest
 
 from snf_image.errors import OperatorError
 from snf_image.params import ParameterErrors, merge_sources, parse_config_document, validate
+from snf_image.settings import OS_PARAMETERS
 
 GOOD = {"img_id": "local://debian", "img_format": "diskdump"}
 
@@ -115,3 +116,35 @@ def test_config_document():
     for bad in ('["x"]', '{"IMG_ID": 1}', '{"helper_dir": "/"}', '{"config_url": "http://loop"}', "nope"):
         with pytest.raises(OperatorError):
             parse_config_document(bad, "u")
+
+
+SECRET = "Zq7-S3CRET-zQ7"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("img_passwd", SECRET * 200),
+        ("img_passwd_hash", f"$6${SECRET}:x"),
+        ("os_product_key", SECRET),
+        ("cloud_userdata", f"not base64 {SECRET}"),
+        ("auth_keys", SECRET * 200000),
+        ("config_url", f"gopher://user:{SECRET}@h/x?token={SECRET}"),
+        ("os_answer_file", f"file:///{SECRET}"),
+        ("img_id", SECRET * 1000),
+        ("img_format", SECRET),
+        ("img_checksum", f"sha256:{SECRET}"),
+        ("img_properties", json.dumps({"PASSWORD": {"nested": SECRET}})),
+        ("img_properties", json.dumps({f"bad {SECRET}": "1"})),
+        ("img_personality", json.dumps([{"path": "/x", "contents": "", "mode": SECRET}])),
+        ("img_personality", json.dumps([{"path": "/x", "contents": f"!{SECRET}!"}])),
+        ("img_personality", json.dumps([{"path": "/x", "contents": "", SECRET: 1}])),
+        ("inst_properties", '{"a": "' + SECRET + '"'),
+    ],
+    ids=lambda value: value if value in OS_PARAMETERS else "",
+)
+def test_no_problem_text_repeats_a_value(name, value):
+    """A rejected value may be a secret (a password one character too long): it is never echoed."""
+    found = problems({**GOOD, name: value})
+    assert any(p.startswith(name) for p in found), found
+    assert not [p for p in found if SECRET in p or SECRET[:7] in p], found

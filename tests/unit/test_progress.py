@@ -3,11 +3,12 @@
 import io
 import json
 import sys
+import time
 
 import pytest
 
 from snf_image import schemas
-from snf_image.progress import Progress, make_message
+from snf_image.progress import MONITOR_CLOSE_TIMEOUT, Progress, make_message
 
 
 def test_messages_have_the_seed_shapes():
@@ -84,3 +85,34 @@ def test_listener_sees_everything():
     with Progress(listener=seen.append, stream=sys.stderr) as progress:
         progress.info("a")
     assert seen[0]["messages"] == ["a"]
+
+
+def test_a_monitor_that_stops_reading_delays_nothing(tmp_path, caplog):
+    """A real monitor that reads one line and then nothing more: sending never blocks, closing is bounded."""
+    monitor = tmp_path / "monitor"
+    monitor.write_text("#!/bin/sh\nhead -n 1 > /dev/null\nexec sleep 3600\n")
+    monitor.chmod(0o755)
+    start = time.monotonic()
+    with Progress(str(monitor), "inst1") as progress:
+        proc = progress._proc
+        for n in range(3000):  # ~3 MB: far more than the pipe and the queue hold
+            progress.info(f"message {n} " + "x" * 1000)
+        sent = time.monotonic() - start
+    closed = time.monotonic() - start - sent
+    assert sent < 5, sent
+    assert closed < MONITOR_CLOSE_TIMEOUT + 2, closed
+    assert proc.returncode is not None  # killed and reaped, with its sleep (its process group)
+    assert caplog.text.count("progress monitor is not reading its input") == 1
+    assert "messages it did not read in time" in caplog.text
+
+
+def test_a_monitor_that_reads_slowly_gets_every_message(tmp_path):
+    out = tmp_path / "got"
+    monitor = tmp_path / "monitor"
+    monitor.write_text(f'#!/bin/sh\nwhile read -r line; do echo "$line" >> {out}; sleep 0.001; done\n')
+    monitor.chmod(0o755)
+    with Progress(str(monitor), "inst1") as progress:
+        for n in range(200):
+            progress.info(f"message {n}")
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["messages"] for line in lines] == [[f"message {n}"] for n in range(200)]
