@@ -123,7 +123,7 @@ class KindSpec:
     # "msdos", "gpt", or None for a bare filesystem image (extdump).
     table: str | None
     root_fs: str
-    network: str  # ifupdown | nm | networkd | cloudinit
+    network: str  # ifupdown | nm | networkd (netplan) | systemd-networkd (no netplan) | cloudinit
     packages: tuple[str, ...] = ()
     purge: tuple[str, ...] = ()
     separate_boot: bool = False
@@ -167,6 +167,14 @@ KINDS: dict[str, KindSpec] = {
             root_fs="ext4",
             network="networkd",
             packages=("netplan.io",),
+            purge=("ifupdown", "isc-dhcp-client"),
+        ),
+        KindSpec(
+            "systemd-networkd",
+            "like ext4-msdos with systemd-networkd alone (no netplan): a DHCP .network for en*/eth*, ifupdown purged",
+            table="msdos",
+            root_fs="ext4",
+            network="systemd-networkd",
             purge=("ifupdown", "isc-dhcp-client"),
         ),
         KindSpec(
@@ -611,6 +619,15 @@ network:
       dhcp4: true
 """
 
+NETWORKD_DHCP = """\
+# Written by the snf-image test suite's guest builder.
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+"""
+
 CLOUD_CFG = """\
 # Only look where the product seeds us: no slow probing of cloud metadata services.
 datasource_list: [ NoCloud, ConfigDrive, None ]
@@ -718,13 +735,22 @@ def _network(root: Path, spec: KindSpec) -> None:
         netplan.parent.mkdir(parents=True, exist_ok=True)
         netplan.write_text(NETPLAN_YAML)
         netplan.chmod(0o600)
-        wants = etc / "systemd/system/multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / "systemd-networkd.service"
-        if not link.exists():
-            link.symlink_to("/lib/systemd/system/systemd-networkd.service")
+        _enable_networkd(etc)
+    elif spec.network == "systemd-networkd":
+        interfaces.unlink(missing_ok=True)
+        (etc / "systemd/network").mkdir(parents=True, exist_ok=True)
+        (etc / "systemd/network/50-snf-guest.network").write_text(NETWORKD_DHCP)
+        _enable_networkd(etc)
     else:
         raise ValueError(f"unknown network style {spec.network!r}")
+
+
+def _enable_networkd(etc: Path) -> None:
+    wants = etc / "systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "systemd-networkd.service"
+    if not link.exists():
+        link.symlink_to("/lib/systemd/system/systemd-networkd.service")
 
 
 def kernel_paths(root: Path) -> tuple[str, str]:
