@@ -1,14 +1,20 @@
 #!/usr/bin/python3
-"""Copy throughput and memory of snf-image's copy against dd and qemu-img, measured in one run.
+"""Copy throughput, CPU time and memory of snf-image's copy against dd and qemu-img.
 
 Not a test: prints figures and ratios. Two images on the same disk:
   dense  -- 1 GiB of random data;
   sparse -- a 10 GiB disk image holding 1 GiB of data in 64 MiB chunks (the rest holes).
 "snf-image +sha256" is the same copy verifying an img_checksum on the fly.
-Each tool copies each image onto a fresh 12 GiB disk file; the page cache is dropped between
-runs when the kernel allows it. Our copy runs in a child process so its peak RSS is its own.
+Each tool copies each image onto a fresh 12 GiB disk file, with the page cache dropped
+before each run; the tools take turns, ``--runs`` rounds, and the medians are printed
+(this machine is shared: a single run says little). Every tool but qemu-img's default
+makes the copy durable before it exits: ours and dd flush (fsync), qemu-img -t writeback
+flushes when it closes the disk; qemu-img's default (cache=unsafe) never flushes, its
+output is still in the page cache when it exits. Each copy runs in a child process, so
+its peak RSS and CPU time are its own. ``--repo`` measures another checkout's copy;
+``--compare`` adds one (as "before") to the same rounds.
 
-  /usr/bin/python3 benchmarks/copy_throughput.py [--dir /var/tmp/snf-image-bench] [--keep]
+  /usr/bin/python3 benchmarks/copy_throughput.py [--runs 5] [--repo DIR] [--compare /tmp/baseline] [--keep]
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +44,14 @@ with LocalStream(__import__('pathlib').Path(sys.argv[1])) as src, open_target(sy
     copy_stream(stream, dst, total=src.size)
     dst.flush()
 """
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float
+    rss_mib: float
+    written_mib: float
 
 
 def make_images(workdir: Path) -> dict[str, Path]:
@@ -68,58 +84,80 @@ def fresh_disk(path: Path) -> None:
         f.truncate(12 * GiB)
 
 
-def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall time and this child's own peak RSS in KiB (wait4 gives per-child usage)."""
+def timed(argv: list[str], disk: Path) -> Run:
+    """Wall time, CPU time and peak RSS of this child alone (wait4 gives per-child usage)."""
+    fresh_disk(disk)
+    drop_caches()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed with exit code {proc.returncode}")
-    return elapsed, usage.ru_maxrss
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{argv[0]} failed with exit code {code}")
+    written = disk.stat().st_blocks * 512 / MiB
+    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, written)
+
+
+def tools(repo: Path, disk: Path, compare: Path | None) -> dict[str, object]:
+    ours = [sys.executable, "-c", OURS.format(repo=str(repo))]
+    theirs = [sys.executable, "-c", OURS.format(repo=str(compare))] if compare else []
+    before = {
+        "before": lambda src: [*theirs, str(src), str(disk)],
+        "before +sha256": lambda src: [*theirs, str(src), str(disk), "sha256"],
+    }
+    return {
+        "snf-image": lambda src: [*ours, str(src), str(disk)],
+        "snf-image +sha256": lambda src: [*ours, str(src), str(disk), "sha256"],
+        **(before if compare else {}),
+        "dd bs=4M fsync": lambda src: ["dd", f"if={src}", f"of={disk}", "bs=4M", "conv=notrunc,fsync", "status=none"],
+        "qemu-img -t wb": lambda src: [
+            *("qemu-img", "convert", "-t", "writeback", "-n", "-f", "raw", "-O", "raw"),
+            *(str(src), str(disk)),
+        ],
+        "qemu-img (unsafe)": lambda src: ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), str(disk)],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/snf-image-bench"))
+    parser.add_argument("--runs", type=int, default=5, help="rounds; the medians are printed")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose copy is measured")
+    parser.add_argument("--compare", type=Path, help="another checkout, measured in the same rounds as 'before'")
     parser.add_argument("--keep", action="store_true", help="keep the generated images for the next run")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     images = make_images(args.dir)
     disk = args.dir / "disk.raw"
-    tools = {
-        "snf-image": lambda src: [sys.executable, "-c", OURS.format(repo=str(REPO)), str(src), str(disk)],
-        "snf-image +sha256": lambda src: [
-            sys.executable,
-            "-c",
-            OURS.format(repo=str(REPO)),
-            str(src),
-            str(disk),
-            "sha256",
-        ],
-        "dd bs=4M": lambda src: ["dd", f"if={src}", f"of={disk}", "bs=4M", "conv=notrunc,fsync"],
-        "qemu-img convert": lambda src: ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), str(disk)],
-    }
+    commands = tools(args.repo.resolve(), disk, args.compare.resolve() if args.compare else None)
     cold = drop_caches()
-    print(f"page cache dropped between runs: {'yes' if cold else 'no (not allowed here)'}")
-    print(f"{'image':28} {'tool':18} {'seconds':>8} {'MB/s':>8} {'written MiB':>12} {'vs snf-image':>13}")
+    print(f"snf-image from {args.repo.resolve()}; {args.runs} rounds, medians; load average {os.getloadavg()[0]:.1f}")
+    if args.compare:
+        print(f"'before' is the copy of {args.compare.resolve()}")
+    print(f"page cache dropped before each run: {'yes' if cold else 'no (not allowed here)'}")
+    header = f"{'image':28} {'tool':18} {'seconds':>8} {'MB/s':>6} {'CPU s':>6} {'RSS MiB':>8} {'written MiB':>12}"
+    print(f"{header} {'vs snf-image':>13}")
     for label, src in images.items():
-        size = src.stat().st_size
-        ours = None
-        for tool, argv in tools.items():
-            fresh_disk(disk)
-            drop_caches()
-            seconds, rss = timed(argv(src))
-            written = disk.stat().st_blocks * 512 / MiB
-            ours = ours or seconds
-            rate = size / seconds / 1e6
-            print(f"{label:28} {tool:18} {seconds:8.2f} {rate:8.0f} {written:12.0f} {seconds / ours:12.2f}x")
-            if tool == "snf-image":
-                print(f"{'':28} {'':18} peak RSS of snf-image's copy: {rss / 1024:.1f} MiB")
+        runs: dict[str, list[Run]] = {tool: [] for tool in commands}
+        for _ in range(args.runs):
+            for tool, argv in commands.items():
+                runs[tool].append(timed(argv(src), disk))
+        ours = statistics.median(r.seconds for r in runs["snf-image"])
+        for tool, results in runs.items():
+            seconds = statistics.median(r.seconds for r in results)
+            cpu = statistics.median(r.cpu for r in results)
+            rss = max(r.rss_mib for r in results)
+            written = results[-1].written_mib
+            rate = src.stat().st_size / seconds / 1e6
+            print(
+                f"{label:28} {tool:18} {seconds:8.2f} {rate:6.0f} {cpu:6.2f} {rss:8.1f} {written:12.0f}"
+                f" {seconds / ours:12.2f}x"
+            )
     disk.unlink(missing_ok=True)
     if not args.keep:
         shutil.rmtree(args.dir)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

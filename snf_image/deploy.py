@@ -24,6 +24,7 @@ from .errors import ImageError
 from .formats import convert, headers, mbr, sniff, streams
 from .formats.sandbox import SandboxConfig
 from .ganeti import Instance, Nic
+from .helperslots import helper_slot
 from .params import OsParams
 from .progress import Progress
 from .settings import Settings
@@ -293,9 +294,14 @@ def _personality_file(entry: Mapping[str, Any]) -> PersonalityFile:
     return PersonalityFile(path=entry["path"], contents=entry["contents"], **optional)
 
 
-@summary.timed(summary.PHASE_HELPER)
 def customize(instance: Instance, settings: Settings, rules: Rules, progress: Progress) -> None:
-    """Hand the disks and the rules to the helper VM and wait for its verdict."""
+    """Hand the disks and the rules to the helper VM and wait for its verdict (first for a slot, if all are taken)."""
+    with helper_slot(settings.helper_max_running, settings.helper_slots_dir, progress.info):
+        _run_helper(instance, settings, rules, progress)
+
+
+@summary.timed(summary.PHASE_HELPER)
+def _run_helper(instance: Instance, settings: Settings, rules: Rules, progress: Progress) -> None:
     from . import jail, schemas
 
     data = rules.to_json()

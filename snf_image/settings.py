@@ -13,6 +13,7 @@ defaults for that parameter, as in the original (OSP_* and config_url win).
 from __future__ import annotations
 
 import logging
+import os
 import pwd
 import re
 import shlex
@@ -204,6 +205,9 @@ class Settings:
     #: Run the helper VM when qemu has no seccomp sandbox (a loud warning each time) instead of refusing.
     helper_allow_no_seccomp: bool
     helper_memory: int
+    #: Helper VMs running at once on the node (0: no limit), and where their slots are kept (helperslots).
+    helper_max_running: int
+    helper_slots_dir: Path
     helper_debug: bool
     helper_accel: str
     helper_qemu: str
@@ -264,6 +268,8 @@ DEFAULTS: dict[str, str] = {
     "HELPER_USER": "nobody",
     "HELPER_ALLOW_NO_SECCOMP": "no",
     "HELPER_MEMORY": "512",
+    "HELPER_MAX_RUNNING": "auto",
+    "HELPER_SLOTS_DIR": "/run/snf-image/helper-slots",
     "HELPER_DEBUG": "no",
     "HELPER_ACCEL": "auto",
     "KVM": "qemu-system-x86_64",
@@ -332,6 +338,8 @@ def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[
         helper_user=_helper_user(raw["HELPER_USER"]),
         helper_allow_no_seccomp=parse_bool(raw["HELPER_ALLOW_NO_SECCOMP"], "HELPER_ALLOW_NO_SECCOMP"),
         helper_memory=_positive_int(raw["HELPER_MEMORY"], "HELPER_MEMORY"),
+        helper_max_running=_max_running(raw["HELPER_MAX_RUNNING"]),
+        helper_slots_dir=Path(raw["HELPER_SLOTS_DIR"]),
         helper_debug=parse_bool(raw["HELPER_DEBUG"], "HELPER_DEBUG"),
         helper_accel=accel,
         helper_qemu=raw["KVM"],
@@ -352,6 +360,18 @@ def build_settings(raw: Mapping[str, str], config_dir: Path, overrides: Mapping[
         metrics_file=_metrics_file(raw.get("METRICS_FILE", "")),
         overrides=dict(overrides or {}),
     )
+
+
+def _max_running(value: str) -> int:
+    """HELPER_MAX_RUNNING: ``auto``, a count, or 0 for no limit.
+
+    ``auto`` is the CPUs this process may run on: under TCG a helper VM keeps one busy.
+    """
+    if value.strip().lower() == "auto":
+        return max(len(os.sched_getaffinity(0)), 1)
+    if not re.fullmatch(r"\s*[0-9]{1,6}\s*", value):
+        raise OperatorError(f"setting HELPER_MAX_RUNNING must be auto, a number of helper VMs or 0, got {value!r}")
+    return int(value)
 
 
 def _metrics_file(value: str) -> Path | None:

@@ -41,6 +41,9 @@ BLKZEROOUT = 0x127F
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 ZERO_CHUNK = 4 * 1024 * 1024
+SYNC_FILE_RANGE_WRITE = 0x2
+#: WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on the disk when it returns.
+SYNC_FILE_RANGE_WAIT_ALL = 0x7
 #: Userspace disks that both the copy and the helper VM's qemu can open (nbds:// is NBD over TLS:
 #: qemu would need certificates the helper has not).
 USERSPACE_SCHEMES = ("nbd", "nbd+tcp", "nbd+unix", "rbd", "iscsi", "gluster")
@@ -52,6 +55,7 @@ QEMU_NBD_STOP_TIMEOUT = 10.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _ZEROS = bytes(ZERO_CHUNK)
 
 
@@ -78,6 +82,12 @@ class DiskTarget(abc.ABC):
     @abc.abstractmethod
     def flush(self) -> None:
         """Make written data durable."""
+
+    def start_writeback(self, offset: int, length: int) -> None:  # noqa: B027 - optional hook
+        """Begin writing a range just written out to the disk, without waiting (a copy's write-behind)."""
+
+    def settle(self, offset: int, length: int) -> None:  # noqa: B027 - optional hook
+        """Wait until a range is on the disk and drop it from the page cache (nobody reads it back)."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -132,6 +142,14 @@ class _FdTarget(DiskTarget):
 
     @abc.abstractmethod
     def _zero_fallback(self, offset: int, length: int) -> None: ...
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        _libc.sync_file_range(self.fd, offset, length, SYNC_FILE_RANGE_WRITE)  # advice: errors surface in flush
+
+    def settle(self, offset: int, length: int) -> None:
+        _libc.sync_file_range(self.fd, offset, length, SYNC_FILE_RANGE_WAIT_ALL)
+        with contextlib.suppress(OSError):  # advice too
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
 
     def flush(self) -> None:
         try:

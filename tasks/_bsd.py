@@ -183,7 +183,7 @@ def openbsd_growfs_job(device: str, mountpoint: str) -> str:
 # --- network ---------------------------------------------------------------
 
 FREEBSD_IFCONFIG = re.compile(
-    r"ifconfig_(vtnet|em|re|rl|ed|fxp|pcn|le|igb|xn|DEFAULT)[0-9]*(_ipv6|_alias[0-9]+|_aliases)?|defaultrouter"
+    r"ifconfig_(vtnet|em|re|rl|ed|fxp|pcn|le|igb|xn|DEFAULT)[0-9]*(_ipv6|_alias[0-9]+|_aliases)?|(ipv6_)?defaultrouter"
 )
 
 
@@ -194,7 +194,7 @@ def _mask(address: ipaddress.IPv4Interface) -> str:
 def render_freebsd_rc_conf(text: str, plans: Sequence[NicPlan], names: Sequence[str]) -> str:
     """rc.conf with our ``ifconfig_<if>`` lines (and default router) in place of the image's NIC lines."""
     values: dict[str, str] = {}
-    ipv6 = False
+    autoconf = False
     for p, name in zip(plans, names, strict=True):
         if p.ipv4 == "static" and p.address is not None:
             values[f"ifconfig_{name}"] = f"inet {p.address.ip} netmask {_mask(p.address)}"
@@ -204,11 +204,19 @@ def render_freebsd_rc_conf(text: str, plans: Sequence[NicPlan], names: Sequence[
             values[f"ifconfig_{name}"] = "DHCP"
         elif p.ipv6 is not None:
             values[f"ifconfig_{name}"] = "up"
-        if p.ipv6 is not None:
-            ipv6 = True
+        if p.ipv6 == "static" and p.address6 is not None:
+            values[f"ifconfig_{name}_ipv6"] = (
+                f"inet6 -ifdisabled {p.address6.ip} prefixlen {p.address6.network.prefixlen}"
+            )
+        elif p.ipv6 is not None:
+            autoconf = True
             values[f"ifconfig_{name}_ipv6"] = "inet6 -ifdisabled accept_rtadv"
-    if ipv6:
+    gateway6 = default_gateway6(plans, names)
+    if gateway6 is not None:
+        values["ipv6_defaultrouter"] = gateway6
+    if any(p.ipv6 is not None for p in plans):
         values["ipv6_activate_all_interfaces"] = "YES"
+    if autoconf:
         values["rtsold_enable"] = "YES"
     return rc_set(text, values, remove=FREEBSD_IFCONFIG)
 
@@ -220,19 +228,24 @@ def render_netbsd_ifconfig(plan: NicPlan) -> str:
         lines.append(f"inet {plan.address.ip} netmask {_mask(plan.address)}")
     elif plan.ipv4 == "dhcp":
         lines.append("!dhcpcd -q -b -4 $int")
-    if plan.ipv6 is not None:
+    if plan.ipv6 == "static" and plan.address6 is not None:
+        lines.append(f"inet6 {plan.address6.ip} prefixlen {plan.address6.network.prefixlen}")
+    elif plan.ipv6 is not None:
         lines.append("inet6 -ifdisabled")
     return "\n".join(lines) + "\n"
 
 
 def render_openbsd_hostname_if(plan: NicPlan) -> str:
-    """/etc/hostname.<if> for OpenBSD: ``inet ADDR MASK NONE`` or ``dhcp``, ``inet6 autoconf``, ``up``."""
+    """/etc/hostname.<if> for OpenBSD: ``inet ADDR MASK NONE`` or ``dhcp``, ``inet6 ADDR PREFIXLEN`` or
+    ``inet6 autoconf``, ``up``."""
     lines = [FILE_HEADER]
     if plan.ipv4 == "static" and plan.address is not None:
         lines.append(f"inet {plan.address.ip} {_mask(plan.address)} NONE")
     elif plan.ipv4 == "dhcp":
         lines.append("dhcp")
-    if plan.ipv6 is not None:
+    if plan.ipv6 == "static" and plan.address6 is not None:
+        lines.append(f"inet6 {plan.address6.ip} {plan.address6.network.prefixlen}")
+    elif plan.ipv6 is not None:
         lines.append("inet6 autoconf")
     lines.append("up")
     return "\n".join(lines) + "\n"
@@ -241,6 +254,14 @@ def render_openbsd_hostname_if(plan: NicPlan) -> str:
 def default_gateway(plans: Sequence[NicPlan]) -> str | None:
     """The first static NIC's IPv4 gateway (the BSDs have one default route)."""
     return next((str(p.gateway) for p in plans if p.ipv4 == "static" and p.gateway is not None), None)
+
+
+def default_gateway6(plans: Sequence[NicPlan], names: Sequence[str]) -> str | None:
+    """The first static IPv6 NIC's gateway (a link-local one scoped to its interface: ``fe80::1%vtnet0``)."""
+    for p, name in zip(plans, names, strict=True):
+        if p.ipv6 == "static" and p.gateway6 is not None:
+            return f"{p.gateway6}%{name}" if p.gateway6.is_link_local else str(p.gateway6)
+    return None
 
 
 # --- I/O around the editors (through _unix/fsutil: never out of the guest root) --------------

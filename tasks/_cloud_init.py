@@ -42,7 +42,7 @@ from helper.commands import TaskError
 from helper.framework import Context
 
 from . import _unix
-from ._network import network_config_v2
+from ._network import network_config_v1
 from ._nics import NicPlan
 
 SEED_DIR = "/var/lib/cloud/seed/nocloud-net"
@@ -298,8 +298,8 @@ def disable_network(ctx: Context) -> None:
 
 
 def write_network_config(ctx: Context, plans: Sequence[NicPlan]) -> str:
-    """The seed's ``network-config`` (version 2) for ``plans``."""
+    """The seed's ``network-config`` (version 1: see ``_network.network_config_v1``) for ``plans``."""
     ensure_seed(ctx.target)
     path = f"{SEED_DIR}/network-config"
-    _write(ctx.target, path, dump(network_config_v2(plans)), 0o600)
+    _write(ctx.target, path, dump(network_config_v1(plans)), 0o600)
     return path

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._nics import MARK, NicPlan
+from ._nics import MARK, RA_MODES, NicPlan
 from ._unix import join_lines, newline_of, split_lines
 
 HEADER = f"Written by {MARK} (ConfigureNetwork); a new deployment rewrites it."
@@ -170,6 +170,15 @@ def render_interfaces_block(plans: Sequence[NicPlan]) -> list[str]:
             lines += [f"iface {p.name} inet6 auto", "    privext 0"]
             if p.ipv6 == "slaac_dhcp":
                 lines.append("    dhcp 1")
+        elif p.ipv6 == "static" and p.address6 is not None:
+            lines += [
+                f"iface {p.name} inet6 static",
+                f"    address {p.address6.ip}",
+                f"    netmask {p.address6.network.prefixlen}",
+                "    accept_ra 0",  # the gateway is ours: no second default route from an advertisement
+            ]
+            if p.gateway6 is not None:
+                lines += [f"    gateway {p.gateway6}", f"    metric {p.metric}"]
     lines.append(END)
     return lines
 
@@ -228,6 +237,12 @@ def render_ifcfg(plan: NicPlan) -> str:
         lines += ["IPV6INIT=yes", "IPV6_FAILURE_FATAL=no"]
         if plan.ipv6 == "dhcp":
             lines += ["IPV6_AUTOCONF=no", "DHCPV6C=yes"]
+        elif plan.ipv6 == "static" and plan.address6 is not None:
+            lines += ["IPV6_AUTOCONF=no", f"IPV6ADDR={plan.address6.with_prefixlen}"]
+            if plan.gateway6 is not None:
+                # ADDRESS%DEVICE: required for a link-local gateway, and initscripts' sysconfig.txt asks for it
+                # whenever several interfaces have IPv6 (NetworkManager's ifcfg-rh reader drops the scope)
+                lines += [f"IPV6_DEFAULTGW={plan.gateway6}%{plan.name}", f"IPV6_ROUTE_METRIC={plan.metric}"]
         elif plan.ipv6 == "slaac":
             lines += ["IPV6_AUTOCONF=yes", "IPV6_PRIVACY=no"]
         else:
@@ -270,7 +285,11 @@ def render_nmconnection(plan: NicPlan) -> str:
     for the same device; ``addr-gen-mode=eui64`` keeps the SLAAC address
     the one the cloud computes from the MAC. A NIC with nothing to
     configure still gets a profile (IPv4 disabled) so NetworkManager does
-    not start DHCP on it by itself.
+    not start DHCP on it by itself. Every configured family has the NIC's
+    ``route-metric``, learned routes included: NetworkManager's own
+    per-device metrics (100, 101, ... in activation order) would otherwise
+    collide with an explicit one, and two IPv6 default routes with one
+    metric become a single multipath route across two networks.
     """
     lines = [
         "[connection]",
@@ -288,28 +307,37 @@ def render_nmconnection(plan: NicPlan) -> str:
     if plan.ipv4 == "static" and plan.address is not None:
         gateway = f",{plan.gateway}" if plan.gateway is not None else ""
         lines += ["method=manual", f"address1={plan.address.with_prefixlen}{gateway}"]
-        if plan.gateway is not None:
-            lines.append(f"route-metric={plan.metric}")
     elif plan.ipv4 == "dhcp":
         lines.append("method=auto")
     else:
         lines.append("method=disabled")
+    if plan.ipv4 is not None:
+        lines.append(f"route-metric={plan.metric}")
     lines += ["", "[ipv6]", "addr-gen-mode=eui64", "ip6-privacy=0"]
-    # "auto" follows the router advertisement's M/O flags: SLAAC, stateless or stateful DHCPv6.
-    # "ignore" rather than "disabled", which NetworkManager < 1.20 does not know.
-    lines.append("method=auto" if plan.ipv6 else "method=ignore")
+    if plan.ipv6 == "static" and plan.address6 is not None:
+        gateway = f",{plan.gateway6}" if plan.gateway6 is not None else ""
+        lines += ["method=manual", f"address1={plan.address6.with_prefixlen}{gateway}"]
+    else:
+        # "auto" follows the router advertisement's M/O flags: SLAAC, stateless or stateful DHCPv6.
+        # "ignore" rather than "disabled", which NetworkManager < 1.20 does not know.
+        lines.append("method=auto" if plan.ipv6 else "method=ignore")
+    if plan.ipv6 is not None:
+        lines.append(f"route-metric={plan.metric}")
     return f"# {HEADER}\n" + join_lines(lines)
 
 
-# --- netplan / cloud-init network-config v2 -------------------------------------
+# --- netplan (network config v2) and cloud-init's network-config (v1) -------------
 
 
 def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
-    """The network config version 2 (netplan's schema, also cloud-init's network-config) for ``plans``.
+    """The network config version 2 (netplan's schema) for ``plans``.
 
     Default routes are explicit ``routes`` with a metric per NIC (valid in
     every netplan version, unlike ``to: default``); IPv6 comes from router
-    advertisements (``accept-ra``) and DHCPv6 (``dhcp6``).
+    advertisements (``accept-ra``) and DHCPv6 (``dhcp6``). A NIC using DHCP
+    gives its learned routes its own metric too (``dhcpN-overrides``):
+    networkd merges equal-metric IPv6 default routes of two NICs into one
+    multipath route across unrelated networks.
     """
     ethernets: dict[str, Any] = {}
     for p in plans:
@@ -319,12 +347,27 @@ def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
             "dhcp4": p.ipv4 == "dhcp",
             "dhcp6": p.ipv6 in ("dhcp", "slaac_dhcp"),
         }
+        addresses, routes = [], []
         if p.ipv4 == "static" and p.address is not None:
-            entry["addresses"] = [p.address.with_prefixlen]
+            addresses.append(p.address.with_prefixlen)
             if p.gateway is not None:
-                entry["routes"] = [{"to": "0.0.0.0/0", "via": str(p.gateway), "metric": p.metric}]
+                routes.append({"to": "0.0.0.0/0", "via": str(p.gateway), "metric": p.metric})
+        if p.ipv6 == "static" and p.address6 is not None:
+            addresses.append(p.address6.with_prefixlen)
+            if p.gateway6 is not None:
+                routes.append({"to": "::/0", "via": str(p.gateway6), "metric": p.metric})
+        if addresses:
+            entry["addresses"] = addresses
+        if routes:
+            entry["routes"] = routes
         if p.ipv6 in ("slaac", "slaac_dhcp"):
             entry["accept-ra"] = True
+        elif p.ipv6 == "static":
+            entry["accept-ra"] = False
+        # networkd applies a [DHCP] RouteMetric to the DHCPv4 and the router advertisement routes
+        for family in ("dhcp4", "dhcp6"):
+            if entry[family]:
+                entry[f"{family}-overrides"] = {"route-metric": p.metric}
         ethernets[p.name] = entry
     return {"version": 2, "ethernets": ethernets}
 
@@ -332,6 +375,46 @@ def network_config_v2(plans: Sequence[NicPlan]) -> dict[str, Any]:
 def render_netplan(plans: Sequence[NicPlan]) -> dict[str, Any]:
     """The content of /etc/netplan/<ours>.yaml (to be dumped with yaml.safe_dump)."""
     return {"network": network_config_v2(plans)}
+
+
+CLOUD_INIT_IPV6_TYPES = {"slaac": "ipv6_slaac", "slaac_dhcp": "ipv6_dhcpv6-stateless", "dhcp": "ipv6_dhcpv6-stateful"}
+
+
+def network_config_v1(plans: Sequence[NicPlan]) -> dict[str, Any]:
+    """cloud-init's network-config version 1 for ``plans`` (the seed's ``network-config``).
+
+    Version 1, not 2, because cloud-init turns version 2 into version 1
+    before rendering and loses on the way what the NICs need: a ``routes``
+    entry drops its metric and becomes ``post-up route add`` in ENI, which
+    fails on images without net-tools (the default route of a static NIC
+    is silently missing), and ``dhcp6`` is always stateful, so a network
+    for SLAAC plus stateless DHCPv6 gets a DHCPv6 client that never gets an
+    address. In version 1 each subnet has its own ``gateway`` and ``metric``
+    (rendered natively by every renderer) and the IPv6 types say SLAAC,
+    stateless or stateful DHCPv6 (cloud-init >= 20.1).
+    """
+    config: list[dict[str, Any]] = []
+    for p in plans:
+        subnets: list[dict[str, Any]] = []
+        if p.ipv4 == "static" and p.address is not None:
+            subnet: dict[str, Any] = {"type": "static", "address": p.address.with_prefixlen}
+            if p.gateway is not None:
+                subnet.update(gateway=str(p.gateway), metric=p.metric)
+            subnets.append(subnet)
+        elif p.ipv4 == "dhcp":
+            subnets.append({"type": "dhcp4", "metric": p.metric})
+        if p.ipv6 == "static" and p.address6 is not None:
+            subnet = {"type": "static6", "address": p.address6.with_prefixlen}
+            if p.gateway6 is not None:
+                subnet.update(gateway=str(p.gateway6), metric=p.metric)
+            subnets.append(subnet)
+        elif p.ipv6 is not None:
+            subnets.append({"type": CLOUD_INIT_IPV6_TYPES[p.ipv6]})
+        entry: dict[str, Any] = {"type": "physical", "name": p.name, "mac_address": p.mac, "subnets": subnets}
+        if p.ipv6 == "static":
+            entry["accept-ra"] = False
+        config.append(entry)
+    return {"version": 1, "config": config}
 
 
 def _netplan_claims(key: str, entry: Any, names: Sequence[str], macs: set[str]) -> bool:
@@ -384,11 +467,26 @@ def render_networkd(plan: NicPlan) -> str:
     lines = [f"# {HEADER}", "[Match]", f"MACAddress={plan.mac}", "", "[Network]", f"DHCP={dhcp}"]
     if plan.ipv4 == "static" and plan.address is not None:
         lines.append(f"Address={plan.address.with_prefixlen}")
-    if plan.ipv6:
+    if plan.ipv6 == "static" and plan.address6 is not None:
+        lines += [f"Address={plan.address6.with_prefixlen}", "IPv6AcceptRA=no"]
+    elif plan.ipv6:
         # SLAAC; networkd also runs DHCPv6 when the advertisement sets the M or O flag.
         lines += ["IPv6AcceptRA=yes", "IPv6PrivacyExtensions=no"]
     else:
         lines.append("IPv6AcceptRA=no")
+    # every default route of NIC N, learned or static, has its metric: networkd would merge two NICs'
+    # equal-metric IPv6 default routes into one multipath route across unrelated networks
+    if plan.ipv4 == "dhcp":
+        lines += ["", "[DHCPv4]", f"RouteMetric={plan.metric}"]
+    if plan.ipv6 in RA_MODES:
+        lines += ["", "[IPv6AcceptRA]", f"RouteMetric={plan.metric}"]
     if plan.ipv4 == "static" and plan.gateway is not None:
         lines += ["", "[Route]", f"Gateway={plan.gateway}", f"Metric={plan.metric}"]
+    if plan.ipv6 == "static" and plan.gateway6 is not None:
+        lines += ["", "[Route]", f"Gateway={plan.gateway6}", f"Metric={plan.metric}"]
     return join_lines(lines)
+
+
+def render_networkd_ra_metric(plan: NicPlan) -> str:
+    """A networkd drop-in giving the routes of ``plan``'s router advertisements its metric (see ConfigureNetwork)."""
+    return join_lines([f"# {HEADER}", "[IPv6AcceptRA]", f"RouteMetric={plan.metric}"])

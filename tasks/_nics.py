@@ -31,7 +31,8 @@ from helper.framework import Context
 from snf_image.contract.rules import RulesNic, RulesSettings
 
 IPV4_MODES = ("dhcp", "static")
-IPV6_MODES = ("dhcp", "slaac", "slaac_dhcp")
+IPV6_MODES = ("dhcp", "slaac", "slaac_dhcp", "static")
+RA_MODES = ("slaac", "slaac_dhcp", "dhcp")  # the IPv6 modes that take the default route from router advertisements
 DEFAULT_NIC_CONFIGS = ("", "dhcp", "dhcpv6", "slaac", "slaac_dhcp", "dhcp+dhcpv6", "dhcp+slaac", "dhcp+slaac_dhcp")
 NAME_PREFIX = "nic"
 METRIC_BASE = 100  # default route metric of NIC N: METRIC_BASE + N, so two gateways never collide
@@ -45,10 +46,10 @@ class NicPlan:
     """What one NIC gets.
 
     ipv4: None, "dhcp" or "static" (then ``address`` is set, ``gateway`` maybe).
-    ipv6: None, "dhcp" (stateful DHCPv6), "slaac", or "slaac_dhcp" (SLAAC plus
-        stateless DHCPv6 for the other options). No static IPv6 address: the
-        network's routers advertise the prefix and the address is EUI-64.
-    metric: the metric of this NIC's IPv4 default route.
+    ipv6: None, "dhcp" (stateful DHCPv6), "slaac", "slaac_dhcp" (SLAAC plus
+        stateless DHCPv6 for the other options) or "static" (then
+        ``address6`` is set and ``gateway6``, if any, is the default route).
+    metric: the metric of this NIC's default routes.
     """
 
     index: int
@@ -58,6 +59,7 @@ class NicPlan:
     ipv6: str | None = None
     address: ipaddress.IPv4Interface | None = None
     gateway: ipaddress.IPv4Address | None = None
+    address6: ipaddress.IPv6Interface | None = None
     subnet6: ipaddress.IPv6Network | None = None
     gateway6: ipaddress.IPv6Address | None = None
     frontend_type: str | None = None
@@ -105,6 +107,65 @@ def _network(value: str, version: int, what: str, label: str) -> ipaddress.IPv4N
     return net
 
 
+def _ip(value: str, label: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise TaskError(f"{label}: invalid IP {value!r} (expected an IPv4 or IPv6 address)") from exc
+
+
+def _ipv4_fields(
+    address: ipaddress.IPv4Address | None, nic: RulesNic, settings: RulesSettings, label: str
+) -> dict[str, Any]:
+    """The IPv4 part of a NIC's plan (see :func:`plan_nics`)."""
+    subnet, gateway = _text(nic.subnet), _text(nic.gateway)
+    net = _network(subnet, 4, "subnet", label) if subnet else None
+    gw = _ipv4(gateway, "gateway", label) if gateway else None
+    if net is not None and gw is not None and gw not in net:
+        raise TaskError(f"{label}: gateway {gw} is not in subnet {net}")
+    if address is None:
+        return {}
+    if set(nic.tags).intersection(settings.dhcp_tags) or net is None:
+        return {"ipv4": "dhcp"}
+    if address not in net:
+        raise TaskError(f"{label}: IP {address} is not in subnet {net}")
+    return {"ipv4": "static", "address": ipaddress.IPv4Interface(f"{address}/{net.prefixlen}"), "gateway": gw}
+
+
+def _ipv6_fields(
+    address: ipaddress.IPv6Address | None, nic: RulesNic, settings: RulesSettings, label: str
+) -> dict[str, Any]:
+    """The IPv6 part of a NIC's plan (see :func:`plan_nics`)."""
+    subnet6, gateway6 = _text(nic.subnet6), _text(nic.gateway6)
+    fields: dict[str, Any] = {}
+    net6 = fields["subnet6"] = _network(subnet6, 6, "subnet6", label) if subnet6 else None
+    if gateway6:
+        try:
+            fields["gateway6"] = ipaddress.IPv6Address(gateway6)
+        except ValueError as exc:
+            raise TaskError(f"{label}: invalid gateway6 {gateway6!r} (expected an IPv6 address)") from exc
+    gw6 = fields.get("gateway6")
+    tags = set(nic.tags)
+    if address is not None:
+        if tags.intersection(settings.stateful_dhcpv6_tags) or net6 is None:
+            fields["ipv6"] = "dhcp"
+            return fields
+        if address not in net6:
+            raise TaskError(f"{label}: IP {address} is not in subnet6 {net6}")
+        if gw6 is not None and gw6 not in net6 and not gw6.is_link_local:
+            raise TaskError(f"{label}: gateway6 {gw6} is neither in subnet6 {net6} nor link-local")
+        fields["ipv6"] = "static"
+        fields["address6"] = ipaddress.IPv6Interface(f"{address}/{net6.prefixlen}")
+    elif net6 is not None or gw6 is not None:
+        if tags.intersection(settings.stateful_dhcpv6_tags):
+            fields["ipv6"] = "dhcp"
+        elif tags.intersection(settings.stateless_dhcpv6_tags):
+            fields["ipv6"] = "slaac_dhcp"
+        else:
+            fields["ipv6"] = "slaac"
+    return fields
+
+
 def parse_default_nic_config(value: str) -> tuple[str | None, str | None]:
     """(ipv4, ipv6) modes of a DEFAULT_NIC_CONFIG value: ``dhcp``, ``slaac``, ``dhcp+slaac_dhcp``, ..."""
     word = value.strip().lower()
@@ -128,12 +189,17 @@ def plan_nics(
 
     The original's rules (50ConfigureNetwork), addresses checked:
 
-    - IPv4 is configured when the NIC has an IP: DHCP when the network has a
-      tag of ``dhcp_tags`` or no subnet, else static with the subnet's prefix
-      (the IP must lie in the subnet) and the gateway if any (in the subnet too).
-    - IPv6 is configured when the network has ``gateway6`` or ``subnet6``:
-      stateful DHCPv6 with a ``stateful_dhcpv6_tags`` tag, SLAAC plus
-      stateless DHCPv6 with a ``stateless_dhcpv6_tags`` tag, else SLAAC.
+    - IPv4 is configured when the NIC has an IPv4 IP: DHCP when the network
+      has a tag of ``dhcp_tags`` or no subnet, else static with the subnet's
+      prefix (the IP must lie in the subnet) and the gateway if any (in the
+      subnet too).
+    - IPv6 is configured when the NIC has an IPv6 IP (Ganeti accepts one,
+      e.g. on a routed NIC), the same way: stateful DHCPv6 when the network
+      has a ``stateful_dhcpv6_tags`` tag or no subnet6, else static with
+      subnet6's prefix and gateway6 (in subnet6 or link-local) if any.
+    - Otherwise IPv6 is configured when the network has ``gateway6`` or
+      ``subnet6``: stateful DHCPv6 with a ``stateful_dhcpv6_tags`` tag, SLAAC
+      plus stateless DHCPv6 with a ``stateless_dhcpv6_tags`` tag, else SLAAC.
     - A single NIC with neither gets ``default_nic_config`` (with a warning).
 
     Anything malformed (MAC, IP, subnet, gateway, duplicate index or MAC) is
@@ -154,39 +220,9 @@ def plan_nics(
         if mac in seen_mac:
             raise TaskError(f"{label}: MAC address {mac} is used by another NIC too")
         seen_mac.add(mac)
-        tags = set(nic.tags)
-        ip, subnet, gateway = _text(nic.ip), _text(nic.subnet), _text(nic.gateway)
-        subnet6, gateway6 = _text(nic.subnet6), _text(nic.gateway6)
-
-        net = _network(subnet, 4, "subnet", label) if subnet else None
-        gw = _ipv4(gateway, "gateway", label) if gateway else None
-        if net is not None and gw is not None and gw not in net:
-            raise TaskError(f"{label}: gateway {gw} is not in subnet {net}")
-        fields: dict[str, Any] = {}
-        if ip:
-            address = _ipv4(ip, "IP", label)
-            if tags.intersection(settings.dhcp_tags) or net is None:
-                fields["ipv4"] = "dhcp"
-            else:
-                if address not in net:
-                    raise TaskError(f"{label}: IP {address} is not in subnet {net}")
-                fields["ipv4"] = "static"
-                fields["address"] = ipaddress.IPv4Interface(f"{address}/{net.prefixlen}")
-                fields["gateway"] = gw
-        if subnet6 or gateway6:
-            if subnet6:
-                fields["subnet6"] = _network(subnet6, 6, "subnet6", label)
-            if gateway6:
-                try:
-                    fields["gateway6"] = ipaddress.IPv6Address(gateway6)
-                except ValueError as exc:
-                    raise TaskError(f"{label}: invalid gateway6 {gateway6!r} (expected an IPv6 address)") from exc
-            if tags.intersection(settings.stateful_dhcpv6_tags):
-                fields["ipv6"] = "dhcp"
-            elif tags.intersection(settings.stateless_dhcpv6_tags):
-                fields["ipv6"] = "slaac_dhcp"
-            else:
-                fields["ipv6"] = "slaac"
+        ip = _ip(_text(nic.ip), label) if _text(nic.ip) else None
+        fields = _ipv4_fields(ip if isinstance(ip, ipaddress.IPv4Address) else None, nic, settings, label)
+        fields.update(_ipv6_fields(ip if isinstance(ip, ipaddress.IPv6Address) else None, nic, settings, label))
         name = namer(index)
         if not IFNAME_RE.match(name):
             raise TaskError(f"{label}: invalid interface name {name!r}")

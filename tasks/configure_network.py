@@ -1,8 +1,13 @@
 """ConfigureNetwork: configure the instance's NICs the way the image's own network stack reads it.
 
-Each NIC gets IPv4 by DHCP or statically and IPv6 by SLAAC, SLAAC plus
-stateless DHCPv6, or stateful DHCPv6, from the NIC's IP, its network's
-subnets, gateways and tags and the DHCP tag settings; a single NIC without
+Each NIC gets IPv4 by DHCP or statically and IPv6 statically (a NIC IP
+that is IPv6), by SLAAC, SLAAC plus stateless DHCPv6, or stateful DHCPv6,
+from the NIC's IP, its network's subnets, gateways and tags and the DHCP
+tag settings; each static gateway is a default route with metric 100 + N
+for Ganeti NIC N, so that several never collide (with networkd, and
+netplan through a drop-in beside the file it renders, the DHCP and router
+advertisement routes too: networkd would merge equal-metric IPv6 default
+routes of two NICs into one multipath route); a single NIC without
 any of this gets DEFAULT_NIC_CONFIG (see ``tasks/_nics.py``:
 ``plan_nics``). Malformed addresses in the rules fail the task.
 
@@ -29,12 +34,14 @@ family's kernel attaches to qemu's model (paravirtual: vtnet / vioif /
 vio, e1000: em / wm / em, rtl8139: re / re / rl, ...; ``tasks/_bsd.py``:
 ``DRIVERS``), numbered per driver. FreeBSD: ``ifconfig_<if>="inet A netmask
 M"`` or ``"DHCP"``, ``defaultrouter``, and for IPv6 ``ifconfig_<if>_ipv6="inet6
--ifdisabled accept_rtadv"`` with ``rtsold_enable``, in ``/etc/rc.conf``
-(the image's lines for NICs replaced). NetBSD: ``/etc/ifconfig.<if>``
-(``inet A netmask M`` or ``!dhcpcd``; ``inet6 -ifdisabled``),
-``defaultroute`` and ``ip6mode=autohost`` in rc.conf. OpenBSD:
-``/etc/hostname.<if>`` (``inet A MASK NONE`` or ``dhcp``; ``inet6
-autoconf``) and ``/etc/mygate``. Stateful DHCPv6 is configured as SLAAC on
+-ifdisabled accept_rtadv"`` with ``rtsold_enable`` (or ``"inet6 A prefixlen
+P"`` and ``ipv6_defaultrouter``), in ``/etc/rc.conf`` (the image's lines for
+NICs replaced). NetBSD: ``/etc/ifconfig.<if>`` (``inet A netmask M`` or
+``!dhcpcd``; ``inet6 -ifdisabled`` or ``inet6 A prefixlen P``),
+``defaultroute``, ``defaultroute6`` and ``ip6mode=autohost`` in rc.conf.
+OpenBSD: ``/etc/hostname.<if>`` (``inet A MASK NONE`` or ``dhcp``; ``inet6
+autoconf`` or ``inet6 A P``) and ``/etc/mygate``. The BSDs have one default
+route per family: the first static NIC's gateway. Stateful DHCPv6 is configured as SLAAC on
 the BSDs (no DHCPv6 client in their base systems), with a warning.
 
 Properties: NM_NETWORKING, CLOUD_INIT. Settings: dhcp_tags,
@@ -67,6 +74,7 @@ NETPLAN_DIR = "/etc/netplan"
 NETPLAN_FILE = f"{NETPLAN_DIR}/60-snf-image.yaml"
 NM_DIR = "/etc/NetworkManager/system-connections"
 NETWORKD_DIR = "/etc/systemd/network"
+NETPLAN_DROPIN = "60-snf-image.conf"  # in 10-netplan-<name>.network.d/
 IFCFG_DIR = "/etc/sysconfig/network-scripts"
 SYSCONFIG_NETWORK = "/etc/sysconfig/network"
 WANTS = "/etc/systemd/system/multi-user.target.wants"
@@ -199,6 +207,34 @@ def apply_netplan(ctx: Context, plans: Sequence[NicPlan]) -> None:
             log.info("removed the entries for this instance's NICs from %s", path)
     text = f"# {_network.HEADER}\n" + _cloud_init.dump(_network.render_netplan(plans))
     install(ctx, NETPLAN_FILE, text, mode=0o600)
+    write_netplan_ra_metrics(ctx, plans)
+
+
+def write_netplan_ra_metrics(ctx: Context, plans: Sequence[NicPlan]) -> None:
+    """A networkd drop-in per netplan NIC that takes router advertisements: their routes get the NIC's metric.
+
+    netplan has no setting for it (its route-metric overrides reach the
+    advertisement routes only on a NIC with DHCP), and two NICs whose RA
+    default routes share networkd's default metric become one multipath
+    route across unrelated networks. netplan names the file it renders for
+    our ethernet ``nicN`` ``10-netplan-nicN.network``; a renderer other
+    than networkd ignores the drop-in. Ours for NICs gone are removed.
+    """
+    wanted = {
+        f"{NETWORKD_DIR}/10-netplan-{p.name}.network.d/{NETPLAN_DROPIN}": _network.render_networkd_ra_metric(p)
+        for p in plans
+        if p.ipv6 in _nics.RA_MODES
+    }
+    directory = fsutil.resolve(ctx.target, NETWORKD_DIR)
+    found = (
+        sorted(e.name for e in directory.iterdir() if e.is_dir() and not e.is_symlink()) if directory.is_dir() else []
+    )
+    for name in found:
+        path = f"{NETWORKD_DIR}/{name}/{NETPLAN_DROPIN}"
+        if fnmatch.fnmatchcase(name, "10-netplan-*.network.d") and path not in wanted:
+            fsutil.remove(ctx.target, path)
+    for path, text in wanted.items():
+        install(ctx, path, text)
 
 
 def nm_profile_mac(text: str) -> str | None:
@@ -357,7 +393,10 @@ def apply_netbsd(ctx: Context, plans: Sequence[NicPlan]) -> None:
     gateway = _bsd.default_gateway(plans)
     if gateway is not None:
         values["defaultroute"] = gateway
-    if any(p.ipv6 is not None for p in plans):
+    gateway6 = _bsd.default_gateway6(plans, names)
+    if gateway6 is not None:
+        values["defaultroute6"] = gateway6
+    if any(p.ipv6 not in (None, "static") for p in plans):
         values["ip6mode"] = "autohost"
     if values:
         backup(ctx, _bsd.RC_CONF)
@@ -371,9 +410,9 @@ def apply_openbsd(ctx: Context, plans: Sequence[NicPlan]) -> None:
     _bsd_files(ctx, "hostname.", {f"hostname.{n}" for n in names})
     for p, name in zip(plans, names, strict=True):
         install(ctx, f"/etc/hostname.{name}", _bsd.render_openbsd_hostname_if(p), mode=0o640)
-    gateway = _bsd.default_gateway(plans)
-    if gateway is not None:
-        install(ctx, _bsd.MYGATE, f"{_bsd.FILE_HEADER}\n{gateway}\n")
+    gateways = [g for g in (_bsd.default_gateway(plans), _bsd.default_gateway6(plans, names)) if g is not None]
+    if gateways:
+        install(ctx, _bsd.MYGATE, "\n".join([_bsd.FILE_HEADER, *gateways]) + "\n")
     elif fsutil.exists(ctx.target, _bsd.MYGATE):
         discard(ctx, _bsd.MYGATE)
 

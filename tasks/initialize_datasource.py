@@ -16,7 +16,7 @@ cloud-init installed (``/etc/cloud/cloud.cfg.d`` or
   (AssignHostname, ChangePassword, ...; see ``tasks/_cloud_init.py``);
 - ``user-data`` (0600): the ``cloud_userdata`` parameter base64-decoded,
   byte for byte, or empty with a warning;
-- ``network-config`` (version 2): the NICs as ConfigureNetwork plans them,
+- ``network-config`` (version 1): the NICs as ConfigureNetwork plans them,
   matched by MAC; it applies when ConfigureNetwork leaves the network to
   cloud-init (no native configuration it knows in the image);
 - a per-once script that empties the user-data (seed and cloud-init's

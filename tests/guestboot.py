@@ -5,9 +5,11 @@ proves the guest uses them: that the NIC comes up under the configured name
 with the configured address, that root can log in with the injected
 password, that sshd finds host keys. The guest boots with its own kernel and
 initrd (host copies from the guest image's metadata) straight from the
-deployed disk, with one virtio NIC on a qemu user network with
-``restrict=on`` (no route out of the VM) and the serial console on qemu's
-stdio, driven with pexpect. Everything has a deadline and qemu is always
+deployed disk, by default with one virtio NIC on a qemu user network with
+``restrict=on`` (no route out of the VM); a test of several NICs passes its
+own (taps of a private network, tests/guestnet.py) and the command prefix
+that runs qemu where they are. The serial console is on qemu's stdio,
+driven with pexpect. Everything has a deadline and qemu is always
 killed on the way out.
 """
 
@@ -29,6 +31,14 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 class BootError(AssertionError):
     """The guest did not boot or answer in time; carries the console's tail."""
+
+
+@dataclass(frozen=True)
+class GuestNic:
+    """One virtio NIC of the booted guest: its MAC and the qemu -netdev backend (without id)."""
+
+    mac: str
+    netdev: str = "user,restrict=on"
 
 
 @dataclass
@@ -65,13 +75,22 @@ def tail(child: pexpect.spawn, size: int = 4000) -> str:
 
 
 def qemu_argv(
-    disk: Path, kernel: Path, initrd: Path, cmdline: str, mac: str, memory: int = 1024, extra_disks: Sequence[Path] = ()
+    disk: Path,
+    kernel: Path,
+    initrd: Path,
+    cmdline: str,
+    nics: Sequence[GuestNic],
+    memory: int = 1024,
+    extra_disks: Sequence[Path] = (),
 ) -> list[str]:
-    """The qemu command line: TCG, direct kernel boot, the disks as virtio, one restricted user NIC, serial on stdio.
+    """The qemu command line: TCG, direct kernel boot, the disks as virtio, ``nics`` as virtio NICs, serial on stdio.
 
     ``extra_disks`` follow the boot disk in order (vdb, vdc, ...), as an instance's further disks do.
     """
     drives = [arg for extra in extra_disks for arg in ("-drive", f"file={extra},format=raw,if=virtio")]
+    network = []
+    for index, nic in enumerate(nics):
+        network += ["-netdev", f"{nic.netdev},id=n{index}", "-device", f"virtio-net-pci,netdev=n{index},mac={nic.mac}"]
     return [
         "qemu-system-x86_64",
         "-nodefaults",
@@ -93,10 +112,7 @@ def qemu_argv(
         "-drive",
         f"file={disk},format=raw,if=virtio",
         *drives,
-        "-netdev",
-        "user,id=n0,restrict=on",
-        "-device",
-        f"virtio-net-pci,netdev=n0,mac={mac}",
+        *network,
         "-serial",
         "stdio",
     ]
@@ -123,18 +139,23 @@ def booted(
     times: BootTimes | None = None,
     ready: str | None = None,
     extra_disks: Sequence[Path] = (),
+    nics: Sequence[GuestNic] = (),
+    prefix: Sequence[str] = (),
 ) -> Iterator[Console]:
     """Boot ``disk``, log in as root on ttyS0 with ``password``, yield the shell; qemu is killed on exit.
 
     ``ready``: a console regex to wait for before logging in -- the getty
     starts before cloud-init's config stage has set the password, so a
     cloud-init guest is logged into only after cloud-init says it finished.
+    ``nics``: the guest's NICs (default: one user-network NIC with ``mac``);
+    ``prefix``: a command qemu runs under (``ip netns exec NS`` for taps there).
     The whole console goes to ``log`` (a failing test's best evidence).
     Kernel messages are silenced on the console after login so they do not
     interleave with command output.
     """
     times = times or BootTimes()
-    argv = qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", mac, extra_disks=extra_disks)
+    nics = nics or [GuestNic(mac)]
+    argv = [*prefix, *qemu_argv(disk, kernel, initrd, cmdline + " panic=-1", nics, extra_disks=extra_disks)]
     started = time.monotonic()
     with open(log, "w", encoding="utf-8", errors="replace") as logfile:
         child = pexpect.spawn(

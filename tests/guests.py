@@ -123,12 +123,14 @@ class KindSpec:
     # "msdos", "gpt", or None for a bare filesystem image (extdump).
     table: str | None
     root_fs: str
-    network: str  # ifupdown | nm | networkd | cloudinit
+    network: str  # ifupdown | nm | networkd (netplan) | systemd-networkd (no netplan) | cloudinit
     packages: tuple[str, ...] = ()
     purge: tuple[str, ...] = ()
     separate_boot: bool = False
     # The kind whose root tree and UUIDs this kind shares (extdump <-> ext4-msdos).
     tree_of: str | None = None
+    # The whole disk's size (bytes); the last partition takes what the others leave.
+    size: int = DISK_SIZE
 
 
 KINDS: dict[str, KindSpec] = {
@@ -168,6 +170,14 @@ KINDS: dict[str, KindSpec] = {
             purge=("ifupdown", "isc-dhcp-client"),
         ),
         KindSpec(
+            "systemd-networkd",
+            "like ext4-msdos with systemd-networkd alone (no netplan): a DHCP .network for en*/eth*, ifupdown purged",
+            table="msdos",
+            root_fs="ext4",
+            network="systemd-networkd",
+            purge=("ifupdown", "isc-dhcp-client"),
+        ),
+        KindSpec(
             "cloudinit",
             "like ext4-msdos with cloud-init installed (NoCloud seeded by the product)",
             table="msdos",
@@ -186,7 +196,32 @@ KINDS: dict[str, KindSpec] = {
     )
 }
 
+#: Kinds only the benchmarks deploy (built on demand like the others, not by the test suite).
+BENCHMARK_KINDS: dict[str, KindSpec] = {
+    spec.name: spec
+    for spec in (
+        KindSpec(
+            "xfs-gpt-2g",
+            "xfs-gpt on a 2 GiB disk: the image of issue #14's deployment figures (benchmarks/deploy.py)",
+            table="gpt",
+            root_fs="xfs",
+            network="ifupdown",
+            packages=("xfsprogs",),
+            separate_boot=True,
+            size=2048 * MiB,
+        ),
+    )
+}
+
 SAMPLE_KIND = "ext4-msdos"
+
+
+def spec_of(kind: str) -> KindSpec:
+    """A kind of the suite or of the benchmarks; ValueError for anything else."""
+    spec = KINDS.get(kind) or BENCHMARK_KINDS.get(kind)
+    if spec is None:
+        raise ValueError(f"unknown guest kind {kind!r}; known: {', '.join([*KINDS, *BENCHMARK_KINDS])}")
+    return spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +250,7 @@ def layout(spec: KindSpec) -> list[Partition]:
     if spec.table == "gpt":
         boot_start = 1 * MiB
         root_start = boot_start + BOOT_SIZE
-        root_size = DISK_SIZE - root_start - 1 * MiB  # leave room for the backup GPT
+        root_size = spec.size - root_start - 1 * MiB  # leave room for the backup GPT
         return [
             Partition(
                 1,
@@ -240,13 +275,13 @@ def layout(spec: KindSpec) -> list[Partition]:
                 GPT_ROOT_X86_64,
             ),
         ]
-    root_size = DISK_SIZE - 1 * MiB
+    root_size = spec.size - 1 * MiB
     return [Partition(1, 1 * MiB, root_size, spec.root_fs, "/", "root", kind_uuid(tree, "root"), "", None)]
 
 
 def disk_size(spec: KindSpec) -> int:
     """Virtual size of the artifact: the whole disk, or the bare filesystem for extdump."""
-    return DISK_SIZE if spec.table else layout(spec)[0].size
+    return spec.size if spec.table else layout(spec)[0].size
 
 
 def _digest(obj: Any) -> str:
@@ -267,11 +302,11 @@ def base_key() -> str:
 
 def cache_key(kind: str) -> str:
     """Cache key of a kind: its base, its parameters, its layout and the kind recipe version."""
-    spec = KINDS[kind]
+    spec = spec_of(kind)
     inputs: dict[str, Any] = {
         "base": base_key(),
         "recipe": KIND_RECIPE_VERSION,
-        "spec": dataclasses.asdict(spec),
+        "spec": _spec_fields(spec),
         "layout": [dataclasses.asdict(p) for p in layout(spec)],
         "disk_size": disk_size(spec),
         "hostname": HOSTNAME,
@@ -279,10 +314,15 @@ def cache_key(kind: str) -> str:
     if spec.tree_of:
         tree_spec = KINDS[spec.tree_of]
         inputs["tree"] = {
-            "spec": dataclasses.asdict(tree_spec),
+            "spec": _spec_fields(tree_spec),
             "layout": [dataclasses.asdict(p) for p in layout(tree_spec)],
         }
     return _digest(inputs)
+
+
+def _spec_fields(spec: KindSpec) -> dict[str, Any]:
+    """A kind's fields for its key, without the size: ``disk_size`` and the layout carry it."""
+    return {name: value for name, value in dataclasses.asdict(spec).items() if name != "size"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -579,6 +619,15 @@ network:
       dhcp4: true
 """
 
+NETWORKD_DHCP = """\
+# Written by the snf-image test suite's guest builder.
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+"""
+
 CLOUD_CFG = """\
 # Only look where the product seeds us: no slow probing of cloud metadata services.
 datasource_list: [ NoCloud, ConfigDrive, None ]
@@ -686,13 +735,22 @@ def _network(root: Path, spec: KindSpec) -> None:
         netplan.parent.mkdir(parents=True, exist_ok=True)
         netplan.write_text(NETPLAN_YAML)
         netplan.chmod(0o600)
-        wants = etc / "systemd/system/multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / "systemd-networkd.service"
-        if not link.exists():
-            link.symlink_to("/lib/systemd/system/systemd-networkd.service")
+        _enable_networkd(etc)
+    elif spec.network == "systemd-networkd":
+        interfaces.unlink(missing_ok=True)
+        (etc / "systemd/network").mkdir(parents=True, exist_ok=True)
+        (etc / "systemd/network/50-snf-guest.network").write_text(NETWORKD_DHCP)
+        _enable_networkd(etc)
     else:
         raise ValueError(f"unknown network style {spec.network!r}")
+
+
+def _enable_networkd(etc: Path) -> None:
+    wants = etc / "systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "systemd-networkd.service"
+    if not link.exists():
+        link.symlink_to("/lib/systemd/system/systemd-networkd.service")
 
 
 def kernel_paths(root: Path) -> tuple[str, str]:
@@ -783,7 +841,7 @@ def sfdisk_script(spec: KindSpec) -> str:
 def assemble_disk(spec: KindSpec, fs_images: dict[int, Path], image: Path) -> None:
     """Sparse raw disk: partition table from a script, filesystems copied at their offsets."""
     with open(image, "wb") as fh:
-        fh.truncate(DISK_SIZE)
+        fh.truncate(spec.size)
     run([_tool("sfdisk"), "--quiet", "--no-reread", "--no-tell-kernel", image], input=sfdisk_script(spec).encode())
     for p in layout(spec):
         src = fs_images[p.number]
@@ -907,13 +965,11 @@ def _load(stem: Path) -> GuestImage | None:
 
 def guest_image(kind: str) -> GuestImage:
     """The cached artifact of a kind, built (with its base) if missing; what tests call."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown guest kind {kind!r}; known: {', '.join(KINDS)}")
+    spec = spec_of(kind)
     stem = artifact_stem(kind)
     found = _load(stem)
     if found:
         return found
-    spec = KINDS[kind]
     base = base_rootfs()
     with file_lock(stem.with_suffix(".lock")):
         found = _load(stem)
@@ -1046,11 +1102,12 @@ def _build(spec: KindSpec, base: Path, stem: Path, work: Path) -> None:
 
 def clean_old(keep: Sequence[str] = ()) -> list[Path]:
     """Remove cached artifacts whose key is no longer current (recipe or package changes)."""
-    current = {artifact_stem(k).name for k in KINDS} | {f"base-{SUITE}-{base_key()}"} | set(keep)
+    kinds = [*KINDS, *BENCHMARK_KINDS]
+    current = {artifact_stem(k).name for k in kinds} | {f"base-{SUITE}-{base_key()}"} | set(keep)
     removed = []
     for entry in cache_dir().iterdir():
         stem = entry.name.split(".", 1)[0] if not entry.name.startswith(".") else ""
-        if stem and stem not in current and (entry.name.startswith("base-") or stem.rsplit("-", 1)[0] in KINDS):
+        if stem and stem not in current and (entry.name.startswith("base-") or stem.rsplit("-", 1)[0] in kinds):
             remove_tree(entry)
             removed.append(entry)
     return removed
@@ -1072,13 +1129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m tests.guests", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     build = sub.add_parser("build", help="build (or find cached) guest images")
-    build.add_argument("kinds", nargs="+", metavar="KIND", help=f"one of {', '.join(KINDS)}, or all")
+    build.add_argument(
+        "kinds", nargs="+", metavar="KIND", help=f"one of {', '.join([*KINDS, *BENCHMARK_KINDS])}, or all"
+    )
     sub.add_parser("list", help="show kinds, cache keys and whether they are cached")
     sub.add_parser("clean", help="remove artifacts whose cache key is out of date")
     args = parser.parse_args(argv)
 
     if args.cmd == "list":
-        for kind in KINDS:
+        for kind in [*KINDS, *BENCHMARK_KINDS]:
             found = _load(artifact_stem(kind))
             print(f"{kind:<11} {cache_key(kind)}  {_describe(found) if found else 'not built'}")
         return 0
@@ -1087,7 +1146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"removed {path}")
         return 0
     kinds = list(KINDS) if args.kinds == ["all"] else args.kinds
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in KINDS and k not in BENCHMARK_KINDS]
     if unknown:
         parser.error(f"unknown kind(s): {', '.join(unknown)}")
     total = time.monotonic()

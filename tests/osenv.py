@@ -40,7 +40,9 @@ class OsDefinition:
         return self.root / "tmp"
 
     def configure(self, **settings: str) -> None:
-        lines = [f'{key}="{value}"' for key, value in {"IMAGE_DIR": str(self.image_dir), **settings}.items()]
+        # the installation's own helper slots: tests of other checkouts on this machine do not queue with its VMs
+        private = {"IMAGE_DIR": str(self.image_dir), "HELPER_SLOTS_DIR": str(self.root / "helper-slots")}
+        lines = [f'{key}="{value}"' for key, value in {**private, **settings}.items()]
         (self.config_dir / "snf-image.conf").write_text("\n".join(lines) + "\n")
 
     def script_env(self, env: dict[str, str]) -> dict[str, str]:
@@ -72,11 +74,11 @@ class OsDefinition:
         return subprocess.Popen(["./" + script, *args], cwd=self.os_dir, env=self.script_env(env), umask=0o077, **popen)
 
 
-def install(root: Path) -> OsDefinition:
-    """Symlink the repository as an OS definition and lay out settings under ``root``."""
+def install(root: Path, repo: Path = REPO) -> OsDefinition:
+    """Symlink the repository (or another checkout: benchmarks) as an OS definition; settings under ``root``."""
     definition = OsDefinition(root)
     definition.os_dir.parent.mkdir(parents=True)
-    os.symlink(REPO, definition.os_dir)
+    os.symlink(repo, definition.os_dir)
     for path in (definition.config_dir, definition.variants_dir, definition.image_dir, definition.tmpdir):
         path.mkdir()
     (definition.variants_dir / "default.conf").write_text("# default variant\n")

@@ -1,7 +1,8 @@
 """Opening an image through the node-local cache, and filling an entry while a deployment streams.
 
 The fill is a tee, not a second pass: every buffer the deployment reads from
-the source is also written to an unnamed file in the cache directory, with
+the source is also written to an unnamed file in the cache directory (its
+zero blocks left as holes: an entry takes the image's data, not its size), with
 its CRC-32 (and the ``img_checksum`` digest) computed on the way. When the
 source ends whole the file becomes the entry (:meth:`.cache.ImageCache.commit`);
 when anything goes wrong with the cache (a full disk, an image larger than
@@ -17,6 +18,7 @@ import logging
 import os
 import zlib
 
+from ..copy import zero_runs
 from .base import CacheIdentity, ImageSource, ImageStream
 from .cache import CacheKey, EntryLock, EntryMeta, ImageCache, usable_validators
 
@@ -120,11 +122,12 @@ class FillingStream(ImageStream):
         return skipped
 
     def _tee(self, data: memoryview) -> None:
+        """Write ``data`` at its place in the entry, its zero blocks as holes (an entry takes the image's data)."""
         assert self._fd is not None
         try:
-            view = data
-            while view:
-                view = view[os.write(self._fd, view) :]
+            for start, end, zero in zero_runs(data):
+                if not zero:
+                    _pwrite_all(self._fd, data[start:end], self._written + start)
         except OSError as exc:
             self._drop(f"cannot write to IMAGE_CACHE_DIR {self._cache.directory}: {exc.strerror}")
             return
@@ -145,6 +148,7 @@ class FillingStream(ImageStream):
             return
         meta = EntryMeta(self._written, self._crc, dict(self.validators), self.key.display, self.key.checksum)
         try:
+            os.ftruncate(self._fd, self._written)  # the holes at its end
             self._cache.commit(self.key, self._fd, meta)
         except OSError as exc:
             self._drop(f"cannot store it in IMAGE_CACHE_DIR {self._cache.directory}: {exc.strerror}")
@@ -179,3 +183,9 @@ class FillingStream(ImageStream):
             os.close(fd)
         self._lock.release()
         self._inner.close()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written

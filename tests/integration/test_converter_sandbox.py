@@ -87,8 +87,9 @@ def test_converter_is_unprivileged_alone_and_limited(tmp_path, qcow2, monkeypatc
     secret = tmp_path / "host-secret"
     secret.write_bytes(SECRET)
     monkeypatch.setenv("OSP_IMG_PASSWD", "hunter2-password")
+    before = descendants(os.getpid())  # e.g. a session fixture's own processes (the Ganeti cluster's holder)
     with open_converted(qcow2, sniff.QCOW2) as image:
-        processes = descendants(os.getpid())
+        processes = {pid: name for pid, name in descendants(os.getpid()).items() if pid not in before}
         daemon = next(pid for pid, name in processes.items() if name.startswith("qemu-storage"))
         assert sorted(processes.values()) == ["bwrap", "bwrap", "python3", "qemu-storage-da"]
         for pid in processes:

@@ -13,7 +13,10 @@ import parted
 import pytest
 import zstandard
 
+from snf_image.copy import BUFFER_SIZE
 from snf_image.errors import ImageError
+from snf_image.formats.sniff import SNIFF_BYTES
+from snf_image.sources.local import LocalStream
 from tests.copyrun import MiB, make_disk_image, old_data_disk, run_copy
 
 
@@ -118,6 +121,61 @@ def test_checksum_is_verified_while_streaming(tmp_path):
     run_copy(image, disk, checksum="md5:" + hashlib.md5(content).hexdigest().upper())
 
 
+def test_holes_are_skipped_not_read_as_zeros(tmp_path):
+    """Holes that begin inside a buffer are skipped too: only the image's data is read.
+
+    (And the head the format is sniffed from, zeros included.)
+    """
+    image, disk = tmp_path / "image.raw", tmp_path / "disk.raw"
+    content = make_disk_image(image, 64 * MiB, data_at=(3, 40))  # data: the table, then 1 MiB at 3 and at 40
+    data = sum(length for _, length in data_extents(image))
+    old_data_disk(disk, 64 * MiB)
+    reads: list[int] = []
+
+    class Counting(LocalStream):
+        def __init__(self, inner: LocalStream) -> None:
+            super().__init__(inner.local_path)
+            inner.close()
+
+        def readinto(self, buffer: memoryview) -> int:
+            n = super().readinto(buffer)
+            reads.append(n)
+            return n
+
+    run_copy(image, disk, wrap=Counting)
+    assert disk.read_bytes() == content
+    assert sum(reads) <= data + SNIFF_BYTES < 4 * MiB
+
+
+def test_the_copy_leaves_the_page_cache_to_the_node(tmp_path):
+    """Write-behind: once copied, at most a few buffers of the image stay in the node's page cache."""
+    image, disk = tmp_path / "image.raw", tmp_path / "disk.raw"
+    with open(image, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MiB))
+    with open(disk, "wb") as f:
+        f.truncate(96 * MiB)
+    run_copy(image, disk)
+    cached = int(subprocess.run(["fincore", "-bno", "RES", str(disk)], capture_output=True, check=True).stdout)
+    assert cached <= 3 * BUFFER_SIZE < 64 * MiB
+    assert disk.read_bytes()[: 64 * MiB] == image.read_bytes()
+
+
+def data_extents(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of each data run of a sparse file, as SEEK_DATA/SEEK_HOLE see them."""
+    extents = []
+    with open(path, "rb") as f:
+        size, position = os.fstat(f.fileno()).st_size, 0
+        while position < size:
+            try:
+                start = os.lseek(f.fileno(), position, os.SEEK_DATA)
+            except OSError:
+                break
+            position = os.lseek(f.fileno(), start, os.SEEK_HOLE)
+            extents.append((start, position - start))
+    return extents
+
+
 def xz_declaring_dictionary(data: bytes, dict_code: int) -> bytes:
     """xz-compress ``data``, then make its block header declare a larger LZMA2 dictionary (CRC fixed)."""
     packed = bytearray(lzma.compress(data, format=lzma.FORMAT_XZ, filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}]))
@@ -167,7 +225,10 @@ def test_zstd_asking_for_a_huge_window_is_one_clear_error(tmp_path):
 BOMB_RUN = """
 import sys
 from pathlib import Path
+from snf_image.copy import BUFFER_SIZE
 from snf_image.errors import ImageError
+from snf_image.formats.sniff import SNIFF_BYTES
+from snf_image.sources.local import LocalStream
 from tests.copyrun import run_copy
 try:
     run_copy(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -142,6 +142,12 @@ def test_network_configuration(image: guests.GuestImage) -> None:
         assert "netplan.io" in image.meta["packages"]
         assert "ifupdown" not in image.meta["packages"]
         return
+    if style == "systemd-networkd":
+        assert not image.exists("/etc/network/interfaces") and not image.exists("/etc/netplan")
+        assert "DHCP=yes" in image.read_file("/etc/systemd/network/50-snf-guest.network").decode()
+        assert image.exists("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service")
+        assert "netplan.io" not in image.meta["packages"] and "ifupdown" not in image.meta["packages"]
+        return
     interfaces = image.read_file("/etc/network/interfaces").decode()
     assert "iface lo inet loopback" in interfaces
     if style == "ifupdown":

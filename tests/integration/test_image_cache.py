@@ -96,6 +96,25 @@ def test_a_url_named_copy_is_revalidated_with_the_etag(server: ImageServer, tmp_
     assert len(entries(tmp_path)) == 1
 
 
+def test_an_entry_takes_the_images_data_not_its_size(server: ImageServer, tmp_path: Path) -> None:
+    """A mostly empty image is kept with its zero blocks as holes, and read back exactly."""
+    image = bytes(7 * MiB) + DATA + bytes(6 * MiB + 5)
+    server.files["/sparse"] = image
+    server.behaviour.etag = '"s1"'
+    settings = cache_settings(tmp_path)
+    url = server.url("/sparse")
+    assert fetched(url, settings) == (image, FillingStream)
+    (entry,) = (tmp_path / "cache").glob("*.img")
+    assert entry.stat().st_size == len(image)
+    assert entry.stat().st_blocks * 512 <= len(DATA) + 2 * MiB < len(image) // 3
+    assert fetched(url, settings) == (image, LocalStream)
+    # its holes are checked without being read: data turned into a hole is damage all the same
+    subprocess.run(
+        ["fallocate", "--punch-hole", "--offset", str(8 * MiB), "--length", str(MiB), str(entry)], check=True
+    )
+    assert fetched(url, settings) == (image, FillingStream)
+
+
 def test_last_modified_revalidates_too(server: ImageServer, tmp_path: Path) -> None:
     settings = cache_settings(tmp_path)
     server.behaviour.last_modified = "Tue, 01 Jul 2025 10:00:00 GMT"

@@ -282,8 +282,9 @@ def test_network_configuration(deployment: Deployment) -> None:
     if deployment.cloud_init:
         assert "config: disabled" in deployment.read(f"{CLOUD_CFG}/98_snf-image-ConfigureNetwork.cfg")
         seed_network = yaml.safe_load(deployment.read(f"{SEED}/network-config"))
-        nic0 = seed_network["ethernets"]["nic0"]
-        assert nic0["match"] == {"macaddress": mac} and nic0["addresses"] == [ADDRESS.with_prefixlen]
+        nic0 = seed_network["config"][0]
+        assert (nic0["name"], nic0["mac_address"]) == ("nic0", mac)
+        assert nic0["subnets"][0]["address"] == ADDRESS.with_prefixlen
 
 
 def test_the_filesystem_is_clean(deployment: Deployment) -> None:

@@ -76,19 +76,31 @@ def test_uuids_are_deterministic_and_shared_by_extdump() -> None:
     assert ext == msdos
 
 
-@pytest.mark.parametrize("kind", [k for k, s in guests.KINDS.items() if s.table])
+@pytest.mark.parametrize("kind", [k for k, s in {**guests.KINDS, **guests.BENCHMARK_KINDS}.items() if s.table])
 def test_layouts_fit_the_disk_and_are_aligned(kind: str) -> None:
-    spec = guests.KINDS[kind]
+    spec = guests.spec_of(kind)
     parts = guests.layout(spec)
-    assert guests.disk_size(spec) <= 1536 * MiB
+    assert guests.disk_size(spec) == spec.size <= 2048 * MiB
     end = 0
     for p in parts:
         assert p.start % MiB == 0 and p.size % MiB == 0
         assert p.start >= max(end, MiB)
         end = p.start + p.size
-    limit = guests.DISK_SIZE - (33 * 512 if spec.table == "gpt" else 0)
+    limit = spec.size - (33 * 512 if spec.table == "gpt" else 0)
     assert end <= limit
     assert [p.mountpoint for p in parts].count("/") == 1
+
+
+def test_the_benchmark_image_is_xfs_gpt_on_2_gib() -> None:
+    """Issue #14's figures: a 2 GiB image, GPT, ext4 /boot, XFS root; its own key, the suite's keys untouched."""
+    big, suite = guests.spec_of("xfs-gpt-2g"), guests.KINDS["xfs-gpt"]
+    assert guests.disk_size(big) == 2 * 1024 * MiB
+    assert [(p.mountpoint, p.fs_type) for p in guests.layout(big)] == [("/boot", "ext4"), ("/", "xfs")]
+    assert guests.layout(big)[1].size - guests.layout(suite)[1].size == 512 * MiB
+    assert guests.cache_key("xfs-gpt-2g") not in {guests.cache_key(k) for k in guests.KINDS}
+    assert "xfs-gpt-2g" not in guests.KINDS  # the suite does not build it
+    with pytest.raises(ValueError, match="unknown guest kind"):
+        guests.spec_of("xfs-gpt-3g")
 
 
 def test_xfs_gpt_has_root_last_and_separate_boot() -> None:

@@ -99,6 +99,23 @@ def test_ipv6_from_subnet6_or_gateway6_alone() -> None:
     assert one(tags=("dhcpv6",)).ipv6 is None
 
 
+def test_ipv6_ip_is_static_in_its_subnet6() -> None:
+    """Ganeti lets a NIC's IP be IPv6: configured like an IPv4 one, with subnet6 and gateway6."""
+    p = one(ip="2001:db8::5", subnet6="2001:db8::/64", gateway6="2001:db8::1", tags=("stateless_dhcpv6", "dhcp"))
+    assert (p.ipv4, p.ipv6) == (None, "static")
+    assert p.address6 == ipaddress.IPv6Interface("2001:db8::5/64")
+    assert p.gateway6 == ipaddress.IPv6Address("2001:db8::1")
+    link_local = one(ip="2001:db8::5", subnet6="2001:db8::/64", gateway6="fe80::1")
+    assert link_local.gateway6 == ipaddress.IPv6Address("fe80::1")
+    assert one(ip="2001:db8::5", subnet6="2001:db8::/64").gateway6 is None
+
+
+def test_ipv6_ip_without_subnet6_or_with_the_stateful_tag_is_dhcpv6() -> None:
+    """As an IPv4 IP without a subnet is DHCP's to hand out, an IPv6 one without subnet6 is DHCPv6's."""
+    assert (one(ip="2001:db8::5").ipv6, one(ip="2001:db8::5").address6) == ("dhcp", None)
+    assert one(ip="2001:db8::5", subnet6="2001:db8::/64", tags=("dhcpv6",)).ipv6 == "dhcp"
+
+
 def test_dual_stack() -> None:
     p = one(ip="192.0.2.10", subnet="192.0.2.0/24", subnet6="2001:db8::/64", tags=("nfdhcpd",))
     assert (p.ipv4, p.ipv6) == ("dhcp", "slaac_dhcp")
@@ -144,7 +161,9 @@ def test_order_names_and_mac_normalised() -> None:
         ({"mac": "zz:00:00:00:00:01"}, "invalid MAC"),
         ({"mac": None}, "invalid MAC"),
         ({"ip": "192.0.2.300"}, "invalid IP"),
-        ({"ip": "2001:db8::5"}, "expected an IPv4"),
+        ({"ip": "2001:db8::5", "subnet6": "2001:db8:1::/64"}, "not in subnet6"),
+        ({"ip": "2001:db8::5", "subnet6": "2001:db8::/64", "gateway6": "2001:db8:1::1"}, "neither in subnet6"),
+        ({"ip": "2001:db8::5", "subnet6": "2001:db8::/64", "subnet": "garbage/24"}, "invalid subnet"),
         ({"ip": "192.0.2.1; rm -rf /"}, "invalid IP"),
         ({"ip": "192.0.2.10", "subnet": "192.0.2.0"}, "CIDR"),
         ({"ip": "192.0.2.10", "subnet": "garbage/24"}, "invalid subnet"),
@@ -444,6 +463,7 @@ def test_nmconnection_static() -> None:
         "addr-gen-mode=eui64",
         "ip6-privacy=0",
         "method=auto",
+        "route-metric=100",
     ]
     assert uuid == _network.connection_uuid(MAC0) != _network.connection_uuid(MAC1)
 
@@ -457,9 +477,11 @@ def test_nmconnection_static() -> None:
     ],
 )
 def test_nmconnection_dynamic(ipv4: str | None, ipv6: str | None, v4: str, v6: str) -> None:
-    lines = _network.render_nmconnection(dynamic(ipv4=ipv4, ipv6=ipv6)).splitlines()
-    assert lines[lines.index("[ipv4]") + 1] == v4
-    assert lines[-1] == v6
+    """Learned routes carry the NIC's metric too: NetworkManager's own per-device ones would collide with ours."""
+    text = _network.render_nmconnection(dynamic(1, MAC1, ipv4=ipv4, ipv6=ipv6))
+    ipv4_section, ipv6_section = text.split("[ipv4]\n")[1].split("\n[ipv6]\n")
+    assert ipv4_section.splitlines() == [v4, *(["route-metric=101"] if ipv4 else [])]
+    assert ipv6_section.splitlines()[2:] == [v6, *(["route-metric=101"] if ipv6 else [])]
 
 
 # --- netplan / network-config v2 -------------------------------------------------------------------
@@ -483,7 +505,14 @@ def test_netplan_parses_back() -> None:
                     "routes": [{"to": "0.0.0.0/0", "via": "192.0.2.1", "metric": 100}],
                     "accept-ra": True,
                 },
-                "nic1": {"match": {"macaddress": MAC1}, "set-name": "nic1", "dhcp4": True, "dhcp6": True},
+                "nic1": {
+                    "match": {"macaddress": MAC1},
+                    "set-name": "nic1",
+                    "dhcp4": True,
+                    "dhcp6": True,
+                    "dhcp4-overrides": {"route-metric": 101},
+                    "dhcp6-overrides": {"route-metric": 101},
+                },
                 "nic2": {
                     "match": {"macaddress": "aa:00:00:00:00:03"},
                     "set-name": "nic2",
@@ -514,6 +543,9 @@ def test_networkd_static() -> None:
         "IPv6AcceptRA=yes",
         "IPv6PrivacyExtensions=no",
         "",
+        "[IPv6AcceptRA]",
+        "RouteMetric=100",
+        "",
         "[Route]",
         "Gateway=192.0.2.1",
         "Metric=100",
@@ -528,3 +560,119 @@ def test_networkd_dhcp(ipv4: str | None, ipv6: str | None, dhcp: str) -> None:
     text = _network.render_networkd(dynamic(ipv4=ipv4, ipv6=ipv6))
     assert f"\nDHCP={dhcp}\n" in text
     assert ("IPv6AcceptRA=yes" in text) == bool(ipv6)
+    # learned routes carry the NIC's metric: no multipath default across two NICs' networks
+    assert ("[DHCPv4]\nRouteMetric=100\n" in text) == (ipv4 == "dhcp")
+    assert ("[IPv6AcceptRA]\nRouteMetric=100\n" in text) == bool(ipv6)
+
+
+# --- static IPv6 in every format ------------------------------------------------------------------
+
+
+def static6(index: int = 0, gateway6: str | None = "2001:db8::1") -> NicPlan:
+    """A NIC whose Ganeti IP is IPv6: the address in subnet6, gateway6 as its default route."""
+    return NicPlan(
+        index=index,
+        mac=MAC0,
+        name=f"nic{index}",
+        ipv6="static",
+        address6=ipaddress.IPv6Interface("2001:db8::5/64"),
+        subnet6=ipaddress.IPv6Network("2001:db8::/64"),
+        gateway6=ipaddress.IPv6Address(gateway6) if gateway6 else None,
+    )
+
+
+def test_interfaces_static_ipv6() -> None:
+    lines = _network.render_interfaces_block([static6(1)])
+    assert lines[3:-1] == [
+        "auto nic1",
+        "allow-hotplug nic1",
+        "iface nic1 inet6 static",
+        "    address 2001:db8::5",
+        "    netmask 64",
+        "    accept_ra 0",
+        "    gateway 2001:db8::1",
+        "    metric 101",
+    ]
+    assert "gateway" not in "\n".join(_network.render_interfaces_block([static6(gateway6=None)]))
+
+
+def test_ifcfg_static_ipv6() -> None:
+    assert _network.render_ifcfg(static6()).splitlines()[7:] == [
+        "BOOTPROTO=none",
+        "IPV4_FAILURE_FATAL=no",
+        "IPV6INIT=yes",
+        "IPV6_FAILURE_FATAL=no",
+        "IPV6_AUTOCONF=no",
+        "IPV6ADDR=2001:db8::5/64",
+        "IPV6_DEFAULTGW=2001:db8::1%nic0",
+        "IPV6_ROUTE_METRIC=100",
+    ]
+    assert "IPV6_DEFAULTGW=fe80::1%nic0\n" in _network.render_ifcfg(static6(gateway6="fe80::1"))
+
+
+def test_nmconnection_static_ipv6() -> None:
+    lines = _network.render_nmconnection(static6())
+    assert lines.split("[ipv6]\n", 1)[1].splitlines() == [
+        "addr-gen-mode=eui64",
+        "ip6-privacy=0",
+        "method=manual",
+        "address1=2001:db8::5/64,2001:db8::1",
+        "route-metric=100",
+    ]
+
+
+def test_v2_static_ipv6_with_static_ipv4() -> None:
+    dual = dataclasses.replace(static(), ipv6="static", address6=ipaddress.IPv6Interface("2001:db8::5/64"))
+    dual = dataclasses.replace(dual, gateway6=ipaddress.IPv6Address("fe80::1"))
+    entry = _network.network_config_v2([dual])["ethernets"]["nic0"]
+    assert entry["addresses"] == ["192.0.2.10/24", "2001:db8::5/64"]
+    assert entry["routes"] == [
+        {"to": "0.0.0.0/0", "via": "192.0.2.1", "metric": 100},
+        {"to": "::/0", "via": "fe80::1", "metric": 100},
+    ]
+    assert entry["accept-ra"] is False and entry["dhcp6"] is False
+
+
+def test_networkd_static_ipv6() -> None:
+    assert _network.render_networkd(static6()).splitlines()[4:] == [
+        "[Network]",
+        "DHCP=no",
+        "Address=2001:db8::5/64",
+        "IPv6AcceptRA=no",
+        "",
+        "[Route]",
+        "Gateway=2001:db8::1",
+        "Metric=100",
+    ]
+
+
+# --- cloud-init network-config v1 ---------------------------------------------------------------
+
+
+def test_network_config_v1_every_mode() -> None:
+    """Gateways and metrics per subnet, the three IPv6 types: what cloud-init renders without loss."""
+    plans = [
+        static(0, ipv6="slaac"),
+        dynamic(1, MAC1, ipv6="slaac_dhcp"),
+        dynamic(2, "aa:00:00:00:00:03", None, "dhcp"),
+        static6(3),
+        dynamic(4, "aa:00:00:00:00:05", None, None),
+    ]
+    plans[3] = dataclasses.replace(plans[3], mac="aa:00:00:00:00:04")
+    config = _network.network_config_v1(plans)
+    assert config["version"] == 1
+    assert [(c["type"], c["name"], c["mac_address"]) for c in config["config"]] == [
+        ("physical", f"nic{p.index}", p.mac) for p in plans
+    ]
+    assert [c["subnets"] for c in config["config"]] == [
+        [
+            {"type": "static", "address": "192.0.2.10/24", "gateway": "192.0.2.1", "metric": 100},
+            {"type": "ipv6_slaac"},
+        ],
+        [{"type": "dhcp4", "metric": 101}, {"type": "ipv6_dhcpv6-stateless"}],
+        [{"type": "ipv6_dhcpv6-stateful"}],
+        [{"type": "static6", "address": "2001:db8::5/64", "gateway": "2001:db8::1", "metric": 103}],
+        [],
+    ]
+    assert config["config"][3]["accept-ra"] is False
+    assert "accept-ra" not in config["config"][0]

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import os
 import stat
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -213,10 +214,25 @@ def test_netplan_wins_over_networkd(tmp_path: Path) -> None:
     stock = yaml.safe_load(read(tmp_path, "/etc/netplan/50-cloud-init.yaml"))
     assert stock == {"network": {"version": 2}}
     assert backups(tmp_path) == ["etc/netplan/50-cloud-init.yaml"]
-    assert not (tmp_path / "etc/systemd/network").exists()
+    # nic0 takes router advertisements: their routes get its metric through a drop-in on netplan's file
+    dropins = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "etc/systemd/network").rglob("*.conf"))
+    assert dropins == ["etc/systemd/network/10-netplan-nic0.network.d/60-snf-image.conf"]
+    assert read(tmp_path, f"/{dropins[0]}").splitlines()[1:] == ["[IPv6AcceptRA]", "RouteMetric=100"]
     # cloud-init is in the image: it must not regenerate the network config
     cfg = yaml.safe_load(read(tmp_path, "/etc/cloud/cloud.cfg.d/98_snf-image-ConfigureNetwork.cfg"))
     assert cfg == {"network": {"config": "disabled"}}
+
+
+def test_netplan_drop_ins_follow_the_nics(tmp_path: Path) -> None:
+    """A redeployment whose NIC has no IPv6 any more loses its drop-in; the image's own drop-ins stay."""
+    put(tmp_path, "/usr/sbin/netplan", "", 0o755)
+    put(tmp_path, "/etc/netplan/50-image.yaml", "network: {version: 2}\n")
+    image_dropin = put(tmp_path, "/etc/systemd/network/10-netplan-nic0.network.d/mtu.conf", "[Link]\nMTUBytes=9000\n")
+    configure_network.run(make_ctx(tmp_path))
+    ours = tmp_path / "etc/systemd/network/10-netplan-nic0.network.d/60-snf-image.conf"
+    assert ours.is_file()
+    configure_network.run(make_ctx(tmp_path, nics=(dataclasses.replace(NICS[0], subnet6=None, gateway6=None),)))
+    assert not ours.exists() and image_dropin.is_file()
 
 
 def test_netplan_keeps_the_image_entries_for_other_devices(tmp_path: Path) -> None:
@@ -282,6 +298,83 @@ def test_redhat_ifcfg(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     configure_network.run(make_ctx(tmp_path))
     assert snapshot(tmp_path) == before
+
+
+def sourced(path: Path) -> dict[str, str]:
+    """The variables an ifcfg file sets when sourced by bash, which is how initscripts' ifup reads it."""
+    out = subprocess.run(
+        ["env", "-i", "bash", "-c", 'set -a; . "$1"; env -0', "bash", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=10,
+    ).stdout.decode()
+    ignore = {"PWD", "SHLVL", "_"}
+    return dict(item.split("=", 1) for item in out.split("\0") if item and item.split("=", 1)[0] not in ignore)
+
+
+def test_redhat_ifcfg_every_mode_as_initscripts_and_networkmanager_read_it(tmp_path: Path) -> None:
+    """Each mode's ifcfg file, sourced by bash as initscripts does, sets what RHEL's readers act on.
+
+    The keys and values are the ones initscripts' doc/sysconfig.txt and
+    NetworkManager's ifcfg-rh plugin define: BOOTPROTO, IPADDR/PREFIX,
+    GATEWAY/METRIC, IPV6INIT, IPV6_AUTOCONF (SLAAC), DHCPV6C (+ ``-S`` for
+    stateless), IPV6ADDR, IPV6_DEFAULTGW (with %DEVICE); bash's view equals
+    the plain KEY=value reading NetworkManager's svGetValue does.
+    """
+    put(tmp_path, "/etc/redhat-release", "Rocky Linux release 9.3 (Blue Onyx)\n")
+    scripts = "/etc/sysconfig/network-scripts"
+    put(tmp_path, f"{scripts}/ifcfg-eth0", "DEVICE=eth0\nBOOTPROTO=dhcp\nONBOOT=yes\n")
+    macs = [f"aa:00:00:00:01:0{i}" for i in range(5)]
+    nics = (
+        RulesNic(index=0, mac=macs[0], ip="192.0.2.10", subnet="192.0.2.0/24", gateway="192.0.2.1", tags=()),
+        RulesNic(index=1, mac=macs[1], ip="10.0.1.5", subnet="10.0.1.0/24", subnet6="2001:db8:1::/64", tags=("dhcp",)),
+        RulesNic(index=2, mac=macs[2], subnet6="2001:db8:2::/64", gateway6="2001:db8:2::1", tags=("dhcpv6",)),
+        RulesNic(
+            index=3, mac=macs[3], ip="2001:db8:3::5", subnet6="2001:db8:3::/64", gateway6="2001:db8:3::1", tags=()
+        ),
+        RulesNic(
+            index=4,
+            mac=macs[4],
+            ip="10.0.4.5",
+            subnet="10.0.4.0/24",
+            subnet6="2001:db8:4::/64",
+            tags=("dhcp", "nfdhcpd"),
+        ),
+    )
+    configure_network.run(make_ctx(tmp_path, nics=nics))
+    common = {"TYPE": "Ethernet", "ONBOOT": "yes", "NM_CONTROLLED": "yes", "IPV6_FAILURE_FATAL": "no"}
+    no_ipv4 = {"BOOTPROTO": "none", "IPV4_FAILURE_FATAL": "no"}
+    slaac = {"IPV6INIT": "yes", "IPV6_AUTOCONF": "yes", "IPV6_PRIVACY": "no"}
+    meanings = [
+        {
+            "BOOTPROTO": "none",
+            "IPADDR": "192.0.2.10",
+            "PREFIX": "24",
+            "NETMASK": "255.255.255.0",
+            "GATEWAY": "192.0.2.1",
+            "METRIC": "100",
+            "IPV4_ROUTE_METRIC": "100",
+            "IPV6INIT": "no",
+        },
+        {"BOOTPROTO": "dhcp", **slaac},
+        {**no_ipv4, "IPV6INIT": "yes", "IPV6_AUTOCONF": "no", "DHCPV6C": "yes"},
+        {
+            **no_ipv4,
+            "IPV6INIT": "yes",
+            "IPV6_AUTOCONF": "no",
+            "IPV6ADDR": "2001:db8:3::5/64",
+            "IPV6_DEFAULTGW": "2001:db8:3::1%nic3",
+            "IPV6_ROUTE_METRIC": "103",
+        },
+        {"BOOTPROTO": "dhcp", **slaac, "DHCPV6C": "yes", "DHCPV6C_OPTIONS": "-S"},
+    ]
+    assert sorted(os.listdir(tmp_path / scripts.lstrip("/"))) == [f"ifcfg-nic{i}" for i in range(5)]
+    for index, meaning in enumerate(meanings):
+        path = tmp_path / scripts.lstrip("/") / f"ifcfg-nic{index}"
+        identity = {"DEVICE": f"nic{index}", "NAME": f"nic{index}", "HWADDR": macs[index]}
+        assert sourced(path) == {**identity, **common, **meaning}, f"ifcfg-nic{index}"
+        assert configure_network.ifcfg_values(path.read_text()) == sourced(path)
+    assert "NETWORKING_IPV6=yes" in read(tmp_path, "/etc/sysconfig/network")
 
 
 # --- hostile images --------------------------------------------------------------------------------------
@@ -357,18 +450,18 @@ def test_initialize_datasource_and_unknown_network(tmp_path: Path) -> None:
         st = (seed / name).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
     net = yaml.safe_load((seed / "network-config").read_text())
-    assert net["version"] == 2
-    nic0 = net["ethernets"]["nic0"]
+    assert net["version"] == 1
+    nic0, nic1 = net["config"]
     assert nic0 == {
-        "match": {"macaddress": MAC0},
-        "set-name": "nic0",
-        "dhcp4": False,
-        "dhcp6": False,
-        "addresses": ["192.0.2.10/24"],
-        "routes": [{"to": "0.0.0.0/0", "via": "192.0.2.1", "metric": 100}],
-        "accept-ra": True,
+        "type": "physical",
+        "name": "nic0",
+        "mac_address": MAC0,
+        "subnets": [
+            {"type": "static", "address": "192.0.2.10/24", "gateway": "192.0.2.1", "metric": 100},
+            {"type": "ipv6_slaac"},
+        ],
     }
-    assert net["ethernets"]["nic1"]["dhcp4"] is True
+    assert nic1["subnets"] == [{"type": "dhcp4", "metric": 101}]
     script = tmp_path / "var/lib/cloud/scripts/per-once/snf-image-clear-user-data.sh"
     assert stat.S_IMODE(script.stat().st_mode) == 0o700
     assert ": > /var/lib/cloud/seed/nocloud-net/user-data" in script.read_text()

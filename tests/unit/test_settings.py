@@ -1,5 +1,6 @@
 """Settings files: the original's KEY=value syntax parsed (never sourced), YAML beside it, precedence."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,15 @@ def test_image_cache_settings(tmp_path):
     for bad in ("-1", "1.5G", "lots", ""):
         with pytest.raises(OperatorError, match="IMAGE_CACHE_SIZE must be a size like 0, 500M, 20G"):
             load_settings(config_dir=tmp_path, overrides={"IMAGE_CACHE_SIZE": bad})
+
+
+def test_helper_max_running(tmp_path):
+    def max_running(value: str) -> int:
+        _write(tmp_path / "snf-image.conf", f"HELPER_MAX_RUNNING={value}\n")
+        return load_settings(tmp_path, tmp_path).helper_max_running
+
+    assert max_running("auto") == len(os.sched_getaffinity(0))
+    assert max_running("3") == 3 and max_running("0") == 0
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(OperatorError, match="HELPER_MAX_RUNNING must be auto, a number of helper VMs or 0"):
+            max_running(bad)

@@ -344,3 +344,29 @@ def test_warnings_helper_is_used(tmp_path: Path) -> None:
     ctx = make_ctx(root, rules={"personality": ()}, osfamily="freebsd")
     enforce_personality.run(ctx)
     assert warnings(ctx) == [enforce_personality.NO_PERSONALITY]
+
+
+def test_bsd_static_ipv6() -> None:
+    """A NIC whose Ganeti IP is IPv6: the address on the interface, gateway6 as the IPv6 default router."""
+    plans = [
+        NicPlan(0, "aa:00:00:00:00:01", "nic0", ipv4="dhcp"),
+        NicPlan(
+            1,
+            "aa:00:00:00:00:02",
+            "nic1",
+            ipv6="static",
+            address6=ipaddress.IPv6Interface("2001:db8::5/64"),
+            gateway6=ipaddress.IPv6Address("fe80::1"),
+        ),
+    ]
+    old = 'ipv6_defaultrouter="2001:db8:9::1"\n'
+    assert _bsd.render_freebsd_rc_conf(old, plans, ["vtnet0", "vtnet1"]) == (
+        'ipv6_defaultrouter="fe80::1%vtnet1"\n'  # in place of the image's
+        'ifconfig_vtnet0="DHCP"\n'
+        'ifconfig_vtnet1="up"\n'
+        'ifconfig_vtnet1_ipv6="inet6 -ifdisabled 2001:db8::5 prefixlen 64"\n'
+        'ipv6_activate_all_interfaces="YES"\n'
+    )
+    assert _bsd.render_netbsd_ifconfig(plans[1]).splitlines()[1:] == ["up", "inet6 2001:db8::5 prefixlen 64"]
+    assert _bsd.render_openbsd_hostname_if(plans[1]).splitlines()[1:] == ["inet6 2001:db8::5 64", "up"]
+    assert _bsd.default_gateway6(plans, ["vio0", "vio1"]) == "fe80::1%vio1"
