@@ -25,8 +25,10 @@ named, with the reason, in a warning the operator sees.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ MBR_NTFS = "07"
 MBR_LINUX = "83"
 MAX_LOGICAL = 256
 MAX_GPT_ENTRIES_BYTES = 4 * 1024 * 1024
+GPT_HEADER_MIN = 92
 
 GUID_FREEBSD_UFS = "516E7CB6-6ECF-11D6-8FF8-00022D09712B"
 GUID_MS_BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
@@ -180,17 +183,29 @@ def _parse_logical(read: Reader, sector_size: int, ext_start: int, ext_size: int
 
 
 def _parse_gpt(read: Reader, sector_size: int) -> Table:
-    header = read(sector_size, 92)
+    """The primary GPT, its header and entries checked as the kernel checks them (sizes, CRCs)."""
+    header = read(sector_size, sector_size)
     if header[:8] != b"EFI PART":
         raise TaskError("Protective MBR found but no GPT header")
-    entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+    header_size, header_crc = struct.unpack_from("<II", header, 12)
+    if not GPT_HEADER_MIN <= header_size <= min(len(header), sector_size):
+        raise TaskError(f"Corrupt GPT header (header size {header_size})")
+    checked = bytearray(header[:header_size])
+    checked[16:20] = bytes(4)
+    if zlib.crc32(checked) != header_crc:
+        raise TaskError("Corrupt GPT header (its CRC does not match): the kernel ignores this partition table")
+    entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
     if entry_size < 128 or count * entry_size > MAX_GPT_ENTRIES_BYTES:
         raise TaskError("Corrupt GPT header (entry size or count)")
     data = read(entries_lba * sector_size, count * entry_size)
+    if len(data) < count * entry_size:
+        raise TaskError("Corrupt GPT header: its partition entries lie past the end of the disk")
+    if zlib.crc32(data) != entries_crc:
+        raise TaskError("Corrupt GPT partition entries (their CRC does not match the header's)")
     partitions = []
     for i in range(count):
         raw = data[i * entry_size : i * entry_size + 128]
-        if len(raw) < 128 or raw[:16] == bytes(16):
+        if raw[:16] == bytes(16):
             continue
         first, last = struct.unpack_from("<QQ", raw, 32)
         guid = str(uuid.UUID(bytes_le=bytes(raw[:16]))).upper()
@@ -200,12 +215,15 @@ def _parse_gpt(read: Reader, sector_size: int) -> Table:
 
 
 def read_table(device: Path | str) -> Table:
-    """The partition table of a block device (or image file)."""
+    """The partition table of a block device (or image file); what lies past its end reads as nothing."""
     with open(device, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
 
         def read(offset: int, length: int) -> bytes:
+            if offset >= size:
+                return b""
             f.seek(offset)
-            return f.read(length)
+            return f.read(min(length, size - offset))
 
         return parse_table(read, disks.sector_size(device))
 

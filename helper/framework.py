@@ -302,10 +302,25 @@ def run_one(loaded: LoadedTask, ctx: Context) -> None:
 
 
 def _run_body(loaded: LoadedTask, ctx: Context) -> None:
+    """The task's work; an OSError on the way is the image's (a corrupt or full filesystem): a TaskError."""
     if ctx.osfamily not in loaded.task.families:
         log.info("Task %s: nothing to do for OS family %s", loaded.name, ctx.osfamily)
         return
-    loaded.run(ctx)
+    try:
+        loaded.run(ctx)
+    except OSError as exc:
+        log.info("Task %s: %r", loaded.name, exc)
+        raise TaskError(f"Task {loaded.name} failed on the image: {describe_os_error(exc, ctx.target)}") from None
+
+
+def describe_os_error(exc: OSError, target: Path) -> str:
+    """``exc`` in one line, its file named as the guest names it when it is the guest's."""
+    text = exc.strerror or type(exc).__name__
+    if isinstance(exc.filename, str):
+        name = Path(exc.filename)
+        shown = fsutil.guest_path(target, name) if name.is_relative_to(target) else exc.filename
+        text = f"{text}: {shown}"
+    return text
 
 
 def run_tasks(tasks: Sequence[LoadedTask], ctx: Context) -> None:

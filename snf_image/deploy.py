@@ -123,6 +123,8 @@ def write_image(
                 f"the {container}-compressed image holds a {sniff.NAMES[inner]} container; decompress it first"
             )
         size = None
+    if not peeked.head:
+        raise ImageError("the image is empty" + (f" once {container}-decoded" if container != sniff.RAW else ""))
     sniff.check_declared_format(img_format, peeked.head)
     offset = 0
     implied: dict[str, str] = {}

@@ -30,7 +30,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 #: The signals that stop a deployment (Ganeti's timeout, Ctrl-C, a hang-up).
@@ -107,6 +107,17 @@ def uninterrupted() -> Iterator[None]:
             signum, _State.pending = _State.pending, None
             _State.raised = True
             raise Interrupted(signum)
+
+
+def forget_parameters(environ: MutableMapping[str, str]) -> None:
+    """Take the OS parameters (``OSP_*``: passwords, keys, user-data, URLs with tokens) out of ``environ``.
+
+    The entry points call it on their own environment once they have read it: :func:`child_env`
+    keeps the secrets from the children we start, this from those a library starts on its own
+    (loading libparted runs ``dmidecode`` through popen(3), with the whole environment).
+    """
+    for name in [name for name in environ if name.startswith("OSP_")]:
+        del environ[name]
 
 
 def child_env() -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import deploy, summary, transfer
 from .errors import SnfImageError
 from .ganeti import ScriptEnvironment, parse_environment
-from .lifecycle import Interrupted, termination_raises
+from .lifecycle import Interrupted, forget_parameters, termination_raises
 from .progress import Progress
 from .settings import DEFAULT_CONFIG_DIR, DEFAULT_VARIANTS_DIR, Settings, load_settings
 
@@ -61,6 +61,7 @@ def settings_for(env: ScriptEnvironment, environ: Mapping[str, str], os_dir: Pat
 
 def _run(script: str, args: list[str], environ: Mapping[str, str], os_dir: Path) -> int:
     env = parse_environment(environ, script)
+    forget_parameters(os.environ)
     setup_logging(env.os.debug_level > 0)
     settings = settings_for(env, environ, os_dir)
     if script == "verify":

@@ -3,7 +3,8 @@
 Images are copies of one installation, and ``/etc/machine-id`` identifies
 the installation (journal, DHCP DUIDs derived from it, ...). When the image
 has ``/etc/machine-id`` it gets a fresh random id (128 random bits in the
-systemd form, 32 lower-case hex digits and a newline); likewise
+systemd form, 32 lower-case hex digits and a newline; a symlink there is
+replaced by the file, never written through); likewise
 ``/var/lib/dbus/machine-id`` when present -- unless it is a symlink, which
 stays a symlink (to ``/etc/machine-id``, normally). A missing file is a
 warning: systemd creates one at first boot.
@@ -13,6 +14,7 @@ Runs under ``CLOUD_INIT`` too. Properties: none.
 
 from __future__ import annotations
 
+import stat
 import uuid
 
 from helper import fsutil
@@ -30,6 +32,7 @@ TASK = Task(
 )
 
 MACHINE_ID = "/etc/machine-id"
+MACHINE_ID_MODE = 0o444  # systemd's
 DBUS_MACHINE_ID = "/var/lib/dbus/machine-id"
 
 
@@ -41,8 +44,10 @@ def new_machine_id() -> str:
 def run(ctx: Context) -> None:
     """Write a fresh id into the image's machine-id files; the D-Bus one only if it is a real file."""
     machine_id = new_machine_id()
-    if fsutil.resolve(ctx.target, MACHINE_ID).is_file():
-        fsutil.write_text(ctx.target, MACHINE_ID, machine_id)
+    if fsutil.resolve(ctx.target, MACHINE_ID).is_file():  # a symlink is replaced, never written through
+        found = fsutil.entry(ctx.target, MACHINE_ID)
+        mode = stat.S_IMODE(found.stat().st_mode) if found.is_file() and not found.is_symlink() else MACHINE_ID_MODE
+        fsutil.write_file(ctx.target, MACHINE_ID, machine_id.encode(), mode=mode)
     else:
         ctx.warning(f"The image has no {MACHINE_ID}; systemd will create one at first boot")
     dbus = fsutil.entry(ctx.target, DBUS_MACHINE_ID)

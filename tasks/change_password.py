@@ -217,9 +217,10 @@ def credentials(ctx: Context) -> Credentials | None:
 def install_keys(ctx: Context, user: _unix.User, keys: list[str], setting: list[str] | None) -> None:
     """Append ``keys`` to ``user``'s authorized keys file in the guest, with ownership and modes sshd accepts.
 
-    A symlink at the file's own path is replaced by a regular file with the
-    same keys plus the new ones, never written through: chowning whatever it
-    points to (``/etc/shadow``) to the user would be a gift to the user.
+    A symlink at the file's own path, or a symlinked directory on the way
+    (but the standard layout's, ``/home -> usr/home``), is refused: the
+    keys, and the user's ownership, would land on whatever it points to
+    (``/etc/shadow``), a gift to the user (helper.fsutil's write policy).
     """
     path = authorized_keys_path(setting, user)
     if path is None:
@@ -231,15 +232,15 @@ def install_keys(ctx: Context, user: _unix.User, keys: list[str], setting: list[
         # above home: root's; home and below: the user's (StrictModes accepts both)
         fsutil.make_dirs(ctx.target, str(home.parent), mode=0o755)
         fsutil.make_dirs(ctx.target, str(guest.parent), mode=0o700, uid=user.uid, gid=user.gid)
-        link = fsutil.resolve(ctx.target, str(guest.parent.parent)) / guest.parent.name
-        if guest.parent != home and not link.is_symlink():  # a symlinked .ssh may be anything: leave it be
-            os.chown(link, user.uid, user.gid, follow_symlinks=False)
-            link.chmod(0o700)
+        ssh_dir = fsutil.entry(ctx.target, str(guest.parent))
+        if guest.parent != home and not ssh_dir.is_symlink():
+            os.chown(ssh_dir, user.uid, user.gid, follow_symlinks=False)
+            ssh_dir.chmod(0o700)
     else:
         fsutil.make_dirs(ctx.target, str(guest.parent), mode=0o755)
     old = fsutil.read_optional(ctx.target, path) or ""
     data = add_authorized_keys(old, keys).encode("utf-8", "surrogateescape")
-    fsutil.write_file(ctx.target, path, data, mode=0o600, uid=user.uid, gid=user.gid)
+    fsutil.write_file(ctx.target, path, data, mode=0o600, uid=user.uid, gid=user.gid, edit=True)
 
 
 def unix_credentials(ctx: Context) -> Credentials | None:

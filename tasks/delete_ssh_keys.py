@@ -244,7 +244,7 @@ def private_owner_mode(old: OldKeyFile | None) -> tuple[int, int]:
 
 def delete_keys(ctx: Context, paths: list[str]) -> None:
     """Remove /etc/ssh/ssh_host_* and the ``paths`` (with .pub, -cert.pub), never following a link."""
-    ssh_dir = fsutil.resolve(ctx.target, SSH_DIR)
+    ssh_dir = fsutil.directory(ctx.target, SSH_DIR)
     if ssh_dir.is_dir():
         for entry in sorted(ssh_dir.iterdir()):
             if entry.name.startswith(HOST_KEY_PREFIX) and (entry.is_symlink() or not entry.is_dir()):

@@ -91,8 +91,10 @@ def to_mount(entries: list[FstabEntry]) -> list[FstabEntry]:
     """The entries MountImage mounts, sorted by mount point; TaskError for a non-persistent device name."""
     chosen = []
     for e in entries:
-        if e.mountpoint in ("/", "none", "swap") or not e.mountpoint.startswith("/"):
+        if e.mountpoint in ("none", "swap") or not e.mountpoint.startswith("/"):
             continue
+        if not os.path.normpath(e.mountpoint).strip("/"):
+            continue  # the root, however spelt ("/", "/.", "//"): never mounted over
         if e.fstype in SKIP_FSTYPES or e.device in ("none", "proc", "tmpfs") or "noauto" in e.options:
             continue
         if any(word in f"{e.device} {e.mountpoint}" for word in ("floppy", "cdrom")):
@@ -208,7 +210,7 @@ def mount_bsd(ctx: Context) -> None:
     for entry, number in chosen:
         if number == ctx.root_partition:
             continue
-        mountpoint = fsutil.resolve(ctx.target, entry.mountpoint)
+        mountpoint = fsutil.directory(ctx.target, entry.mountpoint)
         if not mountpoint.is_dir():
             raise TaskError(f"fstab mount point {entry.mountpoint} is not a directory in the image")
         mount_ufs(ctx, ctx.partition(number), mountpoint)
@@ -233,7 +235,7 @@ def mount_linux(ctx: Context) -> None:
         device = find_device(entry.device, partitions)
         if device == root:
             continue
-        mountpoint = fsutil.resolve(ctx.target, entry.mountpoint)
+        mountpoint = fsutil.directory(ctx.target, entry.mountpoint)
         if not mountpoint.is_dir():
             raise TaskError(f"fstab mount point {entry.mountpoint} is not a directory in the image")
         options = ["rw"]

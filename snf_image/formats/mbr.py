@@ -10,8 +10,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import parted
-
 from ..contract.constants import FORMAT_EXTDUMP, FORMAT_NTFSDUMP
 from ..errors import ImageError
 
@@ -28,6 +26,10 @@ def mbr_prefix(img_format: str, fs_size: int | None, disk_size: int) -> bytes:
     2048 sectors before the disk end when the size is not known in advance
     (a compressed dump); FixPartitionTable grows it in the jail either way.
     """
+    # libparted runs dmidecode through popen(3) when it loads: only now, once the entry point has
+    # taken the OS parameters (the secrets) out of our environment (lifecycle.forget_parameters)
+    import parted
+
     fs_type = {FORMAT_EXTDUMP: "ext2", FORMAT_NTFSDUMP: "ntfs"}[img_format]
     disk_sectors = disk_size // SECTOR
     length = disk_sectors - 2 * PREFIX_SECTORS if fs_size is None else -(-fs_size // SECTOR)

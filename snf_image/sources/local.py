@@ -101,8 +101,10 @@ class LocalSource(ImageSource):
         helper_dir = Path(self.config.get("HELPER_DIR") or DEFAULTS["HELPER_DIR"]).resolve()
         if path.is_relative_to(helper_dir):  # by default IMAGE_DIR holds HELPER_DIR: never deploy the helper
             raise OperatorError(f"img_id: {img_id!r} is in the helper VM's directory {helper_dir}, not an image")
-        if not path.is_file():
+        if not path.exists():
             raise OperatorError(f"img_id: image {name!r} not found in {root}")
+        if not path.is_file():  # a FIFO would block the copy forever; a directory or a device is no image
+            raise OperatorError(f"img_id: image {name!r} in {root} is not a regular file")
         return path
 
     def check(self, img_id: str) -> None:

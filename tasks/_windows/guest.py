@@ -45,10 +45,7 @@ def jail_path(ctx: Context, path: str) -> Path:
 
 def read_bytes(ctx: Context, path: str) -> bytes | None:
     """A regular file of the guest, or None if it does not exist."""
-    found = jail_path(ctx, path)
-    if not found.is_file():
-        return None
-    return found.read_bytes()
+    return fsutil.read_bytes(ctx.target, path, ignore_case=True)
 
 
 def write_bytes(ctx: Context, path: str, data: bytes) -> None:
@@ -60,9 +57,9 @@ def write_bytes(ctx: Context, path: str, data: bytes) -> None:
 
 def hive_file(ctx: Context, guest_path: str) -> Path:
     """The path in the jail of a hive; TaskError if the image lacks it."""
-    found = jail_path(ctx, guest_path)
-    if not found.is_file():
-        raise TaskError(f"The image has no registry hive {guest_path}")
+    found = fsutil.entry(ctx.target, guest_path, ignore_case=True)  # hivex writes it: never through a link
+    if found.is_symlink() or not found.is_file():
+        raise TaskError(f"The image has no registry hive {guest_path} (or it is not a regular file)")
     return found
 
 

@@ -178,3 +178,38 @@ def test_a_refused_secret_is_not_repeated(osdef, tmp_path, name, value):
     assert result.returncode == 1 and "ERROR: " in output
     assert not [what for what, secret in SECRETS.items() if secret in output], output[-2000:]
     assert not os.listdir(osdef.tmpdir)
+
+
+def test_a_child_a_library_starts_gets_no_secret(tmp_path):
+    """Loading libparted (the MBR of an extdump) runs dmidecode through popen(3), with our environment.
+
+    A dmidecode of the test's records what it got: it runs, and no OS parameter reaches it. The
+    helper directory is missing, so the create ends after the copy, before any VM.
+    """
+    definition = install(tmp_path / "inst")
+    fs = definition.image_dir / "root.ext4"
+    with open(fs, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", str(fs)], check=True)
+    definition.configure(HELPER_DIR=str(tmp_path / "no-helper"))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    seen = tmp_path / "dmidecode-environment"
+    (fake / "dmidecode").write_text(f"#!/bin/sh\nenv > {seen}\n")
+    (fake / "dmidecode").chmod(0o755)
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(bytes(32 << 20))
+    env = create_env(
+        "secrets.example.test",
+        disk,
+        PATH=f"{fake}:/sbin:/bin:/usr/sbin:/usr/bin",
+        OSP_IMG_ID="local://root.ext4",
+        OSP_IMG_FORMAT="extdump",
+        OSP_IMG_PASSWD=PASSWORD,
+        OSP_OS_PRODUCT_KEY=PRODUCT_KEY,
+    )
+    result = definition.run("create", env)
+    assert result.returncode == 1 and b"Image copy finished" in result.stderr, result.stderr.decode()[-2000:]
+    environment = seen.read_text()  # it ran
+    assert "PATH=" in environment and "OSP_" not in environment
+    assert PASSWORD not in environment and PRODUCT_KEY not in environment

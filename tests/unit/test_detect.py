@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+import zlib
 
 import pytest
 
@@ -74,16 +75,25 @@ def test_no_signature_is_an_error() -> None:
         detect.parse_table(Image().read)
 
 
-def put_gpt(img: Image, types: list[tuple[int, str, int, int]]) -> None:
+def put_gpt(img: Image, types: list[tuple[int, str, int, int]], count: int = 128) -> None:
+    """A protective MBR and a primary GPT (header and entries at LBA 2) with their CRCs."""
     put_mbr(img, 0, [(0xEE, 1, 0xFFFFFFFF)])
-    header = img.sector(1)
-    header[0:8] = b"EFI PART"
-    header[72:88] = struct.pack("<QII", 2, 128, 128)
     for index, guid, first, last in types:
         offset = 2 * SECTOR + index * 128
         entry = uuid.UUID(guid).bytes_le + uuid.uuid4().bytes_le + struct.pack("<QQ", first, last)
         n, skip = divmod(offset, SECTOR)
         img.sector(n)[skip : skip + len(entry)] = entry
+    seal_gpt(img, count)
+
+
+def seal_gpt(img: Image, count: int = 128) -> None:
+    """(Re)write the GPT header of ``img`` for ``count`` entries at LBA 2, with both CRCs right."""
+    header = img.sector(1)
+    header[0:8] = b"EFI PART"
+    entries_crc = zlib.crc32(img.read(2 * SECTOR, count * 128))
+    header[12:20] = struct.pack("<II", 92, 0)
+    header[72:92] = struct.pack("<QIII", 2, count, 128, entries_crc)
+    header[16:20] = struct.pack("<I", zlib.crc32(bytes(header[:92])))
 
 
 def test_gpt_types_and_numbers() -> None:
@@ -103,6 +113,23 @@ def test_gpt_types_and_numbers() -> None:
         (2, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 9999),
         (5, detect.GUID_MS_BASIC_DATA, 19999),
     ]
+
+
+def test_gpt_checked_as_the_kernel_checks_it() -> None:
+    """A header or entries whose CRC does not match, or entries past the disk's end: the kernel sees no GPT."""
+    img = Image()
+    put_gpt(img, [(0, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", 2048, 9999)])
+    img.sector(2)[40] ^= 1  # an entry changed behind the header's back
+    with pytest.raises(TaskError, match="their CRC does not match"):
+        detect.parse_table(img.read)
+    seal_gpt(img)
+    assert [p.number for p in detect.parse_table(img.read).partitions] == [1]
+    img.sector(1)[88] ^= 1  # the header changed, its CRC not
+    with pytest.raises(TaskError, match=r"Corrupt GPT header \(its CRC does not match\)"):
+        detect.parse_table(img.read)
+    seal_gpt(img)
+    with pytest.raises(TaskError, match="entries lie past the end of the disk"):
+        detect.parse_table(lambda offset, length: img.read(offset, length)[: max(0, 4 * SECTOR - offset)])
 
 
 def test_gpt_without_header_is_an_error() -> None:

@@ -127,6 +127,12 @@ def test_fstab_entries_to_mount() -> None:
     ]
 
 
+def test_fstab_never_mounts_over_the_root() -> None:
+    """The root spelt otherwise ("/.", "//", "/./") is skipped as "/" is."""
+    fstab = "UUID=1 /. ext4 rw 0 2\nUUID=2 // ext4 rw 0 2\nUUID=3 /./ ext4 rw 0 2\nUUID=4 /proc ext4 rw 0 2\n"
+    assert [e.mountpoint for e in mount_image.to_mount(mount_image.parse_fstab(fstab))] == ["/proc"]
+
+
 def test_fstab_non_persistent_name_is_an_error() -> None:
     with pytest.raises(TaskError, match="non-persistent block device name: /dev/vda2"):
         mount_image.to_mount(mount_image.parse_fstab("/dev/vda1 / ext4 defaults 0 1\n/dev/vda2 /home ext4 rw 0 2\n"))

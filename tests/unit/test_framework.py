@@ -137,6 +137,27 @@ def test_failure_stops_the_run_without_task_end(tmp_path: Path) -> None:
     assert ctx.reporter.lines[-1] == ("start", "Bad")
 
 
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(117, "Structure needs cleaning", "{root}/etc/hosts"), "Structure needs cleaning: /etc/hosts"),
+        (OSError(28, "No space left on device"), "No space left on device"),
+        (OSError(5, "Input/output error", "/dev/vdb"), "Input/output error: /dev/vdb"),
+    ],
+)
+def test_an_os_error_in_a_task_is_the_images_failure(tmp_path: Path, error: OSError, said: str) -> None:
+    """A corrupt or full guest filesystem makes a task's I/O fail: one clear error, no traceback."""
+    if error.filename:
+        error.filename = error.filename.format(root=tmp_path)
+
+    def io_error(ctx: Context) -> None:
+        raise error
+
+    ctx = make_ctx(tmp_path)
+    with pytest.raises(TaskError, match=f"^Task Bad failed on the image: {said}$"):
+        framework.run_tasks([LoadedTask(Task(name="Bad", order=1), io_error)], ctx)
+
+
 def test_only_tasks_adds_mounting_machinery(tmp_path: Path) -> None:
     ran: list[str] = []
     tasks = [

@@ -387,14 +387,22 @@ def test_symlinked_target_is_replaced_not_followed(tmp_path: Path) -> None:
     put(root, "/usr/sbin/netplan", "", 0o755)
     (root / "etc/netplan").mkdir(parents=True)
     (root / "etc/netplan/60-snf-image.yaml").symlink_to(outside)
-    (root / "etc/udev").mkdir(parents=True)
-    (root / "etc/udev/rules.d").symlink_to(tmp_path)  # absolute: resolved inside the root
-    (root / tmp_path.relative_to("/")).mkdir(parents=True)
     configure_network.run(make_ctx(root))
     assert outside.read_text() == "precious\n"
     assert not (root / "etc/netplan/60-snf-image.yaml").is_symlink()
+
+
+def test_symlinked_directory_on_the_way_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    put(root, "/usr/sbin/netplan", "", 0o755)
+    (root / "etc/netplan").mkdir(parents=True)
+    (root / "etc/udev").mkdir(parents=True)
+    (root / "etc/udev/rules.d").symlink_to(tmp_path)  # absolute: it would be resolved inside the root
+    (root / tmp_path.relative_to("/")).mkdir(parents=True)
+    with pytest.raises(TaskError, match=r"/etc/udev/rules\.d is a symbolic link in the image"):
+        configure_network.run(make_ctx(root))
     assert not (tmp_path / "70-snf-image-net.rules").exists()
-    assert (root / tmp_path.relative_to("/") / "70-snf-image-net.rules").is_file()
+    assert not (root / tmp_path.relative_to("/") / "70-snf-image-net.rules").exists()
 
 
 def test_garbage_nic_fails_before_writing(tmp_path: Path) -> None:

@@ -147,11 +147,13 @@ def test_run_symlinks_cannot_escape(tmp_path: Path) -> None:
     root = make_guest(tmp_path / "root")
     outside = tmp_path / "passwd"
     outside.write_text("precious\n")
+    (root / "passwd").write_text("in the guest\n")
     (root / "etc/hostname").unlink()
     (root / "etc/hostname").symlink_to("/../../passwd")
-    ah.run(make_ctx(root, {"instance_name": FQDN}))
+    with pytest.raises(TaskError, match="Refusing to edit /etc/hostname: it is a symbolic link"):
+        ah.run(make_ctx(root, {"instance_name": FQDN}))
     assert outside.read_text() == "precious\n"
-    assert (root / "passwd").read_text() == FQDN + "\n"
+    assert (root / "passwd").read_text() == "in the guest\n"
 
 
 def test_run_bad_name(tmp_path: Path) -> None:

@@ -209,16 +209,34 @@ def test_run_keys_symlink_escape_refused(tmp_path: Path) -> None:
     root = make_guest(tmp_path / "root")
     outside = tmp_path / "victim"
     outside.write_text("precious\n")
+    (root / "victim").write_text("in the guest\n")
     (root / "root/.ssh").mkdir()
     (root / "root/.ssh/authorized_keys").symlink_to("/../../victim")
+    with pytest.raises(TaskError, match=r"Refusing to edit /root/\.ssh/authorized_keys: it is a symbolic link"):
+        cp.run(make_ctx(root, {"auth_keys": "ssh-rsa K k"}, {"USERS": "root"}))
+    assert outside.read_text() == "precious\n" and (root / "victim").read_text() == "in the guest\n"
+    assert (root / "root/.ssh/authorized_keys").is_symlink()
+
+
+def test_run_keys_through_a_symlinked_ssh_directory_refused(tmp_path: Path) -> None:
+    root = make_guest(tmp_path / "root")
     (root / "home/alice/.ssh").symlink_to("../../../..")
-    cp.run(make_ctx(root, {"auth_keys": "ssh-rsa K k"}, {"USERS": "root alice"}))
-    assert outside.read_text() == "precious\n"
-    assert (root / "root/.ssh/authorized_keys").read_text() == "ssh-rsa K k\n"
-    assert not (root / "root/.ssh/authorized_keys").is_symlink()
-    assert not (tmp_path / ".ssh").exists()
-    assert (root / "authorized_keys").read_text() == "ssh-rsa K k\n"  # alice's .ssh link clamped to the guest root
-    assert root.stat().st_uid == 0  # and the directory it points to was not given to alice
+    with pytest.raises(TaskError, match=r"/home/alice/.ssh is a symbolic link in the image \(to ../../../..\)"):
+        cp.run(make_ctx(root, {"auth_keys": "ssh-rsa K k"}, {"USERS": "alice"}))
+    assert not (root / "authorized_keys").exists() and not (tmp_path / "authorized_keys").exists()
+    assert root.stat().st_uid == 0  # the directory it points to was not given to alice
+
+
+def test_run_keys_through_the_layout_home_link(tmp_path: Path) -> None:
+    """FreeBSD (and ostree) keep homes under /usr/home (/var/home) with /home a link to it."""
+    root = make_guest(tmp_path / "root")
+    (root / "usr").mkdir()
+    (root / "home").rename(root / "usr/home")
+    (root / "home").symlink_to("usr/home")
+    cp.run(make_ctx(root, {"auth_keys": "ssh-rsa K k"}, {"USERS": "alice"}))
+    keys = root / "usr/home/alice/.ssh/authorized_keys"
+    assert keys.read_text() == "ssh-rsa K k\n" and keys.stat().st_uid == 1000
+    assert (root / "home").is_symlink()
 
 
 def test_run_shadow_symlink_cannot_escape(tmp_path: Path) -> None:

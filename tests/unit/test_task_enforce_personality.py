@@ -104,16 +104,24 @@ def test_run_final_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
     assert (root / "etc/link-in").read_bytes() == b"b"
 
 
-def test_run_parent_symlink_stays_in_the_guest(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("link", "target", "path"), [("opt", "../../outdir", "/opt/app/conf"), ("var", "/", "/var/f")])
+def test_run_parent_symlink_is_refused(tmp_path: Path, link: str, target: str, path: str) -> None:
     root = make_guest(tmp_path / "root")
     (tmp_path / "outdir").mkdir()
-    (root / "opt").symlink_to("../../outdir")
-    (root / "var").symlink_to("/")
-    personality = (entry("/opt/app/conf", b"a"), entry("/var/var/var/f", b"b"))
-    ep.run(make_ctx(root, {"personality": personality}))
+    (root / link).symlink_to(target)
+    with pytest.raises(TaskError, match=f"/{link} is a symbolic link in the image .*: refusing to write"):
+        ep.run(make_ctx(root, {"personality": (entry(path, b"a"),)}))
     assert list((tmp_path / "outdir").iterdir()) == []
-    assert (root / "outdir/app/conf").read_bytes() == b"a"
-    assert (root / "f").read_bytes() == b"b"
+    assert not (root / "outdir").exists() and not (root / "f").exists()
+
+
+def test_run_through_a_layout_link(tmp_path: Path) -> None:
+    """Merged /usr: /bin is a link to usr/bin, and a file put in /bin lands there."""
+    root = make_guest(tmp_path / "root")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")
+    ep.run(make_ctx(root, {"personality": (entry("/bin/tool", b"a"),)}))
+    assert (root / "usr/bin/tool").read_bytes() == b"a" and (root / "bin").is_symlink()
 
 
 def test_run_cloud_init_writes_files_at_first_boot(tmp_path: Path) -> None:
