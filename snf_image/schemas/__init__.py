@@ -68,6 +68,11 @@ _BOUNDS = {
     "exclusiveMinimum": "not more than {}",
     "exclusiveMaximum": "not less than {}",
 }
+#: Patterns whose failure reads better as a sentence than as the regular expression.
+_PATTERN_WORDS = {
+    "^[^\\x00]*$": "contains a NUL character",
+    "^/[^\\x00]*$": "must be an absolute path without NUL characters",
+}
 
 
 def describe(error: jsonschema.exceptions.ValidationError) -> str:
@@ -79,6 +84,8 @@ def describe(error: jsonschema.exceptions.ValidationError) -> str:
         return f"must be of type {_join(wanted).replace(', ', ' or ')}"
     if keyword == "enum":
         return f"must be one of {_join(wanted)}"
+    if keyword == "pattern" and wanted in _PATTERN_WORDS:
+        return _PATTERN_WORDS[wanted]
     if keyword == "pattern":
         subject = "a name " if "propertyNames" in error.schema_path else ""
         return f"{subject}does not match {wanted}"

@@ -94,6 +94,9 @@ def test_every_problem_is_a_line_naming_its_parameter():
         ("img_personality", '[{"path": "/x", "contents": "", "extra": 1}]'),
         ("img_passwd_hash", "$6$a:b"),
         ("img_passwd", "a\x00b"),
+        ("img_properties", '{"A": "a\\u0000b"}'),
+        ("inst_properties", '{"A": "\\u0000"}'),
+        ("img_personality", '[{"path": "/etc/a\\u0000b", "contents": ""}]'),
     ],
 )
 def test_hostile_values_are_refused(name, value):
@@ -148,3 +151,8 @@ def test_no_problem_text_repeats_a_value(name, value):
     found = problems({**GOOD, name: value})
     assert any(p.startswith(name) for p in found), found
     assert not [p for p in found if SECRET in p or SECRET[:7] in p], found
+
+
+def test_a_nul_inside_json_is_named_not_echoed():
+    found = problems({**GOOD, "img_properties": '{"CUSTOM_TASK": "c2VjcmV0\\u0000"}'})
+    assert found == ["img_properties: CUSTOM_TASK: contains a NUL character"]
