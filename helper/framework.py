@@ -52,6 +52,12 @@ WINDOWS = frozenset({"windows", "windows-legacy"})
 OVERWRITE_DIR = "/root/snf-image/helper"
 OVERWRITE_PREFIX = "overwrite_task_"
 OVERWRITE_RUN_TASK = 101  # the script's "now run the original task" exit code
+#: What an image program's environment holds of the properties. The kernel refuses to start a
+#: program with any one string over 128 KiB or all of them over a quarter of the stack limit, so
+#: longer values (a large CUSTOM_TASK is the program itself) stay out rather than fail the task,
+#: and the shortest values get in first.
+PROPERTY_ENV_VALUE_LIMIT = 64 * 1024
+PROPERTY_ENV_BUDGET = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,11 @@ def find_overwrite(task: Task, ctx: Context) -> Path | None:
 
 
 def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
-    """The environment of an image program (overwrite script, custom task): what it needs, no secrets."""
+    """The environment of an image program (overwrite script, custom task): what it needs, no secrets.
+
+    The properties are there as ``SNF_IMAGE_PROPERTY_<NAME>``, as the original exported them,
+    within the limits above.
+    """
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "SNF_IMAGE_TASK": task.name,
@@ -259,8 +269,12 @@ def overwrite_env(ctx: Context, task: Task) -> dict[str, str]:
     }
     for i, disk in enumerate(ctx.disks):
         env[f"SNF_IMAGE_DEV_{i}"] = str(disk)
-    for name, value in ctx.properties.items():
-        env[f"SNF_IMAGE_PROPERTY_{name}"] = value
+    budget = PROPERTY_ENV_BUDGET
+    for name, value in sorted(ctx.properties.items(), key=lambda item: len(item[1])):  # the short ones first
+        entry = f"SNF_IMAGE_PROPERTY_{name}={value}".encode()
+        if len(value.encode()) <= PROPERTY_ENV_VALUE_LIMIT and len(entry) < budget:
+            env[f"SNF_IMAGE_PROPERTY_{name}"] = value
+            budget -= len(entry) + 1
     return env
 
 

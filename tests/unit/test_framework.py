@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -253,6 +254,18 @@ def test_overwrite_runs_in_the_sandbox_with_the_guest_and_the_disks(
     assert program.target == tmp_path and program.disks == (Path("/dev/vdb"),) and program.readonly == ()
     assert program.env == framework.overwrite_env(ctx, task.task)
     assert seconds == sandbox.DEFAULT_TIMEOUT
+
+
+def test_an_image_program_can_always_start_whatever_the_properties(tmp_path: Path) -> None:
+    """A property the kernel would refuse in an environment (over 128 KiB) stays out; the rest get in."""
+    huge = {"CUSTOM_TASK": "A" * (200 * 1024)}
+    many = {f"P{i}": "v" * 60 * 1024 for i in range(40)}
+    ctx = make_ctx(tmp_path, properties={**huge, **many, "OSFAMILY": "linux"})
+    env = framework.overwrite_env(ctx, fake("AssignHostname", 50, []).task)
+    assert "SNF_IMAGE_PROPERTY_CUSTOM_TASK" not in env
+    assert env["SNF_IMAGE_PROPERTY_OSFAMILY"] == "linux" and env["SNF_IMAGE_PROPERTY_P0"] == "v" * 60 * 1024
+    assert sum(len(k) + len(v) for k, v in env.items()) <= framework.PROPERTY_ENV_BUDGET + 4096
+    assert subprocess.run(["/bin/true"], env=env, check=False).returncode == 0
 
 
 def test_overwrite_needs_permission_and_overridable(tmp_path: Path) -> None:
