@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, deploy, helperimage, osstatus, summary
+from . import __version__, deploy, helperimage, osstatus, summary, tempdirs
 from .contract.constants import (
     HELPER_TASK_END,
     HELPER_TASK_START,
@@ -208,6 +208,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     env = parse_environment(deploy_environment(args), "create")
     assert env.instance is not None
+    tempdirs.remove_orphans()
     display = TerminalDisplay(sys.stdout)
     with (
         Progress(settings.progress_monitor, env.instance.name, listener=display) as progress,

@@ -15,9 +15,9 @@ command line (only paths do) or in a log, and travel only in the rules.
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from pathlib import Path
 
+from . import tempdirs
 from .contract.rules import HostKey
 from .errors import OperatorError
 from .lifecycle import child_env
@@ -35,7 +35,7 @@ def key_comment(instance_name: str) -> str:
 def generate(instance_name: str) -> tuple[HostKey, ...]:
     """One new host key of each of :data:`KEY_TYPES` for instance ``instance_name`` (ssh-keygen, in parallel)."""
     comment = key_comment(instance_name)
-    with tempfile.TemporaryDirectory(prefix="snf-image-hostkeys-") as tmp:  # mkdtemp: 0700
+    with tempdirs.private("hostkeys") as tmp:  # mkdtemp: 0700
         keygens: dict[str, subprocess.Popen[bytes]] = {}
         try:
             for kind in KEY_TYPES:

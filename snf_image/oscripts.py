@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import deploy, summary, transfer
+from . import deploy, summary, tempdirs, transfer
 from .errors import SnfImageError
 from .ganeti import ScriptEnvironment, parse_environment
 from .lifecycle import Interrupted, forget_parameters, termination_raises
@@ -71,6 +71,7 @@ def _run(script: str, args: list[str], environ: Mapping[str, str], os_dir: Path)
         return 0
     instance = env.instance
     assert instance is not None  # every script but verify has one
+    tempdirs.remove_orphans()
     if script == "export":
         assert env.transfer is not None
         transfer.export_disk(env.transfer.path, sys.stdout.fileno(), env.transfer.size_fd)

@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import time
 
-from . import lifecycle
+from . import lifecycle, tempdirs
 from .errors import OperatorError, SnfImageError
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class NbdTarget(DiskTarget):
 
     def _start_qemu_nbd(self, uri: str) -> str:
         """Export ``uri`` (any qemu block protocol) on a private unix socket; return its path once it listens."""
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-nbd-")
+        self._tmpdir = tempdirs.private("nbd")
         # a unix socket's path has at most 107 bytes and TMPDIR may be longer: both qemu-nbd and we
         # reach the directory through this descriptor (qemu-nbd inherits it under the same number)
         self._dir_fd = os.open(self._tmpdir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

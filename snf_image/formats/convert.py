@@ -23,13 +23,12 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import nbd  # python3-libnbd
 
-from .. import lifecycle
+from .. import lifecycle, tempdirs
 from ..errors import ImageError
 from ..sources.base import ImageStream
 from . import sandbox
@@ -86,7 +85,7 @@ class ConvertedImage(ImageStream):
         self._process: sandbox.Sandbox | None = None
         self._position = 0
         self._extent_end = 0
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="snf-image-convert-")
+        self._tmpdir = tempdirs.private("convert")
         self._dir_fd: int | None = None
         try:
             self._log = open(Path(self._tmpdir.name) / "converter.log", "w+b")  # noqa: SIM115 - closed by close()

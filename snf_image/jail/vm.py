@@ -24,13 +24,12 @@ import selectors
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from snf_image import lifecycle
+from snf_image import lifecycle, tempdirs
 from snf_image.contract import constants
 from snf_image.errors import HelperError
 
@@ -304,7 +303,7 @@ def workdir(config: HelperConfig, rules: bytes | None) -> Iterator[tuple[PassedF
             if config.debug_socket:
                 debug = Path(config.debug_socket)
             else:
-                private_dir = tempfile.TemporaryDirectory(prefix="snf-image-jail-")
+                private_dir = tempdirs.private("jail")
                 debug = Path(private_dir.name) / "debug.sock"
         yield rules_disk, Channels(**ports, debug=debug), read_ends
     finally:

@@ -164,6 +164,27 @@ def test_create_killed_while_a_qcow2_image_is_converted(osdef, tmp_path, sig):
     one_image_error(deployment, sig)
 
 
+def test_sigkill_during_a_conversion_leaves_a_directory_the_next_deployment_removes(osdef, tmp_path):
+    """SIGKILL runs none of our code: the converter dies with us, its private directory waits for the next script."""
+    _, disk = big_local_image(osdef, tmp_path)
+    raw = osdef.image_dir / "big.img"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, raw.with_suffix(".qcow2")], check=True)
+    raw.unlink()
+    env = create_env("kill.qcow2", disk, OSP_IMG_ID="local://big.qcow2", OSP_IMG_FORMAT="diskdump")
+    deployment, watch = start(osdef, "create", env, tmp_path)
+    deployment.wait_until(lambda d: d.info_seen("Starting image copy (converting the qcow2 image)..."), "converting")
+    deployment.proc.kill()
+    deployment.proc.wait()
+    _, left = watch.wait_clean(KILL_DEADLINE)
+    assert left.processes == [] and left.devices == [] and left.mounts == []
+    assert [Path(entry).name.split("-")[2] for entry in left.temp_entries] == ["convert"], left
+    small = tmp_path / "small.raw"
+    small.write_bytes(bytes(MiB))
+    imported = osdef.run("import", create_env("kill.next", small, IMPORT_DEVICE=str(small), IMPORT_INDEX="0"))
+    assert imported.returncode == 0, imported.stderr.decode()[-2000:]
+    assert list(osdef.tmpdir.iterdir()) == []
+
+
 @pytest.mark.parametrize("sig", TERMINATING, ids=lambda s: s.name)
 def test_create_killed_during_a_stalled_download(osdef, tmp_path, sig):
     disk = tmp_path / "disk.raw"
