@@ -177,7 +177,8 @@ def test_sigkill_during_a_conversion_leaves_a_directory_the_next_deployment_remo
     deployment.proc.wait()
     _, left = watch.wait_clean(KILL_DEADLINE)
     assert left.processes == [] and left.devices == [] and left.mounts == []
-    assert [Path(entry).name.split("-")[2] for entry in left.temp_entries] == ["convert"], left
+    purposes = {Path(entry).name.split("-")[2] for entry in left.temp_entries}
+    assert "convert" in purposes and purposes <= {"convert", "hostkeys"}, left  # keys: if ssh-keygen still ran
     small = tmp_path / "small.raw"
     small.write_bytes(bytes(MiB))
     imported = osdef.run("import", create_env("kill.next", small, IMPORT_DEVICE=str(small), IMPORT_INDEX="0"))
