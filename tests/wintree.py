@@ -8,7 +8,12 @@ copied into an NTFS made by mkntfs, the VM tests.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +23,8 @@ MINIMAL_HIVE_PATHS = (
     Path(__file__).resolve().parent / "data" / "hives" / "minimal",
     Path("/work/shared/fixtures/hives/minimal"),
 )
+MiB = 1 << 20
+IMAGE_SIZE = 64 * MiB
 REG_SZ = 1
 REG_DWORD = 4
 
@@ -203,3 +210,80 @@ def make_windows_root(root: Path, spec: WindowsSpec | None = None) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+def _run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=True, **kwargs)
+
+
+def wait_for_fuse(source: Path) -> None:
+    """Wait until no ntfs-3g daemon serves ``source`` (it writes after umount returns)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if not [line for line in ps.splitlines() if "ntfs-3g" in line and str(source) in line]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"ntfs-3g still serves {source}")
+
+
+@contextlib.contextmanager
+def ntfs_mounted(source: Path, mountpoint: Path, readonly: bool = False) -> Iterator[Path]:
+    mountpoint.mkdir(exist_ok=True)
+    _run("ntfs-3g", "-o", "ro" if readonly else "rw", str(source), str(mountpoint))
+    try:
+        yield mountpoint
+    finally:
+        _run("umount", str(mountpoint))
+        wait_for_fuse(source)
+
+
+def build_image(
+    path: Path,
+    spec: WindowsSpec,
+    dirty: bool = False,
+    edit: Callable[[Path], None] | None = None,
+    size: int = IMAGE_SIZE,
+) -> Path:
+    """An MBR disk image: partition 1 (type 07) from 1 MiB to the end, NTFS with the Windows tree of ``spec``.
+
+    ``edit`` changes the mounted tree afterwards (hostile cases); ``dirty`` leaves the volume marked for a check.
+    """
+    part = path.with_suffix(".part")
+    with open(part, "wb") as f:
+        f.truncate(size - MiB)
+    _run("mkntfs", "-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63", "-L", "Windows", str(part))
+    with ntfs_mounted(part, path.parent / "build-mnt") as root:
+        make_windows_root(root, spec)
+        if edit is not None:
+            edit(root)
+    if dirty:  # ntfsresize leaves the volume marked for a check, as an unclean shutdown does
+        _run("ntfsresize", "--force", "--no-progress-bar", "--size", str(size - 3 * MiB), str(part), input="")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    _run("sfdisk", "--quiet", str(path), input="label: dos\nstart=2048, type=7, bootable\n")
+    _run("dd", f"if={part}", f"of={path}", "bs=1M", "seek=1", "conv=notrunc,sparse", "status=none")
+    part.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def partition(disk: Path, number: int = 1) -> Iterator[tuple[str, dict]]:
+    """A read-only loop device over partition ``number`` of ``disk`` and its sfdisk entry."""
+    table = json.loads(_run("sfdisk", "--json", str(disk)).stdout)["partitiontable"]
+    entry = table["partitions"][number - 1]
+    loop = _run(
+        "losetup", "--find", "--show", "--read-only",
+        "--offset", str(entry["start"] * 512), "--sizelimit", str(entry["size"] * 512), str(disk),
+    ).stdout.strip()  # fmt: skip
+    try:
+        yield loop, entry
+    finally:
+        _run("losetup", "-d", loop)
+
+
+@contextlib.contextmanager
+def deployed(disk: Path, mountpoint: Path) -> Iterator[tuple[Path, str, dict]]:
+    """Partition 1 of a deployed ``disk``, mounted read-only: (its root, its loop device, its sfdisk entry)."""
+    with partition(disk) as (loop, entry), ntfs_mounted(Path(loop), mountpoint, readonly=True) as root:
+        yield root, loop, entry

@@ -26,7 +26,7 @@ import pytest
 from lxml import etree
 
 from tests import helpervm, wintree
-from tests.integration.test_windows_vm import build_image, create, helper_warnings, ntfs_mounted, partition, text
+from tests.integration.test_windows_vm import create, helper_warnings, text
 from tests.osenv import OsDefinition, install
 from tests.servers import ImageServer, TlsFiles
 
@@ -101,7 +101,7 @@ def ini_value(ini: str, section: str, key: str) -> str | None:
 def test_os_answer_file_over_http_replaces_the_images_unattend(
     osdef: OsDefinition, tmp_path: Path, http_server: Callable[..., ImageServer]
 ) -> None:
-    build_image(osdef.image_dir / "win.img", wintree.WindowsSpec())
+    wintree.build_image(osdef.image_dir / "win.img", wintree.WindowsSpec())
     server = http_server({"/answers/unattend.xml": SERVED_UNATTEND.encode()})
     disk, result = create(
         osdef, tmp_path, "win.img", img_passwd="pw", os_answer_file=server.url("/answers/unattend.xml")
@@ -109,7 +109,7 @@ def test_os_answer_file_over_http_replaces_the_images_unattend(
     assert [(r.method, r.path) for r in server.requests] == [("GET", "/answers/unattend.xml")]
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     assert any(w.endswith("unattend.xml (IGNORE_UNATTEND)") for w in helper_warnings(result)), helper_warnings(result)
-    with partition(disk) as (loop, _), ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
+    with wintree.deployed(disk, tmp_path / "check") as (root, _, _):
         unattend = (root / "Windows/Panther/unattend.xml").read_bytes()
     specialize = shell_setup(unattend, "specialize")
     assert specialize["RegisteredOrganization"] == "Served over HTTP"
@@ -128,7 +128,7 @@ def test_os_answer_file_over_https_replaces_the_images_sysprep_inf(
         IMAGE_DIR=str(osdef.image_dir),
         TLS_CA_BUNDLE=str(tls_files.ca_cert),
     )
-    build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
+    wintree.build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
     server = http_server({"/sysprep.inf": SERVED_SYSPREP.encode()}, tls=True)
     url = server.url("/sysprep.inf")
     assert url.startswith("https://")
@@ -138,7 +138,7 @@ def test_os_answer_file_over_https_replaces_the_images_sysprep_inf(
     assert [(r.method, r.path) for r in server.requests] == [("GET", "/sysprep.inf")]
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     assert "Detected OSFAMILY: windows-legacy" in helper_warnings(result)
-    with partition(disk) as (loop, _), ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
+    with wintree.deployed(disk, tmp_path / "check") as (root, _, _):
         sysprep = text(root / "sysprep/sysprep.inf")
     assert sysprep.startswith("; served over HTTPS\r\n")
     assert ini_value(sysprep, "UserData", "FullName") == "Served over HTTPS"
@@ -154,12 +154,12 @@ def test_an_iana_timezone_gives_sysprep_inf_its_windows_index(osdef: OsDefinitio
         IMAGE_DIR=str(osdef.image_dir),
         WINDOWS_TIMEZONE="Europe/Athens",
     )
-    build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
+    wintree.build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
     disk, result = create(
         osdef, tmp_path, "xp.img", name="xp2", img_passwd="pw", img_properties=json.dumps({"IGNORE_UNATTEND": "yes"})
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
-    with partition(disk) as (loop, _), ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
+    with wintree.deployed(disk, tmp_path / "check") as (root, _, _):
         sysprep = text(root / "sysprep/sysprep.inf")
     assert sysprep.startswith("; snf-image default sysprep.inf")  # the host's template, not the image's
     assert ini_value(sysprep, "GuiUnattended", "TimeZone") == "130"  # GTB Standard Time

@@ -11,11 +11,9 @@ and filesystem (ntfsresize --info).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,7 @@ pytestmark = pytest.mark.vm
 
 MiB = 1 << 20
 SECTOR = 512
-IMAGE_SIZE = 64 * MiB
+IMAGE_SIZE = wintree.IMAGE_SIZE
 DISK_SIZE = 160 * MiB
 NS = {"u": unattend.UNATTEND_NS}
 PASSWORD = 's3cr3t "pass" %PATH% ^&|'
@@ -38,46 +36,6 @@ KEY = "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE"
 
 def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True, check=True, **kwargs)
-
-
-def wait_for_fuse(source: Path) -> None:
-    """Wait until no ntfs-3g daemon serves ``source`` (it writes after umount returns)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        if not [line for line in ps.splitlines() if "ntfs-3g" in line and str(source) in line]:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"ntfs-3g still serves {source}")
-
-
-@contextlib.contextmanager
-def ntfs_mounted(source: Path, mountpoint: Path, readonly: bool = False) -> Iterator[Path]:
-    mountpoint.mkdir(exist_ok=True)
-    run("ntfs-3g", "-o", "ro" if readonly else "rw", str(source), str(mountpoint))
-    try:
-        yield mountpoint
-    finally:
-        run("umount", str(mountpoint))
-        wait_for_fuse(source)
-
-
-def build_image(path: Path, spec: wintree.WindowsSpec, dirty: bool = False) -> Path:
-    """An MBR disk image: partition 1 (type 07) from 1 MiB to the end, NTFS with the Windows tree of ``spec``."""
-    part = path.with_suffix(".part")
-    with open(part, "wb") as f:
-        f.truncate(IMAGE_SIZE - MiB)
-    run("mkntfs", "-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63", "-L", "Windows", str(part))
-    with ntfs_mounted(part, path.parent / "build-mnt") as root:
-        wintree.make_windows_root(root, spec)
-    if dirty:  # ntfsresize leaves the volume marked for a check, as an unclean shutdown does
-        run("ntfsresize", "--force", "--no-progress-bar", "--size", str(IMAGE_SIZE - 3 * MiB), str(part), input="")
-    with open(path, "wb") as f:
-        f.truncate(IMAGE_SIZE)
-    run("sfdisk", "--quiet", str(path), input="label: dos\nstart=2048, type=7, bootable\n")
-    run("dd", f"if={part}", f"of={path}", "bs=1M", "seek=1", "conv=notrunc,sparse", "status=none")
-    part.unlink()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -116,21 +74,6 @@ def no_leftovers(disk: Path, tmpdir: Path) -> None:
     assert not list(tmpdir.iterdir())
 
 
-@contextlib.contextmanager
-def partition(disk: Path, number: int = 1) -> Iterator[tuple[str, dict]]:
-    """A read-only loop device over partition ``number`` of ``disk`` and its sfdisk entry."""
-    table = json.loads(run("sfdisk", "--json", str(disk)).stdout)["partitiontable"]
-    entry = table["partitions"][number - 1]
-    loop = run(
-        "losetup", "--find", "--show", "--read-only",
-        "--offset", str(entry["start"] * SECTOR), "--sizelimit", str(entry["size"] * SECTOR), str(disk),
-    ).stdout.strip()  # fmt: skip
-    try:
-        yield loop, entry
-    finally:
-        run("losetup", "-d", loop)
-
-
 def volume_size(loop: str) -> int:
     info = run("ntfsresize", "--info", "--force", "--no-progress-bar", loop).stdout
     line = next(ln for ln in info.splitlines() if ln.startswith("Current volume size"))
@@ -165,7 +108,7 @@ def test_windows_image_with_its_own_answer_file(osdef, tmp_path):
         setup_complete="@echo image's own setup\r\n",
         extra_files={"Users/Public/Desktop/readme.txt": b"image's readme"},
     )
-    build_image(osdef.image_dir / "win10.img", spec)
+    wintree.build_image(osdef.image_dir / "win10.img", spec)
     personality = json.dumps(
         [
             {"path": "/Users/Public/Desktop/README.TXT", "contents": base64.b64encode(b"injected").decode()},
@@ -181,7 +124,7 @@ def test_windows_image_with_its_own_answer_file(osdef, tmp_path):
     for task in ("InstallUnattend", "DisableRemoteDesktopConnections", "FilesystemResizeAfterUmount"):
         assert task in started
 
-    with partition(disk) as (loop, entry), ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
+    with wintree.deployed(disk, tmp_path / "check") as (root, loop, entry):
         assert entry["start"] + entry["size"] == DISK_SIZE // SECTOR - 2048  # the partition fills the disk
         assert volume_size(loop) <= IMAGE_SIZE - MiB  # online growth: Windows extends it at first boot
         assert not is_dirty(loop)
@@ -235,15 +178,15 @@ def test_windows_image_with_its_own_answer_file(osdef, tmp_path):
 
 
 def test_windows_legacy_is_detected_and_grown_offline(osdef, tmp_path):
-    build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
+    wintree.build_image(osdef.image_dir / "xp.img", wintree.legacy_spec())
     disk, result = create(osdef, tmp_path, "xp.img", name="abcdefghijklmno", img_passwd="pw1", os_product_key=KEY)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     assert "Detected OSFAMILY: windows-legacy" in helper_warnings(result)
-    with partition(disk) as (loop, entry):
+    with wintree.partition(disk) as (loop, entry):
         size = entry["size"] * SECTOR
         assert volume_size(loop) > size - 4 * MiB  # ntfsresize filled the partition
         assert is_dirty(loop)  # left for CHKDSK at first boot (no OFFLINE_NTFSRESIZE_NOCHECK)
-        with ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
+        with wintree.ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
             sysprep = text(root / "sysprep/sysprep.inf")
             assert sysprep.startswith(";SetupMgrTag\r\n")
             assert ini.ini_get(sysprep, "UserData", "ComputerName") == "abcdefghijklmno"  # 15 characters
@@ -269,14 +212,15 @@ def test_windows_without_answer_file_gets_the_template_and_offline_growth(osdef,
         IMAGE_DIR=str(osdef.image_dir),
         WINDOWS_TIMEZONE="tokyo standard time",
     )
-    build_image(osdef.image_dir / "win7.img", wintree.WindowsSpec(version="6.1", major_number=None, unattend=None))
+    spec = wintree.WindowsSpec(version="6.1", major_number=None, unattend=None)
+    wintree.build_image(osdef.image_dir / "win7.img", spec)
     props = json.dumps({"OFFLINE_NTFSRESIZE": "yes", "OFFLINE_NTFSRESIZE_NOCHECK": "yes", "USERS": "Guest"})
     disk, result = create(osdef, tmp_path, "win7.img", img_passwd="pw", img_properties=props)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
-    with partition(disk) as (loop, entry):
+    with wintree.partition(disk) as (loop, entry):
         assert volume_size(loop) > entry["size"] * SECTOR - 4 * MiB
         assert not is_dirty(loop)  # OFFLINE_NTFSRESIZE_NOCHECK cleared the mark
-        with ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
+        with wintree.ntfs_mounted(Path(loop), tmp_path / "check", readonly=True) as root:
             answer = (root / "Windows/Panther/unattend.xml").read_bytes()
             assert unattend.shell_setup_value(answer, "amd64", "TimeZone") == "Tokyo Standard Time"
             assert unattend.shell_setup_value(answer, "amd64", "ComputerName") == "win1"
@@ -304,7 +248,7 @@ def failure(result) -> str:
 )
 def test_windows_errors_are_clear(osdef, tmp_path, spec, params, expected):
     dirty = params.pop("dirty", None) is not None
-    build_image(osdef.image_dir / "bad.img", spec, dirty=dirty)
+    wintree.build_image(osdef.image_dir / "bad.img", spec, dirty=dirty)
     params.setdefault("img_passwd", "pw")
     if "img_passwd_hash" in params:
         params.pop("img_passwd")
@@ -314,7 +258,7 @@ def test_windows_errors_are_clear(osdef, tmp_path, spec, params, expected):
 
 def test_an_unknown_timezone_fails_before_the_copy(osdef, tmp_path):
     osdef.configure(IMAGE_DIR=str(osdef.image_dir), WINDOWS_TIMEZONE="Mars Standard Time")
-    build_image(osdef.image_dir / "win.img", wintree.WindowsSpec())
+    wintree.build_image(osdef.image_dir / "win.img", wintree.WindowsSpec())
     disk, result = create(osdef, tmp_path, "win.img")
     assert "WINDOWS_TIMEZONE" in failure(result)
     with open(disk, "rb") as f:
