@@ -110,9 +110,13 @@ def append_setup_complete(ctx: Context, lines: Sequence[str]) -> None:
 
 
 def find_unattend(ctx: Context, win: WindowsImage) -> str | None:
-    """The guest path of the image's answer file Windows would read first, or None."""
+    """The guest path of the image's answer file Windows would read first, or None.
+
+    The path is the entry's own, not where a symbolic link there points: the answer file is
+    rewritten at this path, and a write never follows a link (helper/fsutil.py).
+    """
     for pattern in UNATTEND_CANDIDATES:
-        found = jail_path(ctx, pattern.format(windir=win.windir))
+        found = fsutil.entry(ctx.target, pattern.format(windir=win.windir), ignore_case=True)
         if found.is_file():
             return fsutil.guest_path(ctx.target, found)
     return None

@@ -340,6 +340,18 @@ def test_ignore_unattend_replaces_the_image_answer_file(tmp_path):
     assert unattend.shell_setup_value(data, "amd64", "TimeZone") == "GMT Standard Time"
 
 
+def test_an_answer_file_that_is_a_link_is_never_written_through(tmp_path):
+    """Panther/unattend.xml a link to a valid answer file elsewhere: the link is replaced, its target kept."""
+    root = wintree.make_windows_root(tmp_path / "root")
+    elsewhere = root / "Windows/System32/other.xml"
+    (root / PANTHER).rename(elsewhere)
+    (root / PANTHER).symlink_to("../System32/other.xml")
+    before = elsewhere.read_bytes()
+    install_unattend.run(windows_ctx(root))
+    assert elsewhere.read_bytes() == before
+    assert not (root / PANTHER).is_symlink() and "ChangePassword.cmd" in (root / PANTHER).read_text()
+
+
 def test_an_image_not_generalized_is_refused(tmp_path):
     root = wintree.make_windows_root(tmp_path / "root", wintree.WindowsSpec(image_state="IMAGE_STATE_COMPLETE"))
     with pytest.raises(TaskError, match="sysprep"):
