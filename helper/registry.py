@@ -10,6 +10,7 @@ REG_DWORD as int, anything else as bytes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,19 +26,49 @@ class HiveError(Exception):
     """A hive that cannot be opened or lacks what we need; the message names it."""
 
 
-def _hivex():  # imported late: the host side never needs it
+MiB = 1 << 20
+
+
+def _hivex_handle(path: Path, write: bool):  # hivex imported late: the host side never needs it
+    """A hivex handle on ``path``, or the exception hivex raised, without hivex's noise.
+
+    hivex's Python class reports a failed open twice: as the exception, and as a traceback
+    printed when the half-made object is collected (its ``__del__`` closes a handle it never
+    got). Such an object is closed here only if it has one.
+    """
     import hivex
 
-    return hivex
+    class _Handle(hivex.Hivex):
+        def __del__(self) -> None:
+            if hasattr(self, "_o"):
+                super().__del__()
+
+    return _Handle(str(path), write=write)
+
+
+def _editable_size_limit() -> int:
+    """The largest hive hivex can edit here: it reads a hive opened for writing whole into memory."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 class Hive:
-    """One open hive; ``write=True`` allows :meth:`set_dword` and :meth:`commit`."""
+    """One open hive; ``write=True`` allows :meth:`set_dword` and :meth:`commit`.
+
+    Read-only, hivex maps the file and reads only the cells asked for, whatever its size;
+    for writing it reads the whole file, so a hive bigger than half the helper's memory is
+    refused by name before hivex runs out of it.
+    """
 
     def __init__(self, path: Path | str, write: bool = False) -> None:
         self.path = Path(path)
         try:
-            self._h = _hivex().Hivex(str(path), write=write)
+            size = self.path.stat().st_size
+            if write and size > _editable_size_limit():
+                raise HiveError(
+                    f"registry hive {self.path.name} is {size // MiB} MiB: larger than the helper can edit in "
+                    f"its memory ({_editable_size_limit() // MiB} MiB, half of HELPER_MEMORY)"
+                )
+            self._h = _hivex_handle(self.path, write)
         except (RuntimeError, OSError) as exc:
             raise HiveError(f"cannot open registry hive {self.path.name}: {exc}") from exc
 

@@ -130,17 +130,20 @@ def install_unattend(ctx: Context, win: WindowsImage) -> str:
     else:
         data = guest.read_bytes(ctx, existing) or b""
     snf = scripts.SNF_SCRIPTS
-    data = unattend.add_sync_commands(
-        data,
-        win.arch,
-        [
-            (f"cmd.exe /c diskpart.exe /s {snf}\\{scripts.EXTEND_SCRIPT}", "Extend the file system"),
-            (f"cmd.exe /c {snf}\\{scripts.PASSWORD_SCRIPT}", "Change user passwords"),
-        ],
-    )
-    key = ctx.rules.os_product_key
-    if key:
-        data = unattend.set_shell_setup(data, win.arch, {"ProductKey": key})
+    try:
+        data = unattend.add_sync_commands(
+            data,
+            win.arch,
+            [
+                (f"cmd.exe /c diskpart.exe /s {snf}\\{scripts.EXTEND_SCRIPT}", "Extend the file system"),
+                (f"cmd.exe /c {snf}\\{scripts.PASSWORD_SCRIPT}", "Change user passwords"),
+            ],
+        )
+        key = ctx.rules.os_product_key
+        if key:
+            data = unattend.set_shell_setup(data, win.arch, {"ProductKey": key})
+    except TaskError as exc:
+        raise TaskError(f"{path}: {exc}") from exc
     guest.write_bytes(ctx, path, data)
     return path
 
