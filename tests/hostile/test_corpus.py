@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpervm
-from tests.hostile import cases_code, cases_disk, cases_formats, cases_guest, cases_host
+from tests.hostile import cases_code, cases_disk, cases_formats, cases_guest, cases_host, cases_ntfs
 from tests.hostile.case import Case
 from tests.hostile.lab import SECRETS, Lab
 from tests.hostile.verdict import REFUSED, judge
@@ -27,6 +27,7 @@ CASES: list[Case] = [
     *cases_formats.CASES,
     *cases_guest.CASES,
     *cases_disk.CASES,
+    *cases_ntfs.CASES,
     *cases_code.CASES,
 ]
 
