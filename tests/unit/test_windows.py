@@ -261,6 +261,33 @@ def test_registry_reads_real_hives(tmp_path):
         assert registry.nt_major(software) == 10
 
 
+def test_a_hive_hivex_cannot_open_is_one_error_and_no_traceback(tmp_path, monkeypatch):
+    """hivex's half-made object must not print a traceback when collected (sys.unraisablehook does that)."""
+    import gc
+    import sys
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    hive = tmp_path / "SYSTEM"
+    hive.write_bytes(b"regf" + bytes(range(256)) * 256)
+    with pytest.raises(registry.HiveError, match=r"^cannot open registry hive SYSTEM: "):
+        registry.Hive(hive)
+    gc.collect()
+    assert unraisable == []
+
+
+def test_a_hive_too_big_to_edit_is_refused_by_size_but_read_in_place(tmp_path, monkeypatch):
+    root = wintree.make_windows_root(tmp_path / "root")
+    system = root / "Windows/System32/config/SYSTEM"
+    with open(system, "r+b") as f:
+        f.truncate(64 << 20)
+    monkeypatch.setattr(registry, "_editable_size_limit", lambda: 32 << 20)
+    with pytest.raises(registry.HiveError, match=r"^registry hive SYSTEM is 64 MiB: larger than the helper can edit"):
+        registry.Hive(system, write=True)
+    with registry.opened(system) as read_only:
+        assert registry.current_control_set(read_only) == "ControlSet001"
+
+
 def test_detect_tells_legacy_from_modern(tmp_path):
     assert detect.windows_version(wintree.make_windows_root(tmp_path / "a")) == "windows"
     assert detect.windows_version(wintree.make_windows_root(tmp_path / "b", wintree.legacy_spec())) == "windows-legacy"
