@@ -147,9 +147,8 @@ def test_create_killed_during_the_copy(osdef, tmp_path, sig):
     one_image_error(deployment, sig)
 
 
-@pytest.mark.parametrize("sig", TERMINATING, ids=lambda s: s.name)
-def test_create_killed_while_a_qcow2_image_is_converted(osdef, tmp_path, sig):
-    """The converter (qemu-storage-daemon in bubblewrap) is stopped with the deployment."""
+def converting_create(osdef, tmp_path) -> tuple[Deployment, leftovers.Watch]:
+    """``create`` of a 4 GiB qcow2 image, once its sandboxed conversion has begun."""
     _, disk = big_local_image(osdef, tmp_path)
     raw = osdef.image_dir / "big.img"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, raw.with_suffix(".qcow2")], check=True)
@@ -157,6 +156,13 @@ def test_create_killed_while_a_qcow2_image_is_converted(osdef, tmp_path, sig):
     env = create_env("kill.qcow2", disk, OSP_IMG_ID="local://big.qcow2", OSP_IMG_FORMAT="diskdump")
     deployment, watch = start(osdef, "create", env, tmp_path)
     deployment.wait_until(lambda d: d.info_seen("Starting image copy (converting the qcow2 image)..."), "converting")
+    return deployment, watch
+
+
+@pytest.mark.parametrize("sig", TERMINATING, ids=lambda s: s.name)
+def test_create_killed_while_a_qcow2_image_is_converted(osdef, tmp_path, sig):
+    """The converter (qemu-storage-daemon in bubblewrap) is stopped with the deployment."""
+    deployment, watch = converting_create(osdef, tmp_path)
     converter = [p for p in leftovers.descendants() if "qemu-storage-daemon" in leftovers.cmdline(p)]
     assert converter, "no converter running"
     kill_and_check(deployment, watch, sig, "create: qcow2 conversion")
@@ -166,13 +172,7 @@ def test_create_killed_while_a_qcow2_image_is_converted(osdef, tmp_path, sig):
 
 def test_sigkill_during_a_conversion_leaves_a_directory_the_next_deployment_removes(osdef, tmp_path):
     """SIGKILL runs none of our code: the converter dies with us, its private directory waits for the next script."""
-    _, disk = big_local_image(osdef, tmp_path)
-    raw = osdef.image_dir / "big.img"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, raw.with_suffix(".qcow2")], check=True)
-    raw.unlink()
-    env = create_env("kill.qcow2", disk, OSP_IMG_ID="local://big.qcow2", OSP_IMG_FORMAT="diskdump")
-    deployment, watch = start(osdef, "create", env, tmp_path)
-    deployment.wait_until(lambda d: d.info_seen("Starting image copy (converting the qcow2 image)..."), "converting")
+    deployment, watch = converting_create(osdef, tmp_path)
     deployment.proc.kill()
     deployment.proc.wait()
     _, left = watch.wait_clean(KILL_DEADLINE)
