@@ -59,6 +59,8 @@ RESULT_PORT = TTY_RESULT
 PROGRESS_PORT = TTY_PROGRESS
 DISK_WAIT = 10.0
 RB_POWER_OFF = 0x4321FEDC
+#: Partitions whose rejection the detection failure names (each is also a warning of its own).
+MAX_REASONS_SHOWN = 3
 
 
 class ProgressReporter:
@@ -143,10 +145,17 @@ def run(
     root_value = properties.value("ROOT_PARTITION")
     if not osfamily or not root_value:
         reporter.warning("Needed image properties are missing. Autodetecting them...")
-        found = detector(device, reporter.warning)
+        rejections: list[str] = []
+
+        def rejected(reason: str) -> None:
+            rejections.append(reason)
+            reporter.warning(reason)
+
+        found = detector(device, rejected)
         if found is None:
+            why = "; ".join(rejections[:MAX_REASONS_SHOWN]) or "no partition of a type that can hold a root"
             raise TaskError(
-                "Unable to detect the OS family and root partition of the image; "
+                f"Unable to detect the OS family and root partition of the image ({why}); "
                 "set the OSFAMILY and ROOT_PARTITION image properties"
             )
         if not osfamily:

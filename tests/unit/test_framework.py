@@ -374,8 +374,20 @@ def test_runner_rejects_bad_properties(tmp_path: Path, props: dict[str, str], me
 
 
 def test_runner_detection_failure(tmp_path: Path) -> None:
-    with pytest.raises(TaskError, match="Unable to detect"):
+    with pytest.raises(TaskError, match=r"Unable to detect .* \(no partition of a type that can hold a root\); set"):
         run_runner(tmp_path, {}, [], detector=lambda dev, warn: None)
+
+
+def test_a_detection_failure_names_the_partitions_it_turned_down(tmp_path: Path) -> None:
+    def detector(device: Path, warn) -> None:
+        for number in range(1, 6):
+            warn(f"Partition {number} is not a linux root: it holds swap")
+
+    with pytest.raises(TaskError) as failure:
+        run_runner(tmp_path, {}, [], detector=detector)
+    message = str(failure.value)
+    assert "(Partition 1 is not a linux root: it holds swap; Partition 2" in message
+    assert "Partition 3 is not" in message and "Partition 4" not in message
 
 
 def test_runner_failure_hook_runs_before_unmount(tmp_path: Path) -> None:
