@@ -49,6 +49,13 @@ def garbage_mft(lab: Lab) -> Deployment:
     return deploy(image)
 
 
+def garbage_mft_declared(lab: Lab) -> Deployment:
+    """The garbage MFT with OSFAMILY and ROOT_PARTITION given: no detection, ntfs-3g meets it when mounting."""
+    deployment = garbage_mft(lab)
+    deployment.properties.update(OSFAMILY="windows", ROOT_PARTITION="1")
+    return deployment
+
+
 def garbage_boot_sector(lab: Lab) -> Deployment:
     """An NTFS boot sector claiming 2^40 sectors and 128 sectors per cluster on a 63 MiB partition."""
     image = windows(lab)
@@ -141,6 +148,8 @@ def sam_untouched(lab: Lab) -> None:
 CASES = [
     Case("ntfs-garbage-mft", "NTFS whose first 64 MFT records are random bytes", garbage_mft,
          r"ntfs|mount|operating system|root partition"),
+    Case("ntfs-garbage-mft-declared", "the same with OSFAMILY=windows and ROOT_PARTITION=1: straight to the mount",
+         garbage_mft_declared, r"partition 1|mount|ntfs"),
     Case("ntfs-garbage-boot-sector", "NTFS boot sector claiming 2^40 sectors of 64 KiB clusters",
          garbage_boot_sector, r"ntfs|mount|operating system|root partition"),
     Case("ntfs-garbage-system-hive", "SYSTEM hive of random bytes after a valid signature", garbage_system_hive,
