@@ -17,16 +17,14 @@ Layout of HELPER_DIR after a build::
 Parts: :mod:`.rootfs` (debootstrap, cached by key, and the ext4 image),
 :mod:`.kernel` (the helper's own kernel), :mod:`.initrd` (the busybox base and
 the code layer), :mod:`.codelayer` (what the jail's code is and its version).
-A code change rebuilds only the code layer (``--code-only``), never the rootfs.
+A code change rebuilds only the code layer (``snf-image helper build --code-only``), never the rootfs.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -166,27 +164,3 @@ def build(
     _write(version_file, version + "\n")
     log(f"code layer built in {time.monotonic() - start:.2f} s; {helper_dir} is at {version}")
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python3 -m snf_image.helperimage``: build or update the helper image."""
-    parser = argparse.ArgumentParser(prog="snf_image.helperimage", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--helper-dir", type=Path, default=DEFAULT_HELPER_DIR)
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
-    parser.add_argument("--code-only", action="store_true", help="rebuild only the code layer")
-    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    parser.add_argument(
-        "--kernel",
-        choices=KERNEL_FLAVOURS,
-        default=DEFAULT_KERNEL,
-        help="custom: our own, built from linux-source; debian: the rootfs' cloud kernel [%(default)s]",
-    )
-    args = parser.parse_args(argv)
-    start = time.monotonic()
-    build(args.helper_dir, args.cache_dir, code_only=args.code_only, force=args.force, kernel=args.kernel)
-    log(f"done in {time.monotonic() - start:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
