@@ -48,15 +48,15 @@ def _hivex_handle(path: Path, write: bool):  # hivex imported late: the host sid
 
 def _editable_size_limit() -> int:
     """The largest hive hivex can edit here: it reads a hive opened for writing whole into memory."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 3 // 4
 
 
 class Hive:
     """One open hive; ``write=True`` allows :meth:`set_dword` and :meth:`commit`.
 
     Read-only, hivex maps the file and reads only the cells asked for, whatever its size;
-    for writing it reads the whole file, so a hive bigger than half the helper's memory is
-    refused by name before hivex runs out of it.
+    for writing it reads the whole file, so a hive bigger than three quarters of the helper's
+    memory is refused by name before hivex runs out of it.
     """
 
     def __init__(self, path: Path | str, write: bool = False) -> None:
@@ -66,7 +66,7 @@ class Hive:
             if write and size > _editable_size_limit():
                 raise HiveError(
                     f"registry hive {self.path.name} is {size // MiB} MiB: larger than the helper can edit in "
-                    f"its memory ({_editable_size_limit() // MiB} MiB, half of HELPER_MEMORY)"
+                    f"its memory (up to {_editable_size_limit() // MiB} MiB; raise HELPER_MEMORY for such an image)"
                 )
             self._h = _hivex_handle(self.path, write)
         except (RuntimeError, OSError) as exc:
