@@ -89,12 +89,14 @@ def backup(ctx: Context, path: str) -> str | None:
 
     Backups live outside the configuration directories on purpose:
     ``source interfaces.d/*``, NetworkManager and the ifcfg readers would
-    read a backup left next to the original as configuration.
+    read a backup left next to the original as configuration. A symbolic link is
+    backed up as a link, never by reading what it points at.
     """
     if path in ctx.network_backups:
         return None
-    text = fsutil.read_optional(ctx.target, path)
-    if text is None:
+    link = fsutil.entry(ctx.target, path)
+    text = None if link.is_symlink() else fsutil.read_optional(ctx.target, path)
+    if text is None and not link.is_symlink():
         return None
     if not ctx.backup_stamp:
         ctx.backup_stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -102,6 +104,11 @@ def backup(ctx: Context, path: str) -> str | None:
     fsutil.make_dirs(ctx.target, str(PurePosixPath(BACKUP_ROOT).parent), mode=0o755)
     fsutil.make_dirs(ctx.target, BACKUP_ROOT, mode=0o700)
     fsutil.make_dirs(ctx.target, str(PurePosixPath(copy).parent), mode=0o700)
+    if text is None:  # a link is kept as the link it was: what it points at is no configuration of ours
+        os.symlink(os.readlink(link), fsutil.entry(ctx.target, copy))
+        ctx.network_backups.add(path)
+        log.info("backed up the link %s to %s", path, copy)
+        return copy
     st = fsutil.resolve(ctx.target, path).stat()
     fsutil.write_file(
         ctx.target,

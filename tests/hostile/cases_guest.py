@@ -129,7 +129,7 @@ def personality_final_link_harmless(lab: Lab) -> None:
 
 
 def interfaces_to_shadow(lab: Lab) -> Deployment:
-    """/etc/network/interfaces -> /etc/shadow: ConfigureNetwork backs it up, then writes its own."""
+    """/etc/network/interfaces -> /etc/shadow: ConfigureNetwork backs up the link (not shadow), writes its own."""
     return deploy(lab, lambda t: t.link("etc/network/interfaces", "/etc/shadow"))
 
 
@@ -138,6 +138,9 @@ def interfaces_harmless(lab: Lab) -> None:
     entry = found.entry("/etc/network/interfaces")
     assert entry is not None and entry.kind == "regular", entry
     assert "address 192.0.2.10" in found.read("/etc/network/interfaces")
+    (stamp,) = found.names("/var/backups/snf-image")
+    saved = found.entry(f"/var/backups/snf-image/{stamp}/etc/network/interfaces")
+    assert saved is not None and (saved.kind, saved.link) == ("symlink", "/etc/shadow"), saved  # no copy of shadow
 
 
 def hostname_loop(lab: Lab) -> Deployment:

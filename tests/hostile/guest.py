@@ -259,7 +259,7 @@ class Guest:
         return self._debugfs(f'cat "{path}"').stdout.decode(errors="replace")
 
     def names(self, directory: str) -> list[str]:
+        """The names in ``directory`` but . and .. (``ls -p`` lines: /inode/mode/uid/gid/name/size/)."""
         out = self._debugfs(f'ls -p "{directory}"').stdout.decode(errors="replace")
-        return sorted(
-            fields[5] for fields in (line.strip("/").split("/") for line in out.splitlines()) if len(fields) > 5
-        ) if out else []  # fmt: skip
+        fields = [line.split("/") for line in out.splitlines() if line.startswith("/")]
+        return sorted(f[5] for f in fields if len(f) > 5 and f[5] not in (".", ".."))

@@ -392,6 +392,19 @@ def test_symlinked_target_is_replaced_not_followed(tmp_path: Path) -> None:
     assert not (root / "etc/netplan/60-snf-image.yaml").is_symlink()
 
 
+def test_a_symlinked_file_is_backed_up_as_the_link_not_what_it_points_at(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    debian(root)
+    put(root, "/etc/shadow", "root:$6$secret:19000::::::\n", 0o640)
+    (root / "etc/network/interfaces").unlink()
+    (root / "etc/network/interfaces").symlink_to("/etc/shadow")
+    configure_network.run(make_ctx(root))
+    (saved,) = (root / "var/backups/snf-image").glob("*/etc/network/interfaces")
+    assert saved.is_symlink() and os.readlink(saved) == "/etc/shadow"
+    assert read(root, "/etc/shadow") == "root:$6$secret:19000::::::\n"
+    assert not (root / "etc/network/interfaces").is_symlink()
+
+
 def test_symlinked_directory_on_the_way_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "root"
     put(root, "/usr/sbin/netplan", "", 0o755)
