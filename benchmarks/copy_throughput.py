@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GiB = 1 << 30
 MiB = 1 << 20
+#: GNU time (Debian package "time"): the peak RSS of the tool it runs, measured from a small parent.
+GNU_TIME = "/usr/bin/time"
 
 OURS = """
 import sys
@@ -85,18 +88,27 @@ def fresh_disk(path: Path) -> None:
 
 
 def timed(argv: list[str], disk: Path) -> Run:
-    """Wall time, CPU time and peak RSS of this child alone (wait4 gives per-child usage)."""
+    """Wall time, CPU time and peak RSS of this child alone.
+
+    The child starts under GNU time, whose own small process forks the tool: a peak RSS read
+    by wait4 in this (large) Python process would start at this process's own, which a
+    forked child inherits as its high-water mark and keeps across exec.
+    """
     fresh_disk(disk)
     drop_caches()
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
+    with tempfile.NamedTemporaryFile("r") as rss:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [GNU_TIME, "-f", "%M", "-o", rss.name, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        peak_kib = int(rss.read().split()[-1])
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{argv[0]} failed with exit code {code}")
     written = disk.stat().st_blocks * 512 / MiB
-    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, written)
+    return Run(elapsed, usage.ru_utime + usage.ru_stime, peak_kib / 1024, written)
 
 
 def tools(repo: Path, disk: Path, compare: Path | None) -> dict[str, object]:
