@@ -101,8 +101,8 @@ def main() -> int:
             "diskdump",
             "--hostname",
             HOSTNAME,
-            "--password",
-            PASSWORD,
+            "--password-file",
+            "-",  # standard input: a password never goes on a command line
             "--nic",
             NIC,
             "--properties",
@@ -111,6 +111,8 @@ def main() -> int:
             str(work / "personality.json"),
         ],
         cwd=REPO,
+        input=PASSWORD + "\n",
+        text=True,
     )
     if deploy.returncode != 0:
         return deploy.returncode
