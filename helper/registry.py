@@ -62,11 +62,11 @@ class Hive:
     def __init__(self, path: Path | str, write: bool = False) -> None:
         self.path = Path(path)
         try:
-            size = self.path.stat().st_size
-            if write and size > _editable_size_limit():
+            size, limit = self.path.stat().st_size, _editable_size_limit()
+            if write and size > limit:
                 raise HiveError(
                     f"registry hive {self.path.name} is {size // MiB} MiB: larger than the helper can edit in "
-                    f"its memory (up to {_editable_size_limit() // MiB} MiB; raise HELPER_MEMORY for such an image)"
+                    f"its memory (up to {limit // MiB} MiB; raise HELPER_MEMORY for such an image)"
                 )
             self._h = _hivex_handle(self.path, write)
         except (RuntimeError, OSError) as exc:

@@ -94,32 +94,37 @@ def backup(ctx: Context, path: str) -> str | None:
     """
     if path in ctx.network_backups:
         return None
-    link = fsutil.entry(ctx.target, path)
-    text = None if link.is_symlink() else fsutil.read_optional(ctx.target, path)
-    if text is None and not link.is_symlink():
-        return None
+    entry = fsutil.entry(ctx.target, path)
+    if entry.is_symlink():
+        copy = _backup_path(ctx, path)
+        os.symlink(os.readlink(entry), fsutil.entry(ctx.target, copy))
+    else:
+        text = fsutil.read_optional(ctx.target, path)
+        if text is None:
+            return None
+        copy = _backup_path(ctx, path)
+        st = entry.stat()
+        fsutil.write_file(
+            ctx.target,
+            copy,
+            text.encode("utf-8", "surrogateescape"),
+            mode=st.st_mode & 0o7777,
+            uid=st.st_uid,
+            gid=st.st_gid,
+        )
+    ctx.network_backups.add(path)
+    log.info("backed up %s to %s", path, copy)
+    return copy
+
+
+def _backup_path(ctx: Context, path: str) -> str:
+    """Where this run backs up guest file ``path``, its directories made (root-only below BACKUP_ROOT)."""
     if not ctx.backup_stamp:
         ctx.backup_stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     copy = f"{BACKUP_ROOT}/{ctx.backup_stamp}{path}"
     fsutil.make_dirs(ctx.target, str(PurePosixPath(BACKUP_ROOT).parent), mode=0o755)
     fsutil.make_dirs(ctx.target, BACKUP_ROOT, mode=0o700)
     fsutil.make_dirs(ctx.target, str(PurePosixPath(copy).parent), mode=0o700)
-    if text is None:  # a link is kept as the link it was: what it points at is no configuration of ours
-        os.symlink(os.readlink(link), fsutil.entry(ctx.target, copy))
-        ctx.network_backups.add(path)
-        log.info("backed up the link %s to %s", path, copy)
-        return copy
-    st = fsutil.resolve(ctx.target, path).stat()
-    fsutil.write_file(
-        ctx.target,
-        copy,
-        text.encode("utf-8", "surrogateescape"),
-        mode=st.st_mode & 0o7777,
-        uid=st.st_uid,
-        gid=st.st_gid,
-    )
-    ctx.network_backups.add(path)
-    log.info("backed up %s to %s", path, copy)
     return copy
 
 
